@@ -1,0 +1,136 @@
+"""One conformance suite, run on both object stores (POSIX and S3 via moto)."""
+import os
+
+import pytest
+
+import dp_helpers  # noqa: F401  (puts the repo root on sys.path)
+from workers.drivers import (InvalidContainer, NotFound, ObjectStore, StoreError,
+                             validate_container, validate_object_name, make_store, DataPathError)
+
+BAD_NAMES = ["", "/abs/name", "a/../b", "..", "a/./b", "a//b", "a/b/", "sp ace", "uni\u00e9",
+             "semi;colon", "back\\slash", "a/" + "x" * 256, "star*", "t~ilde", "q?"]
+GOOD_NAMES = ["a", "a/b/c", "A-Z_0.9/x-y.z", "..a/b..", ".hidden/x"]
+
+
+def test_is_object_store(store):
+    assert isinstance(store, ObjectStore)
+
+
+def test_put_get_roundtrip_binary_and_empty(store):
+    blob = bytes(range(256)) * 1000 + b"\0\0\n"
+    store.put("c1/obj", blob)
+    store.put("c1/empty", b"")
+    store.put("c1/mv", memoryview(b"from a memoryview"))
+    assert store.get("c1/obj") == blob
+    assert store.get("c1/empty") == b""
+    assert store.get("c1/mv") == b"from a memoryview"
+    assert store.exists("c1/obj") and store.exists("c1/empty")
+
+
+def test_overwrite_replaces_whole_object(store):
+    store.put("c/x", b"long old content" * 100)
+    store.put("c/x", b"new")
+    assert store.get("c/x") == b"new"
+
+
+def test_missing_object_raises_notfound(store):
+    with pytest.raises(NotFound) as ei:
+        store.get("nope/missing")
+    assert isinstance(ei.value, StoreError) and isinstance(ei.value, DataPathError)
+    assert ei.value.kind == "not_found"
+    assert not store.exists("nope/missing")
+
+
+def test_delete_and_delete_missing_is_fine(store):
+    store.put("d/a", b"1")
+    store.delete("d/a")
+    assert not store.exists("d/a")
+    with pytest.raises(NotFound):
+        store.get("d/a")
+    store.delete("d/a")            # again: no error
+    store.delete("never/was/here")
+
+
+def test_list_is_sorted_string_prefix(store):
+    names = ["p/a/1", "p/a/2", "p/ab/1", "p/b", "q/a", "p/a10/z"]
+    for n in names:
+        store.put(n, n.encode())
+    assert store.list("") == sorted(names)
+    assert store.list("p/") == sorted(n for n in names if n.startswith("p/"))
+    assert store.list("p/a/") == ["p/a/1", "p/a/2"]
+    assert store.list("p/a") == ["p/a/1", "p/a/2", "p/a10/z", "p/ab/1"]
+    assert store.list("p/a1") == ["p/a10/z"]
+    assert store.list("zzz/") == []
+    store.delete("p/a/1")
+    assert store.list("p/a/") == ["p/a/2"]
+
+
+@pytest.mark.parametrize("bad", BAD_NAMES)
+def test_bad_names_rejected_everywhere(store, bad):
+    for op in (lambda: store.put(bad, b"x"), lambda: store.get(bad),
+               lambda: store.delete(bad), lambda: store.exists(bad)):
+        with pytest.raises(InvalidContainer):
+            op()
+    assert store.list("") == []
+
+
+@pytest.mark.parametrize("good", GOOD_NAMES)
+def test_good_names_accepted(store, good):
+    store.put(good, b"ok")
+    assert store.get(good) == b"ok"
+    assert good in store.list("")
+
+
+def test_validate_container_messages():
+    assert validate_container("ab/cd/abcd-1") == "ab/cd/abcd-1"
+    assert validate_object_name("x/y") == "x/y"
+    for bad, word in [("/etc", "relative"), ("a/../b", "'..'"), ("a b", "characters"),
+                      ("x" * 256, "255"), ("", "empty"), ("a//b", "empty")]:
+        with pytest.raises(InvalidContainer) as ei:
+            validate_container(bad)
+        assert word in str(ei.value)
+        assert isinstance(ei.value, ValueError)
+    with pytest.raises(InvalidContainer):
+        validate_container(None)
+
+
+def test_unknown_store_kind():
+    with pytest.raises(DataPathError):
+        make_store("ftp")
+
+
+def test_posix_layout_atomic_and_no_temp_leftovers(tmp_path):
+    st = make_store("posix", path=str(tmp_path / "root"))
+    st.put("a/b/c", b"data")
+    assert (tmp_path / "root" / "a" / "b" / "c").read_bytes() == b"data"
+    leftovers = [f for _d, _s, fs in os.walk(tmp_path / "root") for f in fs if f != "c"]
+    assert leftovers == []
+    # a temporary file from an interrupted put is never listed
+    (tmp_path / "root" / "a" / "b" / "c.~tmp~dead").write_bytes(b"partial")
+    assert st.list("a/") == ["a/b/c"]
+    # deleting the last object removes its now-empty directories
+    os.unlink(tmp_path / "root" / "a" / "b" / "c.~tmp~dead")
+    st.delete("a/b/c")
+    assert not (tmp_path / "root" / "a").exists()
+    assert (tmp_path / "root").is_dir()
+
+
+def test_s3_missing_bucket_is_permanent_error(moto_endpoint):
+    st = make_store("s3", endpoint_url=moto_endpoint, bucket="no-such-bucket-xyz",
+                    **dp_helpers.S3_KEYS)
+    with pytest.raises(StoreError) as ei:
+        st.put("a/b", b"x")
+    assert ei.value.kind == "permanent"
+
+
+def test_s3_unreachable_endpoint_is_transient():
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()   # nothing listens there now
+    st = make_store("s3", endpoint_url=f"http://127.0.0.1:{port}", bucket="b", retries=1,
+                    connect_timeout=1, **dp_helpers.S3_KEYS)
+    with pytest.raises(StoreError) as ei:
+        st.get("a/b")
+    assert ei.value.kind == "transient"
