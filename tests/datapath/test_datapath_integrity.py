@@ -1,0 +1,146 @@
+"""Corruption and cancellation on both stores."""
+import os
+
+import pytest
+
+from dp_helpers import KiB, MiB, read_file, small_driver, sparse_target, write_volume
+from workers.drivers import BackupCancelled, IntegrityError
+
+SIZE = 256 * KiB
+
+
+def _chain(store, tmp_path):
+    """A full backup and an incremental on top; every parent pack stays live."""
+    vol = write_volume(str(tmp_path / "vol"), SIZE, [(0, 160 * KiB), (200 * KiB, 40 * KiB)])
+    drv = small_driver(store, segment_size=32 * KiB, pack_size=48 * KiB)
+    full = drv.backup(vol, backup_id="full", volume_id="v", size_bytes=SIZE, container="k")
+    with open(vol, "r+b") as f:
+        f.seek(100 * KiB)
+        f.write(os.urandom(4 * KiB))
+        f.seek(230 * KiB)
+        f.write(os.urandom(12 * KiB))
+    inc = drv.backup(vol, backup_id="inc", volume_id="v", size_bytes=SIZE, container="k",
+                     parent=full.ref)
+    assert inc.incremental and len(store.list("k/backup_full/")) >= 4
+    return drv, vol, full, inc
+
+
+def _damage(store, name, how, pos):
+    if how == "remove":
+        store.delete(name)
+        return
+    data = store.get(name)
+    if how == "truncate":
+        store.put(name, data[: len(data) * pos // 4])
+    else:
+        i = min(len(data) - 1, len(data) * pos // 4)
+        b = bytearray(data)
+        b[i] ^= 0x01
+        store.put(name, bytes(b))
+
+
+@pytest.mark.parametrize("how,pos", [("flip", 0), ("flip", 2), ("flip", 4), ("truncate", 0),
+                                     ("truncate", 3), ("remove", 0)])
+def test_any_damaged_object_is_detected(store, tmp_path, how, pos):
+    drv, vol, full, inc = _chain(store, tmp_path)
+    expected = read_file(vol)
+    names = store.list("k/")
+    assert any(n.endswith("manifest.json") for n in names)
+    for name in names:
+        original = store.get(name)
+        _damage(store, name, how, pos)
+        target = sparse_target(str(tmp_path / "t"), SIZE)
+        with pytest.raises(IntegrityError):
+            drv.restore(inc.ref, target)
+        res = drv.verify(inc.ref)
+        assert not res.ok and res.problems, name
+        if "backup_full/" in name:        # the full backup alone is damaged too
+            assert not drv.verify(full.ref).ok
+        else:
+            assert drv.verify(full.ref).ok
+        store.put(name, original)        # repair, then everything is fine again
+    target = sparse_target(str(tmp_path / "t"), SIZE)
+    drv.restore(inc.ref, target)
+    assert read_file(target) == expected
+    ok = drv.verify(inc.ref)
+    assert ok.ok and ok.objects_checked == len([n for n in names if "data-" in n])
+
+
+def test_digest_mismatch_with_no_compression_is_caught(posix_store, tmp_path):
+    """With compression "none" a flipped data byte only shows in the digests."""
+    vol = write_volume(str(tmp_path / "vol"), 64 * KiB, [(0, 64 * KiB)])
+    drv = small_driver(posix_store, compression="none")
+    res = drv.backup(vol, backup_id="n1", volume_id="v", size_bytes=64 * KiB)
+    name = [n for n in posix_store.list("") if "data-" in n][0]
+    data = bytearray(posix_store.get(name))
+    data[100] ^= 0xFF
+    posix_store.put(name, bytes(data))
+    with pytest.raises(IntegrityError):
+        drv.restore(res.ref, sparse_target(str(tmp_path / "t"), 64 * KiB))
+    assert not drv.verify(res.ref).ok
+
+
+def _counting_cancel(n):
+    calls = {"n": 0}
+
+    def cancelled():
+        calls["n"] += 1
+        return calls["n"] >= n
+    return cancelled, calls
+
+
+@pytest.mark.parametrize("kind", ["full", "incremental"])
+def test_cancel_at_every_point_leaves_no_objects(store, tmp_path, kind):
+    size = 2 * MiB
+    vol = write_volume(str(tmp_path / "vol"), size, [(0, 1536 * KiB)])
+    drv = small_driver(store, segment_size=64 * KiB, pack_size=96 * KiB,
+                       max_inflight_bytes=256 * KiB, check_interval_bytes=1)
+    parent = None
+    if kind == "incremental":
+        parent = drv.backup(vol, backup_id="par", volume_id="v", size_bytes=size,
+                            container="cx").ref
+        with open(vol, "r+b") as f:
+            for off in range(0, 1536 * KiB, 128 * KiB):
+                f.seek(off)
+                f.write(os.urandom(KiB))
+    before = store.list("")
+    n = 1
+    while True:
+        cancelled, calls = _counting_cancel(n)
+        try:
+            res = drv.backup(vol, backup_id="bk", volume_id="v", size_bytes=size,
+                             container="cx", parent=parent, cancelled=cancelled)
+        except BackupCancelled:
+            assert store.list("") == before, f"objects left after cancel at call {n}"
+            n += 1
+            continue
+        assert calls["n"] < n          # it only finished because we never said cancel
+        assert res.incremental == (kind == "incremental")
+        break
+    assert n > 5                        # it was cancelled at many different points
+    t = sparse_target(str(tmp_path / "t"), size)
+    drv.restore(res.ref, t)
+    assert read_file(t) == read_file(vol)
+    if parent is not None:
+        assert drv.verify(parent).ok
+
+
+def test_cancelled_restore_and_verify_raise(store, tmp_path):
+    size = 2 * MiB
+    vol = write_volume(str(tmp_path / "vol"), size, [(0, 2 * MiB)])
+    drv = small_driver(store, segment_size=64 * KiB, pack_size=64 * KiB,
+                       max_inflight_bytes=256 * KiB, check_interval_bytes=1)
+    res = drv.backup(vol, backup_id="rc", volume_id="v", size_bytes=size)
+    for n in (1, 3, 6):
+        cancelled, calls = _counting_cancel(n)
+        progress = []
+        with pytest.raises(BackupCancelled):
+            drv.restore(res.ref, sparse_target(str(tmp_path / "t"), size), cancelled=cancelled,
+                        progress=lambda d, t: progress.append(d))
+        assert calls["n"] == n
+        assert not progress or progress[-1] < size     # stopped before the end
+        cancelled, calls = _counting_cancel(n)
+        with pytest.raises(BackupCancelled):
+            drv.verify(res.ref, cancelled=cancelled)
+    # the backup itself is untouched by a cancelled restore
+    assert drv.verify(res.ref).ok
