@@ -1,0 +1,311 @@
+#!/usr/bin/env python3
+"""Benchmark of the backup data path (workers/drivers) on a POSIX store.
+
+    bench/datapath.py [--size-mib 1024] [--runs 3] [--workdir DIR] [--keep]
+
+Makes the images with volume_workload.py (base, and a copy with one 4 KiB page
+changed in 1 % of the 32 KiB blocks), then runs, each --runs times, a full
+backup of the base image, an incremental of the modified image, a restore of
+that incremental (checked by the SHA-256 of the whole image) and a full backup
+of a 1 TiB sparse volume holding the base image's content.  Every backup and
+restore runs in a fresh child process, which reports its own elapsed time and
+peak RSS.  Throughputs are logical volume bytes per second (MiB/s).
+
+The last line printed is one JSON object with the medians.
+"""
+import argparse
+import hashlib
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+TiB = 1024 * GiB
+
+
+def find_workload():
+    cands = [os.environ.get("VOLUME_WORKLOAD", ""),
+             os.path.join(ROOT, "..", "shared", "bench", "volume_workload.py"),
+             os.path.join(ROOT, "shared", "bench", "volume_workload.py"),
+             "/work/shared/bench/volume_workload.py"]
+    for c in cands:
+        if c and os.path.isfile(c):
+            return os.path.abspath(c)
+    sys.exit("volume_workload.py not found (set VOLUME_WORKLOAD=...)")
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- child
+
+def peak_rss_mib():
+    """Peak RSS of this process image: VmHWM (ru_maxrss also counts the RSS the
+    parent had when it forked us, so it overstates a child's own peak)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child(spec):
+    sys.path.insert(0, ROOT)
+    from workers.drivers import BackupRef, ChunkedDriver, make_store
+    drv = ChunkedDriver(make_store("posix", path=spec["store"]), **spec.get("options", {}))
+    t0 = time.perf_counter()
+    if spec["op"] == "backup":
+        parent = BackupRef(*spec["parent"]) if spec.get("parent") else None
+        r = drv.backup(spec["source"], backup_id=spec["backup_id"], volume_id="bench-vol",
+                       size_bytes=spec["size"], parent=parent, container=spec.get("container"))
+        out = {"container": r.container, "prefix": r.prefix, "stored_bytes": r.stored_bytes,
+               "object_count": r.object_count, "incremental": r.incremental,
+               "message": r.message, "data_bytes": r.data_bytes, "changed_bytes": r.changed_bytes}
+    elif spec["op"] == "restore":
+        r = drv.restore(BackupRef(*spec["ref"]), spec["target"],
+                        target_is_zeroed=spec.get("target_is_zeroed", False))
+        out = {"bytes_written": r.bytes_written, "zeroed_bytes": r.zeroed_bytes,
+               "objects_read": r.objects_read}
+    else:
+        raise SystemExit(f"unknown op {spec['op']}")
+    out["elapsed_s"] = time.perf_counter() - t0
+    out["maxrss_mib"] = peak_rss_mib()
+    print(json.dumps(out))
+
+
+def run_child(spec):
+    p = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)],
+                       capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"child failed: {p.stderr[-3000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------- limits
+
+def data_sample(path, want):
+    """Up to ``want`` bytes of the non-hole content of ``path``."""
+    parts, got = [], 0
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        pos = 0
+        while got < want and pos < size:
+            try:
+                s = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:
+                break
+            e = min(os.lseek(fd, s, os.SEEK_HOLE), s + want - got)
+            parts.append(os.pread(fd, e - s, s))
+            got += e - s
+            pos = e
+    finally:
+        os.close(fd)
+    return b"".join(parts)
+
+
+def single_thread_limits(base, zstd_level):
+    import zstandard
+    size = os.path.getsize(base)
+    # warm sequential read of the whole image, 8 MiB at a time
+    buf = bytearray(8 * MiB)
+    best = 0
+    for _ in range(2):
+        t = time.perf_counter()
+        with open(base, "rb", buffering=0) as f:
+            while f.readinto(buf):
+                pass
+        best = max(best, size / MiB / (time.perf_counter() - t))
+    sample = data_sample(base, 256 * MiB)
+    t = time.perf_counter()
+    hashlib.sha256(sample).digest()
+    sha = len(sample) / MiB / (time.perf_counter() - t)
+    res = {"read_mib_s": round(best), "sha256_mib_s": round(sha)}
+    for lvl in sorted({3, zstd_level}):
+        c = zstandard.ZstdCompressor(level=lvl)
+        t = time.perf_counter()
+        for i in range(0, len(sample), 4 * MiB):
+            c.compress(sample[i:i + 4 * MiB])
+        res[f"zstd{lvl}_mib_s"] = round(len(sample) / MiB / (time.perf_counter() - t))
+    res["zstd_mib_s"] = res["zstd3_mib_s"]
+    return res
+
+
+# --------------------------------------------------------------------------- images
+
+def make_sparse_tib(base, dst, pieces=16):
+    """1 TiB sparse file holding the base image's content, in ``pieces`` slices
+    spread evenly over the TiB (holes of the base stay holes)."""
+    size = os.path.getsize(base)
+    piece = size // pieces
+    stride = TiB // pieces
+    with open(base, "rb") as src, open(dst, "wb") as out:
+        out.truncate(TiB)
+        sfd, ofd = src.fileno(), out.fileno()
+        for k in range(pieces):
+            lo, hi = k * piece, (k + 1) * piece if k < pieces - 1 else size
+            pos = lo
+            while pos < hi:
+                try:
+                    s = os.lseek(sfd, pos, os.SEEK_DATA)
+                except OSError:
+                    break
+                if s >= hi:
+                    break
+                e = min(os.lseek(sfd, s, os.SEEK_HOLE), hi)
+                while s < e:
+                    n = min(8 * MiB, e - s)
+                    os.pwrite(ofd, os.pread(sfd, n, s), k * stride + (s - lo))
+                    s += n
+                pos = e
+
+
+def sha256_file(path, size):
+    h = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f:
+        left = size
+        while left:
+            b = f.read(min(8 * MiB, left))
+            if not b:
+                break
+            h.update(b)
+            left -= len(b)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- main
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size-mib", type=int, default=1024)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--workdir", default=None, help="parent of the temporary directory")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--block-size", type=int, default=16 * 1024)
+    ap.add_argument("--compression", default="zstd")
+    ap.add_argument("--level", type=int, default=None)
+    ap.add_argument("--skip-sparse", action="store_true")
+    ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.child:
+        return child(json.loads(a.child))
+
+    sys.path.insert(0, ROOT)
+    size = a.size_mib * MiB
+    parent_dir = a.workdir or ("/work" if os.path.isdir("/work") else tempfile.gettempdir())
+    free = shutil.disk_usage(parent_dir).free
+    need = 5 * size + 512 * MiB
+    if free < need:
+        sys.exit(f"not enough free disk in {parent_dir}: {free >> 20} MiB free, need ~{need >> 20}")
+    work = tempfile.mkdtemp(prefix="bench-datapath-", dir=parent_dir)
+    log(f"workdir {work} ({free >> 30} GiB free)")
+    options = {"threads": a.threads, "block_size": a.block_size, "compression": a.compression}
+    if a.level is not None:
+        options["compression_level"] = a.level
+    try:
+        base, mod = os.path.join(work, "base.img"), os.path.join(work, "mod.img")
+        t = time.perf_counter()
+        p = subprocess.run([sys.executable, find_workload(), base, "--size-mib", str(a.size_mib),
+                            "--modified", mod, "--percent", "1"], check=True,
+                           capture_output=True, text=True)
+        workload = json.loads(p.stdout.strip().splitlines()[-1])
+        log(f"images made in {time.perf_counter() - t:.1f}s: {json.dumps(workload)}")
+        from workers.drivers.chunked import _Codec
+        level = _Codec(a.compression if a.compression != "none" else "zstd", a.level).level
+        limits = single_thread_limits(base, level if a.compression == "zstd" else 3)
+        log(f"single-thread limits: {limits}")
+
+        def backup(store, source, bid, vsize, parent=None):
+            return run_child({"op": "backup", "store": store, "source": source, "backup_id": bid,
+                              "size": vsize, "parent": parent, "options": options})
+
+        full, inc, rest, sparse = [], [], [], []
+        keep_full = None
+        for i in range(a.runs):
+            store = os.path.join(work, f"store-full{i}")
+            r = backup(store, base, f"full{i}", size)
+            full.append(r)
+            log(f"full #{i}: {r['elapsed_s']:.2f}s {size / MiB / r['elapsed_s']:.0f} MiB/s "
+                f"stored {r['stored_bytes']} rss {r['maxrss_mib']:.0f} MiB")
+            if keep_full is None:
+                keep_full = (store, r)
+            else:
+                shutil.rmtree(store)
+        store, fr = keep_full
+        parent = [fr["container"], fr["prefix"]]
+        want = sha256_file(mod, size)
+        for i in range(a.runs):
+            r = backup(store, mod, f"inc{i}", size, parent)
+            assert r["incremental"], r
+            inc.append(r)
+            log(f"incremental #{i}: {r['elapsed_s']:.2f}s {size / MiB / r['elapsed_s']:.0f} MiB/s "
+                f"stored {r['stored_bytes']} changed {r['changed_bytes']}")
+        ref = [inc[-1]["container"], inc[-1]["prefix"]]
+        for i in range(a.runs):
+            target = os.path.join(work, "restore.img")
+            with open(target, "wb") as f:     # an existing (sparse) volume
+                f.truncate(size)
+            r = run_child({"op": "restore", "store": store, "ref": ref, "target": target,
+                           "options": options, "target_is_zeroed": False})
+            got = sha256_file(target, size)
+            if got != want:
+                raise SystemExit(f"restore #{i} produced wrong data: {got} != {want}")
+            rest.append(r)
+            log(f"restore #{i}: {r['elapsed_s']:.2f}s {size / MiB / r['elapsed_s']:.0f} MiB/s "
+                f"sha256 ok rss {r['maxrss_mib']:.0f} MiB")
+            os.unlink(target)
+        shutil.rmtree(store)
+        if not a.skip_sparse:
+            tib = os.path.join(work, "sparse-1tib.img")
+            make_sparse_tib(base, tib)
+            for i in range(a.runs):
+                s2 = os.path.join(work, f"store-sparse{i}")
+                r = backup(s2, tib, f"sparse{i}", TiB)
+                sparse.append(r)
+                log(f"sparse 1 TiB #{i}: {r['elapsed_s']:.2f}s stored {r['stored_bytes']} "
+                    f"rss {r['maxrss_mib']:.0f} MiB")
+                shutil.rmtree(s2)
+            os.unlink(tib)
+
+        med = statistics.median
+        out = {
+            "size_mib": a.size_mib,
+            "full_mib_s": round(size / MiB / med(r["elapsed_s"] for r in full), 1),
+            "incremental_mib_s": round(size / MiB / med(r["elapsed_s"] for r in inc), 1),
+            "restore_mib_s": round(size / MiB / med(r["elapsed_s"] for r in rest), 1),
+            "full_stored_bytes": int(med(r["stored_bytes"] for r in full)),
+            "incremental_stored_bytes": int(med(r["stored_bytes"] for r in inc)),
+            "peak_rss_mib": round(med(r["maxrss_mib"] for r in full), 1),
+            "sparse_1tib_s": round(med(r["elapsed_s"] for r in sparse), 3) if sparse else None,
+            "sparse_1gib_s": round(med(r["elapsed_s"] for r in full), 3),
+            "read_mib_s": limits["read_mib_s"],
+            "sha256_mib_s": limits["sha256_mib_s"],
+            "zstd_mib_s": limits["zstd_mib_s"],
+            "zstd_level": level if a.compression == "zstd" else None,
+            f"zstd{level}_mib_s": limits.get(f"zstd{level}_mib_s"),
+            "restore_peak_rss_mib": round(med(r["maxrss_mib"] for r in rest), 1),
+            "block_size": a.block_size, "threads": a.threads, "compression": a.compression,
+            "runs": a.runs,
+        }
+        print(json.dumps(out), flush=True)
+    finally:
+        if not a.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
