@@ -1,0 +1,3 @@
+"""Cinder-compatible volume backup orchestrator."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,500 @@
+"""The backup API: every rule of Cinder's backup service, free of Flask and Celery.
+
+Each function takes a session, a request context, the settings and ``now``;
+it validates, changes rows with compare-and-swap updates, charges quota in
+the same transaction, and returns the jobs that the caller dispatches after
+committing. Errors are ``orchestrator.errors`` classes.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import json
+import re
+
+from dateutil import parser as dateparser
+from sqlalchemy import select
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from orchestrator import errors
+from orchestrator import hosts
+from orchestrator import jobs
+from orchestrator import paging
+from orchestrator import quota
+from orchestrator import volumes
+from orchestrator.config import Settings
+from orchestrator.context import RequestContext
+from orchestrator.models import NULL_VOLUME_ID
+from orchestrator.models import Backup
+from orchestrator.models import BackupMetadata
+from orchestrator.models import Job
+from orchestrator.models import Snapshot
+from orchestrator.models import Volume
+from orchestrator.models import new_id
+
+DRIVER_ID = "orchestrator.drivers.chunked"
+CONTAINER_RE = re.compile(r"^[A-Za-z0-9._/-]{1,255}$")
+RESET_STATUSES = ("available", "error")
+SORT_KEYS = {"id", "status", "size", "availability_zone", "created_at", "updated_at",
+             "display_name", "volume_id", "data_timestamp", "container", "object_count",
+             "display_description", "snapshot_id", "parent_id", "user_id", "project_id"}
+
+
+def validate_container(container: str | None) -> str | None:
+    """Containers are relative paths of [A-Za-z0-9._/-] without `..` (fixes Cinder's W19).
+
+    :raises InvalidInput:
+    """
+    if container is None or container == "":
+        return None
+    if not CONTAINER_RE.match(container) or container.startswith("/") or \
+            any(part in ("..", ".") for part in container.split("/")) or "//" in container:
+        raise errors.InvalidInput(
+            f"Invalid input received: container '{container}' must be a relative path of "
+            "letters, digits, '.', '_', '-' and '/', without '.' or '..' components.")
+    return container
+
+
+# ----------------------------------------------------------------------------- reads
+
+
+def get_backup(session: Session, ctx: RequestContext, backup_id: str) -> Backup:
+    """A visible backup (admins see every project). :raises BackupNotFound:"""
+    backup = session.get(Backup, backup_id)
+    if backup is None or backup.deleted or \
+            (not ctx.is_admin and backup.project_id != ctx.project_id):
+        raise errors.BackupNotFound(backup_id)
+    return backup
+
+
+def list_backups(session: Session, ctx: RequestContext, *, all_tenants: bool = False,
+                 filters: dict | None = None, like_filters: dict | None = None,
+                 sort: list[tuple[str, str]] | None = None, marker: str | None = None,
+                 limit: int | None = None, offset: int | None = None,
+                 with_count: bool = False) -> tuple[list[Backup], int | None]:
+    """Backups in scope, filtered, sorted and paged; the count only when asked.
+
+    :raises MarkerNotFound, InvalidInput:
+    """
+    scope = None if (ctx.is_admin and all_tenants) else ctx.project_id
+    return paging.list_rows(session, Backup, scope_project=scope, filters=filters,
+                            like_filters=like_filters, sort=sort, sort_keys=SORT_KEYS,
+                            marker=marker, limit=limit, offset=offset, with_count=with_count)
+
+
+def active_operation(session: Session, backup: Backup) -> Job | None:
+    """The job currently working on a backup, if any."""
+    return session.scalar(select(Job).where(Job.resource_id == backup.id,
+                                            Job.state.in_(jobs.ACTIVE_STATES))
+                          .order_by(Job.created_at.desc()).limit(1))
+
+
+# ----------------------------------------------------------------------------- create
+
+
+def _choose_parent(session: Session, ctx: RequestContext, volume_id: str,
+                   snapshot_created_at: dt.datetime | None) -> Backup:
+    candidates = session.scalars(select(Backup).where(
+        Backup.volume_id == volume_id, Backup.project_id == ctx.project_id,
+        Backup.deleted.is_(False))).all()
+    if not candidates:
+        raise errors.InvalidBackup("Invalid backup: No backups available to do an incremental"
+                                   " backup.")
+    minimum = dt.datetime.min
+    eligible = [b for b in candidates if b.status == "available" and (
+        snapshot_created_at is None or (b.data_timestamp or minimum) < snapshot_created_at)]
+    if not eligible:
+        raise errors.InvalidBackup("Invalid backup: The parent backup must be available for"
+                                   " incremental backup.")
+    return max(eligible, key=lambda b: (b.data_timestamp or minimum, b.created_at, b.id))
+
+
+def create_backup(session: Session, ctx: RequestContext, settings: Settings, *, volume_id: str,
+                  now: dt.datetime, snapshot_id: str | None = None, container: str | None = None,
+                  name: str | None = None, description: str | None = None,
+                  incremental: bool = False, force: bool = False, metadata: dict | None = None,
+                  availability_zone: str | None = None) -> tuple[Backup, list[Job]]:
+    """Validate, charge quota, mark the source busy and queue the backup job.
+
+    :raises VolumeNotFound, SnapshotNotFound, InvalidVolume, InvalidSnapshot,
+        InvalidBackup, OverQuota, NoLiveHost:
+    """
+    container = validate_container(container)
+    volume = volumes.get_volume(session, ctx, volume_id)
+    snapshot = None
+    if snapshot_id:
+        snapshot = volumes.get_snapshot(session, ctx, snapshot_id)
+        if snapshot.volume_id != volume.id:
+            raise errors.InvalidVolume(f"Invalid volume: Snapshot {snapshot.id} is not a "
+                                       f"snapshot of volume {volume.id}.")
+        if snapshot.status != "available":
+            raise errors.InvalidSnapshot(f"Invalid snapshot: Snapshot {snapshot.id} status must "
+                                         f"be available, but current status is: "
+                                         f"{snapshot.status}.")
+    else:
+        if volume.status not in ("available", "in-use"):
+            raise errors.InvalidVolume(f"Invalid volume: Volume {volume.id} to be backed up must"
+                                       f" be available or in-use, but the current status is "
+                                       f"\"{volume.status}\".")
+        if volume.status == "in-use" and not force:
+            raise errors.InvalidVolume(f"Invalid volume: Backing up an in-use volume {volume.id}"
+                                       " must use the force flag.")
+    az = availability_zone or volume.availability_zone
+    host = hosts.select_host(session, hosts.BACKUP_BINARY, now=now,
+                             down_time=settings.service_down_time, az=az,
+                             preferred=volume.host, use_same_host=settings.backup_use_same_host)
+    parent = None
+    if incremental:
+        parent = _choose_parent(session, ctx, volume.id,
+                                snapshot.created_at if snapshot else None)
+    quota.charge(session, ctx.project_id, {"backups": 1, "backup_gigabytes": volume.size},
+                 settings, now=now)
+    params: dict = {"volume_id": volume.id, "volume_host": volume.host}
+    if snapshot is not None:
+        if session.execute(update(Snapshot).where(
+                Snapshot.id == snapshot.id, Snapshot.status == "available")
+                .values(status="backing-up", updated_at=now)).rowcount != 1:
+            raise errors.InvalidSnapshot(f"Invalid snapshot: Snapshot {snapshot.id} changed "
+                                         "status concurrently; try again.")
+        params.update(snapshot_id=snapshot.id, snapshot_previous_status="available")
+    else:
+        if session.execute(update(Volume).where(Volume.id == volume.id,
+                                                Volume.status == volume.status)
+                           .values(status="backing-up", previous_status=volume.status,
+                                   updated_at=now)).rowcount != 1:
+            raise errors.InvalidVolume(f"Invalid volume: Volume {volume.id} changed status "
+                                       "concurrently; try again.")
+        params["previous_status"] = volume.status
+    backup = Backup(
+        id=new_id(), user_id=ctx.user_id, project_id=ctx.project_id, volume_id=volume.id,
+        snapshot_id=snapshot.id if snapshot else None, status="creating", container=container,
+        display_name=name, display_description=description, availability_zone=az, host=host,
+        size=volume.size, parent_id=parent.id if parent else None, created_at=now,
+        data_timestamp=snapshot.created_at if snapshot else now, object_count=0)
+    backup.metadata_items = [BackupMetadata(key=k, value=v, created_at=now)
+                             for k, v in (metadata or {}).items()]
+    session.add(backup)
+    session.flush()
+    if parent is not None:
+        params["parent_id"] = parent.id
+    job = jobs.create(session, "backup_create", resource_type="backup", resource_id=backup.id,
+                      host=host, kind="backup", project_id=ctx.project_id, params=params, now=now)
+    return backup, [job]
+
+
+# ----------------------------------------------------------------------------- update
+
+
+def update_backup(session: Session, ctx: RequestContext, backup_id: str, *,
+                  fields: dict, now: dt.datetime) -> Backup:
+    """Change name, description and (whole-set) metadata; allowed in any status."""
+    backup = get_backup(session, ctx, backup_id)
+    if "name" in fields:
+        backup.display_name = fields["name"]
+    if "description" in fields:
+        backup.display_description = fields["description"]
+    if "metadata" in fields:
+        new = dict(fields["metadata"] or {})
+        for item in list(backup.metadata_items):
+            if item.key not in new:
+                item.deleted, item.deleted_at = True, now
+            elif item.value != new[item.key]:
+                item.value = new.pop(item.key)
+            else:
+                new.pop(item.key)
+        for key, value in new.items():
+            session.add(BackupMetadata(backup_id=backup.id, key=key, value=value, created_at=now))
+    backup.updated_at = now
+    session.flush()
+    session.refresh(backup)
+    return backup
+
+
+# ----------------------------------------------------------------------------- delete
+
+
+def _has_children(session: Session, backup: Backup) -> bool:
+    # Children in any project count (Cinder only looks in the caller's: W12).
+    return session.scalar(select(Backup.id).where(Backup.parent_id == backup.id,
+                                                  Backup.deleted.is_(False)).limit(1)) is not None
+
+
+def _delete_host(session: Session, settings: Settings, backup: Backup, now: dt.datetime) -> str:
+    return hosts.select_host(session, hosts.BACKUP_BINARY, now=now,
+                             down_time=settings.service_down_time,
+                             az=backup.availability_zone, preferred=backup.host,
+                             use_same_host=settings.backup_use_same_host)
+
+
+def delete_backup(session: Session, ctx: RequestContext, settings: Settings, backup_id: str, *,
+                  now: dt.datetime) -> list[Job]:
+    """Queue the deletion of an available or failed backup.
+
+    :raises BackupNotFound, InvalidBackup, NoLiveHost:
+    """
+    backup = get_backup(session, ctx, backup_id)
+    if backup.status not in ("available", "error"):
+        raise errors.InvalidBackup("Invalid backup: Backup status must be available or error")
+    if _has_children(session, backup):
+        raise errors.InvalidBackup("Invalid backup: Incremental backups exist for this backup.")
+    host = _delete_host(session, settings, backup, now)
+    if session.execute(update(Backup).where(Backup.id == backup.id,
+                                            Backup.status == backup.status)
+                       .values(status="deleting", host=host, updated_at=now)).rowcount != 1:
+        raise errors.InvalidBackup("Invalid backup: Backup status must be available or error")
+    return [jobs.create(session, "backup_delete", resource_type="backup", resource_id=backup.id,
+                        host=host, kind="backup", project_id=backup.project_id,
+                        params={"previous_status": backup.status}, now=now)]
+
+
+def force_delete_backup(session: Session, ctx: RequestContext, settings: Settings,
+                        backup_id: str, *, now: dt.datetime) -> list[Job]:
+    """Delete a backup in any status, cancelling whatever runs on it (admin).
+
+    A running job is asked to stop (it checks at least every 64 MiB, removes
+    what it wrote and restores its source); the delete is chained after it.
+
+    :raises BackupNotFound, PolicyNotAuthorized, InvalidBackup, NoLiveHost:
+    """
+    backup = get_backup(session, ctx, backup_id)
+    if not ctx.is_admin:
+        raise errors.PolicyNotAuthorized("volume_extension:backup_admin_actions:force_delete")
+    if _has_children(session, backup):
+        raise errors.InvalidBackup("Invalid backup: Incremental backups exist for this backup.")
+    if backup.status == "deleting" and active_operation(session, backup) is not None:
+        return []  # already being deleted
+    host = _delete_host(session, settings, backup, now)
+    previous = backup.status
+    session.execute(update(Backup).where(Backup.id == backup.id)
+                    .values(status="deleting", host=host, updated_at=now))
+    running = active_operation(session, backup)
+    delete_job = jobs.create(session, "backup_delete", resource_type="backup",
+                             resource_id=backup.id, host=host, kind="backup",
+                             project_id=backup.project_id,
+                             params={"previous_status": previous, "force": True,
+                                     "run_after_failure": True},
+                             state="waiting" if running else "queued", now=now)
+    to_dispatch = [delete_job]
+    if running is not None:
+        if running.state in ("queued", "waiting"):
+            # Never started: cancel it here and undo its effects, then delete at once.
+            if jobs.finish(session, running, "cancelled", now=now, error="force deleted") or \
+                    session.execute(update(Job).where(Job.id == running.id,
+                                                      Job.state == "waiting")
+                                    .values(state="cancelled", finished_at=now)).rowcount:
+                jobs.on_failure(session, running, "cancelled by force delete", now=now,
+                                cancelled=True)
+            session.execute(update(Backup).where(Backup.id == backup.id)
+                            .values(status="deleting"))
+            delete_job.state = "queued"
+            delete_job.dispatched_at = now
+        else:
+            session.execute(update(Job).where(Job.id == running.id)
+                            .values(cancel_requested=True, next_job_id=delete_job.id))
+            to_dispatch = []
+    return to_dispatch
+
+
+# ----------------------------------------------------------------------------- restore
+
+
+def restore_backup(session: Session, ctx: RequestContext, settings: Settings, backup_id: str, *,
+                   volume_id: str | None, name: str | None, now: dt.datetime,
+                   new_volume: dict | None = None) -> tuple[dict, list[Job]]:
+    """Restore into an existing volume, or into a new one created first (a job chain).
+
+    ``new_volume`` overrides the new volume's attributes (size, description,
+    availability_zone, metadata, volume_type): create-volume-from-backup.
+
+    :raises BackupNotFound, VolumeNotFound, InvalidBackup, InvalidVolume,
+        OverQuota, NoLiveHost:
+    """
+    backup = get_backup(session, ctx, backup_id)
+    if backup.status != "available":
+        raise errors.InvalidBackup("Invalid backup: Backup status must be available")
+    if backup.size is None:
+        raise errors.InvalidBackup(f"Invalid backup: Backup {backup.id} has no size.")
+    host = hosts.select_host(session, hosts.BACKUP_BINARY, now=now,
+                             down_time=settings.service_down_time,
+                             az=backup.availability_zone, preferred=backup.host,
+                             use_same_host=settings.backup_use_same_host)
+    to_dispatch: list[Job] = []
+    if volume_id:
+        volume = volumes.get_volume(session, ctx, volume_id)
+        if volume.status != "available":
+            raise errors.InvalidVolume(f"Invalid volume: Volume to be restored to must be "
+                                       f"available, but the current status is {volume.status}.")
+        if volume.size < backup.size:
+            raise errors.InvalidVolume(
+                f"Invalid volume: volume size {volume.size} is smaller than backup size "
+                f"{backup.size}.")
+        if session.execute(update(Volume).where(Volume.id == volume.id,
+                                                Volume.status == "available")
+                           .values(status="restoring-backup", updated_at=now)).rowcount != 1:
+            raise errors.InvalidVolume(f"Invalid volume: Volume {volume.id} changed status "
+                                       "concurrently; try again.")
+        volume_is_new = False
+        restore_state = "queued"
+    else:
+        attrs = {"size": backup.size, "description": "auto-created_from_restore_from_backup",
+                 "availability_zone": backup.availability_zone, "metadata": None,
+                 "volume_type": None, **(new_volume or {})}
+        if attrs["size"] < backup.size:
+            raise errors.InvalidVolume(f"Invalid volume: volume size {attrs['size']} is smaller"
+                                       f" than backup size {backup.size}.")
+        volume, create_job = volumes.new_volume(
+            session, ctx, settings, name=name or f"restore_backup_{backup.id}", now=now,
+            job_params={"then_status": "restoring-backup"}, **attrs)
+        volume_is_new = True
+        restore_state = "waiting"
+        to_dispatch.append(create_job)
+    if session.execute(update(Backup).where(Backup.id == backup.id,
+                                            Backup.status == "available")
+                       .values(status="restoring", restore_volume_id=volume.id, host=host,
+                               updated_at=now)).rowcount != 1:
+        raise errors.InvalidBackup("Invalid backup: Backup status must be available")
+    restore_job = jobs.create(session, "backup_restore", resource_type="backup",
+                              resource_id=backup.id, host=host, kind="backup",
+                              project_id=ctx.project_id, state=restore_state,
+                              params={"volume_id": volume.id, "volume_is_new": volume_is_new},
+                              now=now)
+    if volume_is_new:
+        jobs.chain(to_dispatch[0], restore_job)
+    else:
+        to_dispatch.append(restore_job)
+    return ({"backup_id": backup.id, "volume_id": volume.id,
+             "volume_name": volume.display_name}, to_dispatch)
+
+
+# ----------------------------------------------------------------------------- admin actions
+
+
+def reset_status(session: Session, ctx: RequestContext, backup_id: str, status: str, *,
+                 now: dt.datetime) -> None:
+    """Set a backup to available or error whatever it was doing (admin).
+
+    A job still working on it is asked to stop; its completion cannot undo
+    the reset because every completion is a compare-and-swap.
+
+    :raises BackupNotFound, PolicyNotAuthorized, InvalidBackup:
+    """
+    backup = get_backup(session, ctx, backup_id)
+    if not ctx.is_admin:
+        raise errors.PolicyNotAuthorized("volume_extension:backup_admin_actions:reset_status")
+    status = (status or "").lower()
+    if status not in RESET_STATUSES:
+        raise errors.InvalidBackup(f"Invalid backup: Backup status: {status} is invalid, valid "
+                                   f"statuses are: ['available', 'error'].")
+    session.execute(update(Job).where(Job.resource_id == backup.id, Job.state == "running")
+                    .values(cancel_requested=True))
+    backup.status = status
+    if status == "error" and not backup.fail_reason:
+        backup.fail_reason = "reset to error by an administrator"
+    backup.updated_at = now
+
+
+EXPORT_FIELDS = ("id", "user_id", "project_id", "volume_id", "host", "availability_zone",
+                 "container", "parent_id", "status", "fail_reason", "size", "display_name",
+                 "display_description", "service_metadata", "service", "object_count",
+                 "temp_volume_id", "temp_snapshot_id", "num_dependent_backups", "snapshot_id",
+                 "data_timestamp", "restore_volume_id", "encryption_key_id", "created_at",
+                 "updated_at", "deleted_at", "deleted")
+
+
+def export_record(session: Session, ctx: RequestContext, settings: Settings, backup_id: str
+                  ) -> dict:
+    """The base64 record that import_record takes (admin). :raises InvalidBackup:"""
+    backup = get_backup(session, ctx, backup_id)
+    if not ctx.is_admin:
+        raise errors.PolicyNotAuthorized("backup:export-import")
+    if backup.status != "available":
+        raise errors.InvalidBackup("Invalid backup: Backup status must be available and not "
+                                   f"{backup.status}.")
+    record: dict = {}
+    for key in EXPORT_FIELDS:
+        value = getattr(backup, key)
+        record[key] = value.isoformat() if isinstance(value, dt.datetime) else value
+    record["metadata"] = backup.metadata_dict
+    record["driver_info"] = {"store": settings.backup_store, "format": "chunked-v1"}
+    url = base64.b64encode(json.dumps(record, sort_keys=True).encode()).decode()
+    return {"backup_service": backup.service or DRIVER_ID, "backup_url": url}
+
+
+def _parse_time(value) -> dt.datetime | None:
+    if not value:
+        return None
+    parsed = dateparser.isoparse(value) if isinstance(value, str) else value
+    if parsed.tzinfo is not None:
+        parsed = parsed.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    return parsed
+
+
+def import_record(session: Session, ctx: RequestContext, settings: Settings, *,
+                  backup_service: str, backup_url: str, now: dt.datetime
+                  ) -> tuple[Backup, list[Job]]:
+    """Recreate a backup row from an exported record and verify it against the store (admin).
+
+    :raises PolicyNotAuthorized, InvalidBackup, InvalidInput, OverQuota, NoLiveHost:
+    """
+    if not ctx.is_admin:
+        raise errors.PolicyNotAuthorized("backup:backup-import")
+    try:
+        host = hosts.select_host(session, hosts.BACKUP_BINARY, now=now,
+                                 down_time=settings.service_down_time)
+    except errors.NoLiveHost:
+        raise errors.ServiceUnavailable(f"Service {backup_service} could not be found.") from None
+    if backup_service != DRIVER_ID:
+        raise errors.InvalidBackup(f"Invalid backup: backup_service {backup_service!r} is not "
+                                   f"supported; this service imports {DRIVER_ID} records.")
+    try:
+        record = json.loads(base64.b64decode(backup_url.encode(), validate=True))
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        raise errors.InvalidInput("Invalid input received: Can't parse backup record.") from None
+    if not isinstance(record, dict):
+        raise errors.InvalidInput("Invalid input received: Can't parse backup record.")
+    if "id" not in record:
+        raise errors.InvalidBackup("Invalid backup: Provided backup record is missing an id.")
+    if "size" not in record:
+        raise errors.InvalidBackup("Invalid backup: Provided backup record is missing size "
+                                   "attribute.")
+    try:
+        size = int(record["size"])
+        backup_uuid = str(record["id"])
+        if not re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
+                            backup_uuid):
+            raise ValueError(backup_uuid)
+        container = validate_container(record.get("container"))
+        if size < 0:
+            raise ValueError(size)
+    except (TypeError, ValueError, errors.InvalidInput) as exc:
+        raise errors.InvalidInput(f"Invalid input received: Can't parse backup record "
+                                  f"({exc}).") from None
+    existing = session.get(Backup, backup_uuid)
+    if existing is not None and not existing.deleted:
+        raise errors.InvalidBackup("Invalid backup: Backup already exists in database.")
+    quota.charge(session, ctx.project_id, {"backups": 1, "backup_gigabytes": size}, settings,
+                 now=now)
+    revived = existing is not None
+    backup = existing or Backup(id=backup_uuid, created_at=now)
+    backup.user_id, backup.project_id = ctx.user_id, ctx.project_id
+    backup.volume_id = NULL_VOLUME_ID
+    backup.status = "creating"
+    backup.deleted, backup.deleted_at = False, None
+    backup.size = size
+    backup.container = container
+    backup.host = host
+    backup.fail_reason = None
+    backup.object_count = 0
+    backup.num_dependent_backups = 0
+    if revived:
+        for item in backup.metadata_items:
+            item.deleted, item.deleted_at = True, now
+    else:
+        session.add(backup)
+    session.flush()
+    job = jobs.create(session, "backup_import", resource_type="backup", resource_id=backup.id,
+                      host=host, kind="backup", project_id=ctx.project_id,
+                      params={"record": record, "revived": revived}, now=now)
+    return backup, [job]

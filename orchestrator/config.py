@@ -1,0 +1,135 @@
+"""One Settings object: defaults, then ORCH_* environment variables, then overrides.
+
+This module is the only reader of the environment for the orchestrator.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from dataclasses import dataclass
+from dataclasses import field
+from pathlib import Path
+
+
+def _bool(value: str) -> bool:
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "on", "t", "y"):
+        return True
+    if v in ("0", "false", "no", "off", "f", "n", ""):
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+def default_host() -> str:
+    """This machine's short host name, normalised for queue names."""
+    return normalise_host(socket.gethostname().split(".")[0] or "localhost")
+
+
+def normalise_host(name: str) -> str:
+    """Lower-case a host name and keep only [a-z0-9.-] so it is a safe queue name."""
+    out = "".join(c if (c.isalnum() or c in ".-") else "-" for c in name.strip().lower())
+    if not out:
+        raise ValueError("host name must not be empty")
+    return out
+
+
+@dataclass
+class Settings:
+    """Every tunable of the service. Field names map to ORCH_<UPPER_NAME> variables."""
+
+    state_dir: str = "./var"
+    database_url: str = ""          # default: sqlite:///<state_dir>/orchestrator.db
+    broker_url: str = ""            # default: redis+socket://<state_dir>/redis.sock
+    api_host: str = "127.0.0.1"
+    api_port: int = 8776
+    api_workers: int = 2
+    public_endpoint: str = ""       # base URL for links; default: from the request
+    backup_path: str = ""           # POSIX backup store; default: <state_dir>/backups
+    volume_path: str = ""           # file volume backend root; default: <state_dir>/volumes
+    backup_store: str = "posix"     # posix | s3
+    s3_endpoint_url: str = ""
+    s3_bucket: str = "volumebackups"
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
+    s3_region: str = "us-east-1"
+    backup_compression: str = "zstd"
+    heartbeat_interval: float = 10.0
+    service_down_time: float = 60.0
+    backup_use_same_host: bool = False
+    default_availability_zone: str = "nova"
+    auth: str = "noauth"
+    admin_names: str = "admin"
+    lease_ttl: float = 60.0
+    reaper_interval: float = 15.0
+    dispatch_resend_after: float = 30.0
+    reservation_expire: float = 86400.0
+    quota_backups: int = 10
+    quota_backup_gigabytes: int = 1000
+    quota_volumes: int = 10
+    quota_gigabytes: int = 1000
+    quota_snapshots: int = 10
+    max_list_limit: int = 1000
+    max_body_bytes: int = 1048576
+    log_level: str = "INFO"
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        state = Path(self.state_dir).absolute()
+        self.state_dir = str(state)
+        if not self.database_url:
+            self.database_url = f"sqlite:///{state / 'orchestrator.db'}"
+        if not self.broker_url:
+            self.broker_url = f"redis+socket://{state / 'redis.sock'}"
+        if not self.backup_path:
+            self.backup_path = str(state / "backups")
+        if not self.volume_path:
+            self.volume_path = str(state / "volumes")
+        if self.service_down_time <= self.heartbeat_interval:
+            # Cinder's rule: a down time not above the report interval would flap.
+            self.service_down_time = self.heartbeat_interval * 2.5
+
+    @property
+    def admin_set(self) -> frozenset[str]:
+        """Names (user or project ids) that are admin in noauth mode."""
+        return frozenset(n.strip() for n in self.admin_names.split(",") if n.strip())
+
+    @property
+    def log_dir(self) -> str:
+        return str(Path(self.state_dir) / "logs")
+
+    @classmethod
+    def from_env(cls, environ: dict | None = None, **overrides) -> "Settings":
+        """Build settings from defaults, ORCH_* variables and keyword overrides."""
+        environ = os.environ if environ is None else environ
+        values: dict = {}
+        for f in dataclasses.fields(cls):
+            if f.name == "extra":
+                continue
+            raw = environ.get(f"ORCH_{f.name.upper()}")
+            if raw is None:
+                continue
+            default = f.default
+            try:
+                if isinstance(default, bool):
+                    values[f.name] = _bool(raw)
+                elif isinstance(default, int):
+                    values[f.name] = int(raw)
+                elif isinstance(default, float):
+                    values[f.name] = float(raw)
+                else:
+                    values[f.name] = raw
+            except ValueError as exc:
+                raise ValueError(f"ORCH_{f.name.upper()}: {exc}") from None
+        values.update(overrides)
+        return cls(**values)
+
+    def as_env(self) -> dict[str, str]:
+        """The settings as ORCH_* variables, to hand to child processes."""
+        env = {}
+        for f in dataclasses.fields(self):
+            if f.name == "extra":
+                continue
+            value = getattr(self, f.name)
+            env[f"ORCH_{f.name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+        return env

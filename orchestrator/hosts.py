@@ -1,0 +1,110 @@
+"""Service registry: heartbeats, liveness and host choice.
+
+Liveness has one source: the ``services`` row each worker refreshes every
+``heartbeat_interval`` seconds. A host is up while its last heartbeat is at
+most ``service_down_time`` old, and only enabled, up hosts get new work.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import random
+
+from sqlalchemy import insert
+from sqlalchemy import select
+from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from orchestrator import errors
+from orchestrator.models import Service
+
+BACKUP_BINARY = "cinder-backup"
+VOLUME_BINARY = "cinder-volume"
+SCHEDULER_BINARY = "cinder-scheduler"
+TOPICS = {BACKUP_BINARY: "backup", VOLUME_BINARY: "volume", SCHEDULER_BINARY: "orchestrator"}
+
+
+def record_heartbeat(session: Session, host: str, binary: str, zone: str, *, now: dt.datetime,
+                     boot_id: str | None = None, version: str | None = None) -> None:
+    """Insert or refresh the services row of (host, binary)."""
+    values = {"updated_at": now, "availability_zone": zone}
+    if boot_id is not None:
+        values["boot_id"] = boot_id
+    if version is not None:
+        values["version"] = version
+    result = session.execute(
+        update(Service)
+        .where(Service.host == host, Service.binary == binary)
+        .values(report_count=Service.report_count + 1, **values)
+    )
+    if result.rowcount:
+        return
+    try:
+        with session.begin_nested():
+            session.execute(insert(Service).values(
+                host=host, binary=binary, topic=TOPICS.get(binary, binary), created_at=now,
+                report_count=1, disabled=False, **values))
+    except IntegrityError:
+        # Another process inserted the row first: refresh it instead.
+        session.execute(update(Service).where(Service.host == host, Service.binary == binary)
+                        .values(report_count=Service.report_count + 1, **values))
+
+
+def mark_stopped(session: Session, host: str, binaries: list[str]) -> None:
+    """Make a cleanly stopping host look down at once, so it gets no new work."""
+    session.execute(update(Service).where(Service.host == host, Service.binary.in_(binaries))
+                    .values(updated_at=None))
+
+
+def is_up(service: Service, *, now: dt.datetime, down_time: float) -> bool:
+    """Cinder's rule: a heartbeat no older than the down time."""
+    return service.updated_at is not None and \
+        service.updated_at >= now - dt.timedelta(seconds=down_time)
+
+
+def live_hosts(session: Session, binary: str, *, now: dt.datetime, down_time: float,
+               az: str | None = None) -> list[Service]:
+    """Enabled services of ``binary`` with a fresh heartbeat, in ``az`` when given, by host."""
+    cutoff = now - dt.timedelta(seconds=down_time)
+    query = select(Service).where(Service.binary == binary, Service.disabled.is_(False),
+                                  Service.updated_at >= cutoff)
+    if az:
+        query = query.where(Service.availability_zone == az)
+    return list(session.scalars(query.order_by(Service.host)))
+
+
+def select_host(session: Session, binary: str, *, now: dt.datetime, down_time: float,
+                az: str | None = None, preferred: str | None = None,
+                use_same_host: bool = False, rng: random.Random | None = None) -> str:
+    """Pick a live host for new work.
+
+    With ``use_same_host`` and a ``preferred`` host, only that host qualifies
+    (Cinder's backup_use_same_host); otherwise a random live host in the zone.
+
+    :raises NoLiveHost: when no enabled host in the zone has a fresh heartbeat.
+    """
+    candidates = live_hosts(session, binary, now=now, down_time=down_time, az=az)
+    if use_same_host and preferred:
+        candidates = [s for s in candidates if s.host == preferred]
+    if not candidates:
+        raise errors.NoLiveHost(binary, az)
+    return (rng or random).choice(candidates).host
+
+
+def list_services(session: Session, *, host: str | None = None,
+                  binary: str | None = None) -> list[Service]:
+    query = select(Service)
+    if host:
+        query = query.where(Service.host == host)
+    if binary:
+        query = query.where(Service.binary == binary)
+    return list(session.scalars(query.order_by(Service.binary, Service.host)))
+
+
+def availability_zones(session: Session, *, now: dt.datetime, down_time: float) -> dict[str, bool]:
+    """Every zone with a registered service, and whether any of its services is up."""
+    zones: dict[str, bool] = {}
+    for svc in session.scalars(select(Service)):
+        up = is_up(svc, now=now, down_time=down_time) and not svc.disabled
+        zones[svc.availability_zone] = zones.get(svc.availability_zone, False) or up
+    return zones

@@ -1,0 +1,97 @@
+"""The Cinder v3 wire layer: app factory, request hooks and blueprints."""
+from __future__ import annotations
+
+import logging
+import uuid
+
+from flask import Flask
+from flask import g
+from flask import request
+from werkzeug.routing import BaseConverter
+from werkzeug.routing import ValidationError
+
+from orchestrator import errors
+from orchestrator.config import Settings
+from orchestrator.db import get_database
+from orchestrator.http import faults
+from orchestrator.http.auth import noauth_context
+from orchestrator.http.common import COLLECTIONS
+from orchestrator.http.microversion import negotiate
+
+log = logging.getLogger(__name__)
+
+
+class ProjectConverter(BaseConverter):
+    """A project id in the URL: [A-Za-z0-9_-]{1,64}, never a collection name."""
+
+    regex = r"[A-Za-z0-9_-]{1,64}"
+
+    def to_python(self, value: str) -> str:
+        if value in COLLECTIONS:
+            raise ValidationError()
+        return value
+
+
+def create_app(settings: Settings | None = None, *, celery_app=None) -> Flask:
+    """Create the API application."""
+    from orchestrator.http import backups
+    from orchestrator.http import misc
+    from orchestrator.http import volumes
+    from orchestrator.tasks import Publisher
+    from orchestrator.tasks import make_celery
+
+    settings = settings or Settings.from_env()
+    app = Flask("orchestrator")
+    app.config["ORCH_SETTINGS"] = settings
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config["JSON_SORT_KEYS"] = False
+    app.json.sort_keys = False
+    app.url_map.converters["project"] = ProjectConverter
+    app.url_map.strict_slashes = False
+    app.extensions["orch_db"] = get_database(settings.database_url)
+    app.extensions["orch_celery"] = celery_app or make_celery(settings)
+    app.extensions["orch_publisher"] = Publisher(app.extensions["orch_celery"])
+    faults.init_app(app)
+
+    app.register_blueprint(misc.versions_bp)
+    for bp in (backups.bp, volumes.bp, misc.bp):
+        app.register_blueprint(bp, url_prefix="/v3", name=f"{bp.name}")
+        app.register_blueprint(bp, url_prefix="/v3/<project:project_id>",
+                               name=f"{bp.name}_project")
+
+    @app.before_request
+    def _begin():
+        g.request_id = f"req-{uuid.uuid4()}"
+        g.api_version = None
+        endpoint = request.endpoint or ""
+        if not request.path.startswith("/v3/") or endpoint.startswith("versions."):
+            return None
+        g.api_version = negotiate(request.headers.get("OpenStack-API-Version"))
+        url_project = (request.view_args or {}).get("project_id")
+        g.url_project = url_project
+        g.context = noauth_context(request, settings, url_project, g.request_id)
+        if url_project and url_project != g.context.project_id:
+            raise errors.InvalidInput("Malformed request url")
+        return None
+
+    @app.after_request
+    def _headers(response):
+        rid = g.get("request_id") or f"req-{uuid.uuid4()}"
+        response.headers["x-openstack-request-id"] = rid
+        response.headers["x-compute-request-id"] = rid
+        if request.path.startswith("/v3/") and not (request.endpoint or "").startswith(
+                "versions."):
+            version = g.get("api_version")
+            response.headers["OpenStack-API-Version"] = f"volume {version or '3.0'}"
+            response.headers["Vary"] = "OpenStack-API-Version"
+        return response
+
+    @app.teardown_request
+    def _close(exc):
+        s = g.pop("db_session", None)
+        if s is not None:
+            if exc is not None:
+                s.rollback()
+            s.close()
+
+    return app

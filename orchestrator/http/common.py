@@ -1,0 +1,246 @@
+"""Request plumbing shared by the blueprints: context, session, body, links, dispatch."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+from urllib.parse import urlencode
+
+from flask import current_app
+from flask import g
+from flask import request
+from marshmallow import Schema
+from marshmallow import ValidationError
+from sqlalchemy.orm import Session
+
+from orchestrator import errors
+from orchestrator.context import RequestContext
+from orchestrator.db import utcnow
+
+COLLECTIONS = frozenset({"volumes", "snapshots", "backups", "os-services", "os-quota-sets",
+                         "os-availability-zone", "limits", "types", "extensions"})
+
+
+def ctx() -> RequestContext:
+    return g.context
+
+
+def mv():
+    return g.api_version
+
+
+def settings():
+    return current_app.config["ORCH_SETTINGS"]
+
+
+def session(write: bool = False) -> Session:
+    """The request's session, opened lazily; writes use the immediate-lock engine."""
+    if "db_session" not in g:
+        g.db_session = current_app.extensions["orch_db"].session(write=write)
+        g.db_session_write = write
+    return g.db_session
+
+
+def commit_and_dispatch(jobs) -> None:
+    """Commit the request's transaction, then hand its jobs to the broker.
+
+    :raises BrokerUnavailable: the request's writes have been undone.
+    """
+    from orchestrator.tasks import dispatch
+    s = g.db_session
+    s.commit()
+    if jobs:
+        dispatch(current_app.extensions["orch_db"], current_app.extensions["orch_publisher"],
+                 jobs, undo_on_failure=True)
+
+
+def now() -> dt.datetime:
+    return utcnow()
+
+
+def body() -> dict:
+    """The JSON body as a dict. :raises InvalidInput: malformed or not an object."""
+    raw = request.get_data(cache=True)
+    if not raw:
+        raise errors.InvalidInput("Malformed request body: the body is empty.")
+    ctype = request.mimetype or ""
+    if ctype and ctype != "application/json" and not ctype.endswith("+json"):
+        raise UnsupportedMediaType()
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise errors.InvalidInput("Malformed request body") from None
+    if not isinstance(data, dict):
+        raise errors.InvalidInput("Malformed request body: expected a JSON object.")
+    return data
+
+
+class UnsupportedMediaType(errors.OrchestratorError):
+    code = 415
+    default_message = "Unsupported Content-Type"
+
+    def __init__(self):
+        super().__init__()
+
+
+def load(schema: Schema, data) -> dict:
+    """Validate with a marshmallow schema. :raises InvalidInput: naming the field."""
+    try:
+        return schema.load(data)
+    except ValidationError as exc:
+        raise errors.InvalidInput(f"Invalid input received: {_flatten(exc.messages)}") from None
+
+
+def _flatten(messages, prefix="") -> str:
+    if isinstance(messages, dict):
+        parts = []
+        for key, value in messages.items():
+            name = f"{prefix}{key}" if key != "_schema" else prefix.rstrip(".")
+            parts.append(_flatten(value, f"{name}." if name else ""))
+        return "; ".join(parts)
+    if isinstance(messages, list):
+        text = " ".join(str(m) for m in messages)
+        return f"{prefix.rstrip('.')}: {text}" if prefix else text
+    return f"{prefix.rstrip('.')}: {messages}" if prefix else str(messages)
+
+
+def base_url() -> str:
+    configured = settings().public_endpoint
+    return configured.rstrip("/") if configured else request.host_url.rstrip("/")
+
+
+def resource_links(collection: str, resource_id: str) -> list[dict]:
+    base = base_url()
+    project = g.get("url_project")
+    tail = f"/{project}" if project else ""
+    return [{"rel": "self", "href": f"{base}/v3{tail}/{collection}/{resource_id}"},
+            {"rel": "bookmark", "href": f"{base}{tail}/{collection}/{resource_id}"}]
+
+
+def next_link(items: list, limit: int | None, count: int | None) -> list[dict] | None:
+    """Cinder's rule: a next link when a further page may exist, never on an empty page."""
+    if not items:
+        return None
+    effective = limit if limit is not None else settings().max_list_limit
+    if effective > (count if count is not None else len(items)):
+        return None
+    params = [(k, v) for k, v in request.args.items(multi=True) if k != "marker"]
+    params.append(("marker", items[-1].id))
+    url = f"{base_url()}{request.path}?{urlencode(params)}"
+    return [{"rel": "next", "href": url}]
+
+
+def timestamp(value: dt.datetime | None) -> str | None:
+    return value.strftime("%Y-%m-%dT%H:%M:%S.%f") if value else None
+
+
+def parse_bool(name: str, value: str) -> bool:
+    v = value.strip().lower()
+    if v in ("1", "true", "t", "yes", "y", "on"):
+        return True
+    if v in ("0", "false", "f", "no", "n", "off"):
+        return False
+    raise errors.InvalidInput(f"Invalid input received: {name} must be a boolean, got "
+                              f"'{value}'.")
+
+
+PAGING_KEYS = {"limit", "marker", "offset", "sort", "sort_key", "sort_dir", "with_count",
+               "all_tenants"}
+
+
+def list_params(*, user_filters: set[str], name_column: str = "display_name",
+                name_sort_since: str | None = None) -> dict:
+    """Parse paging, sorting, scoping and filters of a list request (contract §5.3).
+
+    :raises InvalidInput:
+    """
+    args = request.args
+    out: dict = {"filters": {}, "like_filters": {}}
+    limit = args.get("limit")
+    if limit is not None:
+        try:
+            limit_i = int(limit)
+        except ValueError:
+            raise errors.InvalidInput("Invalid input received: limit param must be an "
+                                      "integer") from None
+        if limit_i < 0:
+            raise errors.InvalidInput("Invalid input received: limit param must be positive")
+        out["limit"] = min(limit_i, settings().max_list_limit)
+    else:
+        out["limit"] = None
+    offset = args.get("offset")
+    if offset is not None:
+        try:
+            offset_i = int(offset)
+        except ValueError:
+            raise errors.InvalidInput("Invalid input received: offset param must be an "
+                                      "integer") from None
+        if offset_i < 0:
+            raise errors.InvalidInput("Invalid input received: offset param must be positive")
+        out["offset"] = offset_i
+    else:
+        out["offset"] = None
+    out["marker"] = args.get("marker") or None
+    out["sort"] = _sort(args, name_column, name_sort_since)
+    c = ctx()
+    all_tenants = False
+    if "all_tenants" in args and c.is_admin:
+        all_tenants = parse_bool("all_tenants", args["all_tenants"])
+    out["all_tenants"] = all_tenants
+    with_count = False
+    if "with_count" in args and mv().matches("3.45"):
+        with_count = parse_bool("with_count", args["with_count"])
+    out["with_count"] = with_count
+    invalid = []
+    for key, value in args.items():
+        if key in PAGING_KEYS:
+            continue
+        column, like = (key[:-1], True) if key.endswith("~") else (key, False)
+        if like and not mv().matches("3.34"):
+            invalid.append(key)
+            continue
+        column = name_column if column == "name" else column
+        if not c.is_admin and column not in user_filters | {name_column}:
+            invalid.append(key)
+            continue
+        (out["like_filters"] if like else out["filters"])[column] = value
+    if invalid:
+        if c.is_admin or mv().matches("3.31"):
+            raise errors.InvalidInput(f"Invalid input received: Invalid filters "
+                                      f"{', '.join(sorted(invalid))} are found in query options.")
+        for key in invalid:  # below 3.31 Cinder silently drops what it does not know
+            out["filters"].pop(key, None)
+    return out
+
+
+def _sort(args, name_column: str, name_sort_since: str | None) -> list[tuple[str, str]] | None:
+    sort = args.get("sort")
+    key, direction = args.get("sort_key"), args.get("sort_dir")
+    if sort and (key or direction):
+        raise errors.InvalidInput("Invalid input received: The 'sort_key' and 'sort_dir' "
+                                  "parameters are deprecated and cannot be used with the 'sort' "
+                                  "parameter.")
+    pairs: list[tuple[str, str]] = []
+    if sort:
+        for item in sort.split(","):
+            k, _, d = item.strip().partition(":")
+            pairs.append((k.strip(), (d.strip() or "desc").lower()))
+    elif key or direction:
+        keys = (key or "created_at").split(",")
+        dirs = (direction or "desc").split(",")
+        for i, k in enumerate(keys):
+            pairs.append((k.strip(), (dirs[i] if i < len(dirs) else dirs[-1]).strip().lower()))
+    if not pairs:
+        return None
+    out = []
+    for k, d in pairs:
+        if d not in ("asc", "desc"):
+            raise errors.InvalidInput(f"Invalid input received: Unknown sort direction {d}, "
+                                      "must be 'desc' or 'asc'.")
+        if k == "name":
+            if name_sort_since and not mv().matches(name_sort_since):
+                raise errors.InvalidInput("Invalid input received: Invalid sort key name.")
+            k = name_column
+        if not k:
+            raise errors.InvalidInput("Invalid input received: empty sort key.")
+        out.append((k, d))
+    return out

@@ -1,0 +1,132 @@
+"""JSON views of backups, volumes and snapshots per microversion."""
+from __future__ import annotations
+
+from sqlalchemy import func
+from sqlalchemy import select
+
+from orchestrator.http.common import ctx
+from orchestrator.http.common import mv
+from orchestrator.http.common import resource_links
+from orchestrator.http.common import timestamp
+from orchestrator.models import Backup
+
+
+def backup_summary(backup: Backup) -> dict:
+    return {"id": backup.id, "name": backup.display_name,
+            "links": resource_links("backups", backup.id)}
+
+
+def dependents(session, backups: list[Backup]) -> set[str]:
+    """Ids among ``backups`` that some live incremental uses as parent (one query)."""
+    ids = [b.id for b in backups]
+    if not ids:
+        return set()
+    rows = session.execute(select(Backup.parent_id).where(
+        Backup.parent_id.in_(ids), Backup.deleted.is_(False)).group_by(Backup.parent_id))
+    return {r[0] for r in rows}
+
+
+def backup_detail(backup: Backup, has_dependents: bool) -> dict:
+    version = mv()
+    out = {
+        "id": backup.id,
+        "status": backup.status,
+        "size": backup.size,
+        "object_count": backup.object_count or 0,
+        "availability_zone": backup.availability_zone,
+        "container": backup.container,
+        "created_at": timestamp(backup.created_at),
+        "updated_at": timestamp(backup.updated_at),
+        "name": backup.display_name,
+        "description": backup.display_description,
+        "fail_reason": backup.fail_reason,
+        "volume_id": backup.volume_id,
+        "links": resource_links("backups", backup.id),
+        "is_incremental": bool(backup.parent_id),
+        "has_dependent_backups": has_dependents,
+        "snapshot_id": backup.snapshot_id,
+        "data_timestamp": timestamp(backup.data_timestamp),
+        # Extra fields (clients ignore them): live progress of the running operation.
+        "progress": _progress(backup),
+    }
+    if version.matches("3.43"):
+        out["metadata"] = backup.metadata_dict
+    if ctx().is_admin:
+        if version.matches("3.18"):
+            out["os-backup-project-attr:project_id"] = backup.project_id
+        if version.matches("3.56"):
+            out["user_id"] = backup.user_id
+    if version.matches("3.64") and backup.encryption_key_id:
+        out["encryption_key_id"] = backup.encryption_key_id
+    return out
+
+
+def _progress(backup: Backup) -> dict:
+    total = backup.progress_total or 0
+    done = backup.progress_bytes or 0
+    return {"bytes_done": done, "bytes_total": total,
+            "percent": round(100.0 * done / total, 1) if total else None,
+            "rate_bytes_per_s": round(backup.progress_rate) if backup.progress_rate else None,
+            "stored_bytes": backup.stored_bytes}
+
+
+def volume_detail(vol) -> dict:
+    version = mv()
+    out = {
+        "id": vol.id, "status": vol.status, "size": vol.size,
+        "availability_zone": vol.availability_zone,
+        "created_at": timestamp(vol.created_at), "updated_at": timestamp(vol.updated_at),
+        "name": vol.display_name, "description": vol.display_description,
+        "volume_type": vol.volume_type, "snapshot_id": vol.snapshot_id,
+        "source_volid": vol.source_volid, "metadata": dict(vol.metadata_ or {}),
+        "links": resource_links("volumes", vol.id), "user_id": vol.user_id,
+        "bootable": "true" if vol.bootable else "false", "encrypted": False,
+        "replication_status": None, "consistencygroup_id": None, "multiattach": False,
+        "attachments": [], "os-vol-tenant-attr:tenant_id": vol.project_id,
+    }
+    if ctx().is_admin:
+        out["migration_status"] = None
+        out["os-vol-host-attr:host"] = vol.host
+        out["os-vol-mig-status-attr:migstat"] = None
+        out["os-vol-mig-status-attr:name_id"] = None
+        if version.matches("3.21"):
+            out["provider_id"] = None
+        if version.matches("3.61"):
+            out["cluster_name"] = None
+    if version.matches("3.13"):
+        out["group_id"] = None
+    if version.matches("3.48"):
+        out["shared_targets"] = None if version.matches("3.69") else True
+        out["service_uuid"] = None
+    if version.matches("3.63"):
+        out["volume_type_id"] = None
+    if version.matches("3.65"):
+        out["consumes_quota"] = True
+    return out
+
+
+def volume_summary(vol) -> dict:
+    return {"id": vol.id, "name": vol.display_name, "links": resource_links("volumes", vol.id)}
+
+
+def snapshot_detail(snap) -> dict:
+    version = mv()
+    out = {
+        "id": snap.id, "created_at": timestamp(snap.created_at),
+        "updated_at": timestamp(snap.updated_at), "name": snap.display_name,
+        "description": snap.display_description, "volume_id": snap.volume_id,
+        "status": snap.status, "size": snap.size, "metadata": dict(snap.metadata_ or {}),
+        "os-extended-snapshot-attributes:progress": snap.progress,
+        "os-extended-snapshot-attributes:project_id": snap.project_id,
+    }
+    if version.matches("3.14"):
+        out["group_snapshot_id"] = None
+    if version.matches("3.41"):
+        out["user_id"] = snap.user_id
+    if version.matches("3.65"):
+        out["consumes_quota"] = True
+    return out
+
+
+def count_of(session, query) -> int:
+    return session.scalar(select(func.count()).select_from(query.subquery()))

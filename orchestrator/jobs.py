@@ -1,0 +1,292 @@
+"""Job rows: creation, atomic claim, leases, terminal states and chains.
+
+A job row is the source of truth of an asynchronous operation; the broker
+only carries its id (the Celery task id is the job id). A worker *claims* a
+job with a compare-and-swap from ``queued`` to ``running`` and then renews a
+lease while it works. Whatever happens to the worker, the job ends: the
+worker finishes it, or the maintenance reaper finds the expired lease and
+applies the same failure handling the worker would have.
+
+Chains: ``next_job_id`` names a job in state ``waiting`` that is queued when
+this job succeeds and failed (with its own clean-up) when this job fails.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Iterable
+
+from sqlalchemy import delete
+from sqlalchemy import or_
+from sqlalchemy import select
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from orchestrator import quota
+from orchestrator.models import Backup
+from orchestrator.models import BackupMetadata
+from orchestrator.models import Job
+from orchestrator.models import Snapshot
+from orchestrator.models import Volume
+from orchestrator.models import new_id
+
+log = logging.getLogger(__name__)
+
+ACTIVE_STATES = ("waiting", "queued", "running")
+TERMINAL_STATES = ("succeeded", "failed", "cancelled")
+FAIL_REASON_MAX = 255
+
+
+def queue_for(kind: str, host: str) -> str:
+    """The per-host queue name: ``backup.<host>`` or ``volume.<host>``."""
+    return f"{kind}.{host}"
+
+
+def create(session: Session, op: str, *, resource_type: str, resource_id: str, host: str,
+           kind: str, project_id: str | None, params: dict | None = None,
+           state: str = "queued", now: dt.datetime) -> Job:
+    """Insert a job (flushes so its id is usable at once)."""
+    job = Job(id=new_id(), op=op, resource_type=resource_type, resource_id=resource_id,
+              host=host, queue=queue_for(kind, host), project_id=project_id,
+              params=params or {}, state=state, created_at=now,
+              dispatched_at=now if state == "queued" else None)
+    session.add(job)
+    session.flush()
+    return job
+
+
+def chain(first: Job, then: Job) -> None:
+    """Run ``then`` after ``first`` succeeds (``then`` must be in state waiting)."""
+    first.next_job_id = then.id
+
+
+def claim(session: Session, job_id: str, owner: str, *, now: dt.datetime,
+          ttl: float) -> Job | None:
+    """Take a queued job with a lease; None if it is taken, finished or cancelled."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state == "queued", Job.cancel_requested.is_(False))
+        .values(state="running", attempt=Job.attempt + 1, lease_owner=owner,
+                lease_expires_at=now + dt.timedelta(seconds=ttl), started_at=now,
+                updated_at=now)
+    )
+    if result.rowcount != 1:
+        return None
+    return session.get(Job, job_id, populate_existing=True)
+
+
+def renew(session: Session, job_id: str, owner: str, *, now: dt.datetime,
+          ttl: float) -> tuple[bool, bool]:
+    """Extend a lease. Returns (still ours, cancel requested)."""
+    result = session.execute(
+        update(Job).where(Job.id == job_id, Job.state == "running", Job.lease_owner == owner)
+        .values(lease_expires_at=now + dt.timedelta(seconds=ttl)))
+    cancel = bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+    return result.rowcount == 1, cancel
+
+
+def finish(session: Session, job: Job, state: str, *, now: dt.datetime,
+           error: str | None = None, owner: str | None = None) -> bool:
+    """Move a running (or queued) job to a terminal state; False if someone else did."""
+    cond = [Job.id == job.id, Job.state.in_(("queued", "running"))]
+    if owner is not None:
+        cond.append(Job.lease_owner == owner)
+    result = session.execute(update(Job).where(*cond).values(
+        state=state, error=error, finished_at=now, lease_expires_at=None, updated_at=now))
+    return result.rowcount == 1
+
+
+def promote_next(session: Session, job: Job, *, now: dt.datetime) -> Job | None:
+    """Queue the job chained after ``job``; returns it for dispatch after commit."""
+    if not job.next_job_id:
+        return None
+    result = session.execute(update(Job).where(Job.id == job.next_job_id, Job.state == "waiting")
+                             .values(state="queued", dispatched_at=now, updated_at=now))
+    return session.get(Job, job.next_job_id) if result.rowcount == 1 else None
+
+
+def active_for(session: Session, resource_id: str) -> list[Job]:
+    return list(session.scalars(select(Job).where(Job.resource_id == resource_id,
+                                                  Job.state.in_(ACTIVE_STATES))))
+
+
+def truncate_reason(reason: str) -> str:
+    reason = " ".join(str(reason).split())
+    return reason if len(reason) <= FAIL_REASON_MAX else reason[:FAIL_REASON_MAX - 3] + "..."
+
+
+# ---------------------------------------------------------------------------------------
+# Resource effects of each operation ending. Used by workers (on success/failure), by the
+# reaper (expired lease), and by the API (a job that could not be queued).
+
+
+def _restore_source(session: Session, job: Job, now: dt.datetime) -> None:
+    """Put the backed-up volume or snapshot back exactly as it was."""
+    p = job.params
+    if p.get("snapshot_id"):
+        session.execute(update(Snapshot).where(Snapshot.id == p["snapshot_id"],
+                                               Snapshot.status == "backing-up")
+                        .values(status=p.get("snapshot_previous_status", "available"),
+                                updated_at=now))
+    else:
+        session.execute(update(Volume).where(Volume.id == p["volume_id"],
+                                             Volume.status == "backing-up")
+                        .values(status=p.get("previous_status", "available"),
+                                previous_status="backing-up", updated_at=now))
+
+
+def _purge_volume(session: Session, volume_id: str, now: dt.datetime) -> None:
+    """Soft-delete a volume row and give its quota back, once."""
+    vol = session.get(Volume, volume_id)
+    if vol is None or vol.deleted:
+        return
+    result = session.execute(update(Volume).where(Volume.id == volume_id,
+                                                  Volume.deleted.is_(False))
+                             .values(deleted=True, deleted_at=now, status="deleted"))
+    if result.rowcount:
+        quota.release(session, vol.project_id, {"volumes": 1, "gigabytes": vol.size}, now=now)
+
+
+def on_failure(session: Session, job: Job, reason: str, *, now: dt.datetime,
+               cancelled: bool = False) -> list[Job]:
+    """Apply the terminal state of a failed or cancelled job to its resources.
+
+    Compare-and-swap throughout: a resource someone else already moved (reset,
+    force delete) is left alone. Returns jobs to dispatch (a chained job that
+    should still run, e.g. a force delete waiting for a cancelled backup).
+    """
+    reason = truncate_reason(reason)
+    p = job.params
+    op = job.op
+    if op == "backup_create":
+        session.execute(update(Backup).where(Backup.id == job.resource_id,
+                                             Backup.status == "creating")
+                        .values(status="error", fail_reason=reason, updated_at=now))
+        _restore_source(session, job, now)
+    elif op == "backup_restore":
+        session.execute(update(Backup).where(Backup.id == job.resource_id,
+                                             Backup.status == "restoring")
+                        .values(status="available", updated_at=now))
+        target_status = "error" if p.get("volume_is_new") else "error_restoring"
+        session.execute(update(Volume).where(Volume.id == p["volume_id"],
+                                             Volume.status.in_(("restoring-backup", "creating")))
+                        .values(status=target_status, updated_at=now))
+    elif op == "backup_delete":
+        session.execute(update(Backup).where(Backup.id == job.resource_id,
+                                             Backup.status == "deleting")
+                        .values(status="error_deleting", fail_reason=reason, updated_at=now))
+    elif op == "backup_import":
+        session.execute(update(Backup).where(Backup.id == job.resource_id,
+                                             Backup.status == "creating")
+                        .values(status="error", fail_reason=reason, updated_at=now))
+    elif op == "volume_create":
+        session.execute(update(Volume).where(Volume.id == job.resource_id,
+                                             Volume.status == "creating")
+                        .values(status="error", updated_at=now))
+    elif op == "volume_delete":
+        session.execute(update(Volume).where(Volume.id == job.resource_id,
+                                             Volume.status == "deleting")
+                        .values(status="error_deleting", updated_at=now))
+    elif op == "snapshot_create":
+        session.execute(update(Snapshot).where(Snapshot.id == job.resource_id,
+                                               Snapshot.status == "creating")
+                        .values(status="error", updated_at=now))
+    elif op == "snapshot_delete":
+        session.execute(update(Snapshot).where(Snapshot.id == job.resource_id,
+                                               Snapshot.status == "deleting")
+                        .values(status="error_deleting", updated_at=now))
+    # The next job in the chain: a force delete still runs after a cancelled backup;
+    # anything else that depended on this job fails with it.
+    to_dispatch: list[Job] = []
+    if job.next_job_id:
+        nxt = session.get(Job, job.next_job_id)
+        if nxt is not None and nxt.state == "waiting":
+            if nxt.params.get("run_after_failure"):
+                promoted = promote_next(session, job, now=now)
+                if promoted:
+                    to_dispatch.append(promoted)
+            else:
+                session.execute(update(Job).where(Job.id == nxt.id, Job.state == "waiting")
+                                .values(state="queued", updated_at=now))
+                finish(session, nxt, "failed", now=now,
+                       error=f"previous job {job.op} {job.id} failed: {reason}")
+                to_dispatch.extend(on_failure(session, nxt, f"{job.op} failed: {reason}",
+                                              now=now))
+    return to_dispatch
+
+
+def abandon(session: Session, jobs: Iterable[Job], *, now: dt.datetime) -> None:
+    """Undo what a request wrote when its jobs could not be queued.
+
+    The request is answered 503 and must leave nothing behind: rows it created
+    are removed (with their quota), and rows it moved go back.
+    """
+    for job in jobs:
+        session.execute(update(Job).where(Job.id == job.id).values(
+            state="cancelled", error="could not be queued", finished_at=now))
+        p = job.params
+        if job.op in ("backup_create", "backup_import"):
+            backup = session.get(Backup, job.resource_id)
+            if job.op == "backup_create":
+                _restore_source(session, job, now)
+            if backup is not None:
+                quota.release(session, backup.project_id,
+                              {"backups": 1, "backup_gigabytes": backup.size or 0}, now=now)
+                if p.get("revived"):
+                    backup.deleted, backup.status, backup.deleted_at = True, "deleted", now
+                else:
+                    session.execute(delete(BackupMetadata).where(
+                        BackupMetadata.backup_id == backup.id))
+                    session.delete(backup)
+        elif job.op == "backup_restore":
+            session.execute(update(Backup).where(Backup.id == job.resource_id,
+                                                 Backup.status == "restoring")
+                            .values(status="available"))
+            if not p.get("volume_is_new"):
+                session.execute(update(Volume).where(Volume.id == p["volume_id"],
+                                                     Volume.status == "restoring-backup")
+                                .values(status="available"))
+        elif job.op == "volume_create":
+            vol = session.get(Volume, job.resource_id)
+            if vol is not None:
+                quota.release(session, vol.project_id, {"volumes": 1, "gigabytes": vol.size},
+                              now=now)
+                session.delete(vol)
+        elif job.op in ("backup_delete",):
+            session.execute(update(Backup).where(Backup.id == job.resource_id,
+                                                 Backup.status == "deleting")
+                            .values(status=p.get("previous_status", "available")))
+        elif job.op == "volume_delete":
+            session.execute(update(Volume).where(Volume.id == job.resource_id,
+                                                 Volume.status == "deleting")
+                            .values(status=p.get("previous_status", "available")))
+        elif job.op == "snapshot_create":
+            snap = session.get(Snapshot, job.resource_id)
+            if snap is not None:
+                quota.release(session, snap.project_id, {"snapshots": 1, "gigabytes": snap.size},
+                              now=now)
+                session.delete(snap)
+        elif job.op == "snapshot_delete":
+            session.execute(update(Snapshot).where(Snapshot.id == job.resource_id,
+                                                   Snapshot.status == "deleting")
+                            .values(status="available"))
+
+
+def expired(session: Session, *, now: dt.datetime) -> list[Job]:
+    """Running jobs whose lease has run out."""
+    return list(session.scalars(select(Job).where(Job.state == "running",
+                                                  Job.lease_expires_at < now)))
+
+
+def undelivered(session: Session, *, now: dt.datetime, older_than: float) -> list[Job]:
+    """Queued jobs whose dispatch is older than ``older_than`` seconds (or never happened)."""
+    cutoff = now - dt.timedelta(seconds=older_than)
+    return list(session.scalars(select(Job).where(
+        Job.state == "queued",
+        or_(Job.dispatched_at.is_(None), Job.dispatched_at < cutoff),
+        Job.created_at < cutoff)))
+
+
+def leased_by(session: Session, owner: str) -> list[Job]:
+    return list(session.scalars(select(Job).where(Job.state == "running",
+                                                  Job.lease_owner == owner)))

@@ -1,0 +1,264 @@
+"""SQLAlchemy 2.x models: the source of truth for every resource and job."""
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+from sqlalchemy import JSON
+from sqlalchemy import BigInteger
+from sqlalchemy import Boolean
+from sqlalchemy import DateTime
+from sqlalchemy import ForeignKey
+from sqlalchemy import Index
+from sqlalchemy import Integer
+from sqlalchemy import MetaData
+from sqlalchemy import String
+from sqlalchemy import Text
+from sqlalchemy import UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.orm import Mapped
+from sqlalchemy.orm import mapped_column
+from sqlalchemy.orm import relationship
+
+from orchestrator.db import utcnow
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+NULL_VOLUME_ID = "00000000-0000-0000-0000-000000000000"
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class TimestampMixin:
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+    updated_at: Mapped[dt.datetime | None] = mapped_column(DateTime, onupdate=utcnow)
+
+
+class SoftDeleteMixin:
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False, nullable=False)
+    deleted_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+
+
+class Service(Base):
+    """A worker role on a host (cinder-backup, cinder-volume, cinder-scheduler); updated_at is the heartbeat."""
+
+    __tablename__ = "services"
+    __table_args__ = (UniqueConstraint("host", "binary"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    uuid: Mapped[str] = mapped_column(String(36), default=new_id, nullable=False)
+    host: Mapped[str] = mapped_column(String(255), nullable=False)
+    binary: Mapped[str] = mapped_column(String(255), nullable=False)
+    topic: Mapped[str] = mapped_column(String(255), nullable=False)
+    availability_zone: Mapped[str] = mapped_column(String(255), nullable=False, default="nova")
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False, nullable=False)
+    disabled_reason: Mapped[str | None] = mapped_column(String(255))
+    report_count: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+    boot_id: Mapped[str | None] = mapped_column(String(36))
+    version: Mapped[str | None] = mapped_column(String(36))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+    updated_at: Mapped[dt.datetime | None] = mapped_column(DateTime, index=True)
+    modified_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+
+
+class Volume(TimestampMixin, SoftDeleteMixin, Base):
+    __tablename__ = "volumes"
+    __table_args__ = (Index("ix_volumes_deleted_project_id", "deleted", "project_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    project_id: Mapped[str] = mapped_column(String(255), nullable=False)
+    user_id: Mapped[str] = mapped_column(String(255), nullable=False)
+    host: Mapped[str | None] = mapped_column(String(255))
+    availability_zone: Mapped[str] = mapped_column(String(255), nullable=False)
+    size: Mapped[int] = mapped_column(Integer, nullable=False)
+    status: Mapped[str] = mapped_column(String(255), nullable=False)
+    previous_status: Mapped[str | None] = mapped_column(String(255))
+    display_name: Mapped[str | None] = mapped_column(String(255))
+    display_description: Mapped[str | None] = mapped_column(String(255))
+    volume_type: Mapped[str] = mapped_column(String(255), nullable=False, default="__DEFAULT__")
+    snapshot_id: Mapped[str | None] = mapped_column(String(36))
+    source_volid: Mapped[str | None] = mapped_column(String(36))
+    bootable: Mapped[bool] = mapped_column(Boolean, default=False, nullable=False)
+    metadata_: Mapped[dict] = mapped_column("metadata", JSON, default=dict, nullable=False)
+    launched_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+
+
+class Snapshot(TimestampMixin, SoftDeleteMixin, Base):
+    __tablename__ = "snapshots"
+    __table_args__ = (Index("ix_snapshots_deleted_project_id", "deleted", "project_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    project_id: Mapped[str] = mapped_column(String(255), nullable=False)
+    user_id: Mapped[str] = mapped_column(String(255), nullable=False)
+    volume_id: Mapped[str] = mapped_column(String(36), nullable=False, index=True)
+    status: Mapped[str] = mapped_column(String(255), nullable=False)
+    size: Mapped[int] = mapped_column(Integer, nullable=False)
+    display_name: Mapped[str | None] = mapped_column(String(255))
+    display_description: Mapped[str | None] = mapped_column(String(255))
+    progress: Mapped[str] = mapped_column(String(255), default="0%", nullable=False)
+    metadata_: Mapped[dict] = mapped_column("metadata", JSON, default=dict, nullable=False)
+
+
+class Backup(TimestampMixin, SoftDeleteMixin, Base):
+    """A volume backup; every column of Cinder's backups table plus progress."""
+
+    __tablename__ = "backups"
+    __table_args__ = (
+        Index("ix_backups_deleted_project_id", "deleted", "project_id", "created_at"),
+        Index("ix_backups_volume_id", "volume_id"),
+        Index("ix_backups_parent_id", "parent_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    user_id: Mapped[str] = mapped_column(String(255), nullable=False)
+    project_id: Mapped[str] = mapped_column(String(255), nullable=False)
+    volume_id: Mapped[str] = mapped_column(String(36), nullable=False)
+    snapshot_id: Mapped[str | None] = mapped_column(String(36))
+    status: Mapped[str | None] = mapped_column(String(255))
+    fail_reason: Mapped[str | None] = mapped_column(String(255))
+    display_name: Mapped[str | None] = mapped_column(String(255))
+    display_description: Mapped[str | None] = mapped_column(String(255))
+    container: Mapped[str | None] = mapped_column(String(255))
+    service: Mapped[str | None] = mapped_column(String(255))
+    service_metadata: Mapped[str | None] = mapped_column(String(255))
+    host: Mapped[str | None] = mapped_column(String(255))
+    availability_zone: Mapped[str | None] = mapped_column(String(255))
+    size: Mapped[int | None] = mapped_column(Integer)
+    object_count: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+    parent_id: Mapped[str | None] = mapped_column(String(36))
+    num_dependent_backups: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+    data_timestamp: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    restore_volume_id: Mapped[str | None] = mapped_column(String(36))
+    temp_volume_id: Mapped[str | None] = mapped_column(String(36))
+    temp_snapshot_id: Mapped[str | None] = mapped_column(String(36))
+    encryption_key_id: Mapped[str | None] = mapped_column(String(36))
+    # Progress of the running operation (extra detail fields; clients ignore them).
+    progress_bytes: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
+    progress_total: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
+    progress_rate: Mapped[float | None] = mapped_column()
+    stored_bytes: Mapped[int | None] = mapped_column(BigInteger)
+
+    metadata_items: Mapped[list["BackupMetadata"]] = relationship(
+        back_populates="backup", lazy="selectin", cascade="all, delete-orphan",
+        primaryjoin="and_(Backup.id == BackupMetadata.backup_id, BackupMetadata.deleted == False)",  # noqa: E712
+    )
+
+    @property
+    def name(self) -> str:
+        return f"backup-{self.id}"
+
+    @property
+    def metadata_dict(self) -> dict[str, str]:
+        return {m.key: m.value for m in self.metadata_items}
+
+
+class BackupMetadata(SoftDeleteMixin, Base):
+    __tablename__ = "backup_metadata"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    backup_id: Mapped[str] = mapped_column(ForeignKey("backups.id"), nullable=False, index=True)
+    key: Mapped[str] = mapped_column(String(255), nullable=False)
+    value: Mapped[str] = mapped_column(String(255), nullable=False)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+    updated_at: Mapped[dt.datetime | None] = mapped_column(DateTime, onupdate=utcnow)
+
+    backup: Mapped[Backup] = relationship(back_populates="metadata_items")
+
+
+class Quota(Base):
+    """A per-project override of a limit (-1 = unlimited)."""
+
+    __tablename__ = "quotas"
+    __table_args__ = (UniqueConstraint("project_id", "resource"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    project_id: Mapped[str] = mapped_column(String(255), nullable=False)
+    resource: Mapped[str] = mapped_column(String(255), nullable=False)
+    hard_limit: Mapped[int] = mapped_column(Integer, nullable=False)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+    updated_at: Mapped[dt.datetime | None] = mapped_column(DateTime, onupdate=utcnow)
+
+
+class QuotaClass(Base):
+    """Class-level limits; class `default` overrides the configured defaults."""
+
+    __tablename__ = "quota_classes"
+    __table_args__ = (UniqueConstraint("class_name", "resource"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    class_name: Mapped[str] = mapped_column(String(255), nullable=False)
+    resource: Mapped[str] = mapped_column(String(255), nullable=False)
+    hard_limit: Mapped[int] = mapped_column(Integer, nullable=False)
+
+
+class QuotaUsage(Base):
+    __tablename__ = "quota_usages"
+    __table_args__ = (UniqueConstraint("project_id", "resource"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    project_id: Mapped[str] = mapped_column(String(255), nullable=False)
+    resource: Mapped[str] = mapped_column(String(255), nullable=False)
+    in_use: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
+    reserved: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+    updated_at: Mapped[dt.datetime | None] = mapped_column(DateTime, onupdate=utcnow)
+
+
+class Reservation(Base):
+    """A pending quota change; committed, rolled back or expired exactly once."""
+
+    __tablename__ = "reservations"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    usage_id: Mapped[int] = mapped_column(ForeignKey("quota_usages.id"), nullable=False, index=True)
+    project_id: Mapped[str] = mapped_column(String(255), nullable=False)
+    resource: Mapped[str] = mapped_column(String(255), nullable=False)
+    delta: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    expire: Mapped[dt.datetime] = mapped_column(DateTime, nullable=False, index=True)
+    job_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+
+
+class Job(Base):
+    """One asynchronous operation; the lease makes every job end in a terminal state."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        Index("ix_jobs_state_lease", "state", "lease_expires_at"),
+        Index("ix_jobs_resource", "resource_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    op: Mapped[str] = mapped_column(String(64), nullable=False)
+    resource_type: Mapped[str] = mapped_column(String(32), nullable=False)
+    resource_id: Mapped[str] = mapped_column(String(36), nullable=False)
+    project_id: Mapped[str | None] = mapped_column(String(255))
+    host: Mapped[str] = mapped_column(String(255), nullable=False)
+    queue: Mapped[str] = mapped_column(String(255), nullable=False)
+    # waiting (for a previous job) → queued → running → succeeded | failed | cancelled
+    state: Mapped[str] = mapped_column(String(32), nullable=False, default="queued")
+    attempt: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=1, nullable=False)
+    lease_owner: Mapped[str | None] = mapped_column(String(255))
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, nullable=False)
+    params: Mapped[dict] = mapped_column(JSON, default=dict, nullable=False)
+    next_job_id: Mapped[str | None] = mapped_column(String(36))
+    error: Mapped[str | None] = mapped_column(Text)
+    dispatched_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+    updated_at: Mapped[dt.datetime | None] = mapped_column(DateTime, onupdate=utcnow)

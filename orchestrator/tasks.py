@@ -1,0 +1,139 @@
+"""Celery wiring: the app factory, thin task wrappers and the dispatch helper.
+
+Job tasks take a job id (which is also the Celery task id) and hand it to the
+worker's job manager; maintenance tasks run on the ``orchestrator`` queue,
+on a control-plane worker, so a dead storage node never stops the reaping of
+its own jobs. Settings follow celery-notes.md: early ack, prefetch 1 and
+prefetch disabled on Redis (nothing long sits unacked, so the visibility
+timeout cannot duplicate a job), results ignored (state lives in SQL), and
+task events on for Flower.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Iterable
+
+from celery import Celery
+from celery.schedules import schedule
+from kombu.exceptions import OperationalError as KombuOperationalError
+
+from orchestrator.config import Settings
+from orchestrator.db import utcnow
+from orchestrator.models import Job
+
+log = logging.getLogger(__name__)
+
+MAINTENANCE_QUEUE = "orchestrator"
+RUN_JOB = "orchestrator.tasks.run_job"
+JOB_TIME_LIMIT = 24 * 3600
+PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2,
+                 "interval_max": 0.5}
+
+
+def make_celery(settings: Settings) -> Celery:
+    """Build the Celery app for API, workers, beat and Flower."""
+    app = Celery("orchestrator", broker=settings.broker_url, set_as_current=False)
+    vt = 6 * 3600
+    app.conf.update(
+        task_serializer="json", result_serializer="json", accept_content=["json"],
+        task_ignore_result=True,
+        result_backend=None,
+        task_acks_late=False,
+        worker_prefetch_multiplier=1,
+        worker_disable_prefetch=settings.broker_url.startswith("redis"),
+        broker_transport_options={"visibility_timeout": vt},
+        visibility_timeout=vt,
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=2.0,
+        broker_pool_limit=10,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        task_time_limit=JOB_TIME_LIMIT,
+        worker_soft_shutdown_timeout=30,
+        worker_hijack_root_logger=False,
+        task_default_queue=MAINTENANCE_QUEUE,
+        task_create_missing_queues=True,
+        broker_channel_error_retry=True,
+        timezone="UTC",
+        enable_utc=True,
+        beat_schedule={
+            "reap-expired-leases": {
+                "task": "orchestrator.tasks.reap", "schedule": schedule(settings.reaper_interval),
+                "options": {"queue": MAINTENANCE_QUEUE, "expires": settings.reaper_interval * 4}},
+            "expire-reservations": {
+                "task": "orchestrator.tasks.expire_reservations", "schedule": schedule(300.0),
+                "options": {"queue": MAINTENANCE_QUEUE, "expires": 600}},
+            "reconcile-quota": {
+                "task": "orchestrator.tasks.reconcile_quota", "schedule": schedule(3600.0),
+                "options": {"queue": MAINTENANCE_QUEUE, "expires": 3600}},
+        },
+    )
+    app.conf.orchestrator_settings = settings
+
+    @app.task(name=RUN_JOB, bind=True, acks_late=False, ignore_result=True)
+    def run_job(self, job_id: str) -> None:
+        from workers import manager
+        manager.run_job(self.app.conf.orchestrator_settings, job_id,
+                        owner=self.request.hostname or "unknown")
+
+    @app.task(name="orchestrator.tasks.reap", acks_late=True, ignore_result=True)
+    def reap() -> dict:
+        from orchestrator import maintenance
+        return maintenance.reap(app.conf.orchestrator_settings, publisher=Publisher(app))
+
+    @app.task(name="orchestrator.tasks.expire_reservations", acks_late=True, ignore_result=True)
+    def expire_reservations() -> int:
+        from orchestrator import maintenance
+        return maintenance.expire_reservations(app.conf.orchestrator_settings)
+
+    @app.task(name="orchestrator.tasks.reconcile_quota", acks_late=True, ignore_result=True)
+    def reconcile_quota() -> list:
+        from orchestrator import maintenance
+        return maintenance.reconcile_quota(app.conf.orchestrator_settings)
+
+    return app
+
+
+class Publisher:
+    """Sends job messages; the only place that knows how a job reaches its host."""
+
+    def __init__(self, app: Celery):
+        self.app = app
+
+    def send(self, job: Job) -> None:
+        """Publish one job to its host queue.
+
+        :raises BrokerUnavailable: when the broker cannot take the message.
+        """
+        from orchestrator import errors
+        try:
+            self.app.send_task(RUN_JOB, args=[job.id], task_id=job.id, queue=job.queue,
+                               routing_key=job.queue, ignore_result=True, retry=True,
+                               retry_policy=PUBLISH_RETRY)
+        except (KombuOperationalError, OSError, ConnectionError) as exc:
+            raise errors.BrokerUnavailable(str(exc) or exc.__class__.__name__) from exc
+
+
+def dispatch(db, publisher: Publisher, jobs: Iterable[Job], *, undo_on_failure: bool) -> None:
+    """Publish jobs after their transaction committed.
+
+    With ``undo_on_failure`` (API requests) a broker failure abandons every
+    job of the request, undoing what it wrote, and raises 503; otherwise the
+    job stays queued and the maintenance re-send delivers it later.
+
+    :raises BrokerUnavailable:
+    """
+    from orchestrator import jobs as jobs_mod
+    pending = list(jobs)
+    for index, job in enumerate(pending):
+        try:
+            publisher.send(job)
+        except Exception as exc:
+            if not undo_on_failure:
+                log.warning("job %s (%s) not delivered, the re-send will retry: %s",
+                            job.id, job.op, exc)
+                continue
+            with db.scope() as session:
+                rows = [session.get(Job, j.id) for j in pending[index:]]
+                jobs_mod.abandon(session, [r for r in rows if r is not None], now=utcnow())
+            raise

@@ -1,0 +1,129 @@
+"""`python -m workers --host NAME --zone AZ`: one storage node (or the maintenance worker).
+
+A storage node consumes ``backup.<host>`` and ``volume.<host>`` with a
+prefork Celery worker, and a heartbeat thread in the main process keeps its
+``cinder-backup`` and ``cinder-volume`` service rows fresh. With
+``--maintenance`` it consumes the ``orchestrator`` queue instead (reaper,
+re-send, reservation expiry, reconcile) and reports as ``cinder-scheduler``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import threading
+import uuid
+
+from celery import signals
+
+from orchestrator import __version__
+from orchestrator import hosts
+from orchestrator.config import Settings
+from orchestrator.config import default_host
+from orchestrator.config import normalise_host
+from orchestrator.db import get_database
+from orchestrator.db import reset_databases
+from orchestrator.db import utcnow
+from orchestrator.tasks import MAINTENANCE_QUEUE
+from orchestrator.tasks import make_celery
+
+log = logging.getLogger("workers")
+
+
+class Heartbeat(threading.Thread):
+    """Refreshes this node's services rows every heartbeat interval."""
+
+    def __init__(self, settings: Settings, host: str, zone: str, binaries: list[str]):
+        super().__init__(name="heartbeat", daemon=True)
+        self.settings, self.host, self.zone, self.binaries = settings, host, zone, binaries
+        self.boot_id = str(uuid.uuid4())
+        self._stop = threading.Event()
+
+    def beat(self) -> None:
+        db = get_database(self.settings.database_url)
+        with db.scope() as session:
+            now = utcnow()
+            for binary in self.binaries:
+                hosts.record_heartbeat(session, self.host, binary, self.zone, now=now,
+                                       boot_id=self.boot_id, version=__version__)
+
+    def run(self) -> None:
+        while True:
+            try:
+                self.beat()
+            except Exception:
+                log.exception("heartbeat failed; retrying in %ss", self.settings.heartbeat_interval)
+            if self._stop.wait(self.settings.heartbeat_interval):
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        try:
+            db = get_database(self.settings.database_url)
+            with db.scope() as session:
+                hosts.mark_stopped(session, self.host, self.binaries)
+        except Exception:
+            log.exception("could not mark %s stopped", self.host)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m workers", description=__doc__.split("\n")[0])
+    parser.add_argument("--host", default=None, help="node name (default: this machine's)")
+    parser.add_argument("--zone", default=None, help="availability zone (default: nova)")
+    parser.add_argument("--concurrency", "-c", type=int, default=2,
+                        help="jobs run at once on this node (prefork processes)")
+    parser.add_argument("--maintenance", action="store_true",
+                        help="run the control-plane maintenance worker instead of a storage node")
+    parser.add_argument("--loglevel", "-l", default=None)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    settings = Settings.from_env()
+    host = normalise_host(args.host) if args.host else default_host()
+    zone = args.zone or settings.default_availability_zone
+    loglevel = (args.loglevel or settings.log_level).upper()
+    logging.basicConfig(level=loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = make_celery(settings)
+    if args.maintenance:
+        queues = [MAINTENANCE_QUEUE]
+        binaries = [hosts.SCHEDULER_BINARY]
+        nodename = f"maintenance@{host}"
+    else:
+        queues = [f"backup.{host}", f"volume.{host}"]
+        binaries = [hosts.BACKUP_BINARY, hosts.VOLUME_BINARY]
+        nodename = f"worker@{host}"
+    heartbeat = Heartbeat(settings, host, zone, binaries)
+
+    @signals.worker_process_init.connect(weak=False)
+    def _child_init(**_):
+        reset_databases()  # never share engine connections across fork
+
+    @signals.worker_init.connect(weak=False)
+    def _cleanup(**_):
+        if not args.maintenance:
+            from workers.manager import cleanup_after_restart
+            n = cleanup_after_restart(settings, [nodename])
+            if n:
+                log.warning("failed %d job(s) left running by a previous run of %s", n, nodename)
+
+    @signals.worker_ready.connect(weak=False)
+    def _ready(**_):
+        heartbeat.start()
+        log.info("%s ready: queues %s, zone %s", nodename, ",".join(queues), zone)
+
+    @signals.worker_shutdown.connect(weak=False)
+    def _shutdown(**_):
+        heartbeat.stop()
+
+    app.worker_main([
+        "worker", "-n", nodename, "-Q", ",".join(queues), "-P", "prefork",
+        "-c", str(args.concurrency), "-E", "--without-mingle", "--without-gossip",
+        "-l", loglevel,
+    ])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,430 @@
+"""Runs jobs on a storage node: claim, lease, data path, terminal state.
+
+Every job goes through ``run_job``: it claims the job row (a duplicate
+delivery finds it taken and returns), keeps the lease alive from a side
+thread while the work runs, and ends the job in exactly one transaction that
+also moves the resources to their final state. Any exception ends in the
+same failure handling the reaper applies to a dead worker's jobs.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy import update
+
+from orchestrator import jobs
+from orchestrator import quota
+from orchestrator.config import Settings
+from orchestrator.db import Database
+from orchestrator.db import get_database
+from orchestrator.db import utcnow
+from orchestrator.models import Backup
+from orchestrator.models import BackupMetadata
+from orchestrator.models import Job
+from orchestrator.models import Service
+from orchestrator.models import Snapshot
+from orchestrator.models import Volume
+from workers.volumes import FileVolumeBackend
+
+log = logging.getLogger(__name__)
+
+GiB = 1024 ** 3
+PROGRESS_EVERY_S = 1.0
+
+
+class JobCancelled(Exception):
+    """The job was asked to stop (force delete, reset) or lost its lease."""
+
+
+class Lease(threading.Thread):
+    """Renews a job's lease until stopped; notices cancellation and loss."""
+
+    def __init__(self, db: Database, job_id: str, owner: str, ttl: float):
+        super().__init__(name=f"lease-{job_id[:8]}", daemon=True)
+        self.db, self.job_id, self.owner, self.ttl = db, job_id, owner, ttl
+        self.interval = max(0.5, min(ttl / 4, 10.0))
+        self._stop = threading.Event()
+        self.lost = False
+        self.cancel_requested = False
+
+    def run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.renew()
+
+    def renew(self) -> None:
+        try:
+            with self.db.scope() as session:
+                ours, cancel = jobs.renew(session, self.job_id, self.owner, now=utcnow(),
+                                          ttl=self.ttl)
+            self.lost = self.lost or not ours
+            self.cancel_requested = self.cancel_requested or cancel
+        except Exception:  # a DB hiccup must not kill the lease thread
+            log.exception("lease renewal of job %s failed; will retry", self.job_id)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+@dataclass
+class JobRun:
+    settings: Settings
+    db: Database
+    job: Job
+    owner: str
+    lease: Lease
+
+    def cancelled(self) -> bool:
+        """Checked by the data path at least every 64 MiB: one cheap read."""
+        if self.lease.lost or self.lease.cancel_requested:
+            return True
+        with self.db.scope(write=False) as session:
+            cancel = session.scalar(select(Job.cancel_requested).where(Job.id == self.job.id))
+        self.lease.cancel_requested = bool(cancel)
+        return self.lease.cancel_requested
+
+    def check_cancelled(self) -> None:
+        if self.cancelled():
+            raise JobCancelled("cancelled")
+
+
+def volume_backend(settings: Settings) -> FileVolumeBackend:
+    return FileVolumeBackend(settings.volume_path)
+
+
+def backup_driver(settings: Settings):
+    """The chunked driver on the configured store."""
+    from workers.drivers import ChunkedDriver
+    from workers.drivers import make_store
+    if settings.backup_store == "s3":
+        store = make_store("s3", endpoint_url=settings.s3_endpoint_url or None,
+                           bucket=settings.s3_bucket, access_key=settings.s3_access_key,
+                           secret_key=settings.s3_secret_key, region=settings.s3_region)
+    else:
+        store = make_store("posix", path=settings.backup_path)
+    return ChunkedDriver(store, compression=settings.backup_compression)
+
+
+def run_job(settings: Settings, job_id: str, *, owner: str) -> str:
+    """Execute one job to a terminal state; returns that state (or 'skipped')."""
+    db = get_database(settings.database_url)
+    with db.scope() as session:
+        job = jobs.claim(session, job_id, owner, now=utcnow(), ttl=settings.lease_ttl)
+    if job is None:
+        log.info("job %s is not queued (duplicate delivery, cancelled or done): skipped", job_id)
+        return "skipped"
+    lease = Lease(db, job.id, owner, settings.lease_ttl)
+    lease.start()
+    run = JobRun(settings, db, job, owner, lease)
+    handler = HANDLERS[job.op]
+    log.info("job %s %s on %s: started (attempt %d)", job.id, job.op, job.resource_id,
+             job.attempt)
+    try:
+        follow_ups = handler(run)
+        state = "succeeded"
+    except Exception as exc:
+        from workers.drivers import BackupCancelled
+        cancelled = isinstance(exc, (JobCancelled, BackupCancelled))
+        state = "cancelled" if cancelled else "failed"
+        reason = _reason(job, exc, cancelled)
+        if not cancelled:
+            log.exception("job %s %s failed", job.id, job.op)
+        with db.scope() as session:
+            follow_ups = []
+            if jobs.finish(session, job, state, now=utcnow(), error=reason, owner=owner):
+                follow_ups = jobs.on_failure(session, job, reason, now=utcnow(),
+                                             cancelled=cancelled)
+    finally:
+        lease.stop()
+    if follow_ups:
+        from orchestrator.tasks import Publisher
+        from orchestrator.tasks import dispatch
+        dispatch(db, Publisher(_celery(settings)), follow_ups, undo_on_failure=False)
+    log.info("job %s %s: %s", job.id, job.op, state)
+    return state
+
+
+_celery_apps: dict = {}
+
+
+def _celery(settings: Settings):
+    from orchestrator.tasks import make_celery
+    app = _celery_apps.get(settings.broker_url)
+    if app is None:
+        app = _celery_apps[settings.broker_url] = make_celery(settings)
+    return app
+
+
+def _reason(job: Job, exc: Exception, cancelled: bool) -> str:
+    if cancelled:
+        return f"{job.op.replace('_', ' ')} was cancelled"
+    text = str(exc) or exc.__class__.__name__
+    return f"{exc.__class__.__name__}: {text}"
+
+
+def _complete(run: JobRun, effects) -> list[Job]:
+    """Finish the job as succeeded and apply ``effects(session, now)`` atomically."""
+    with run.db.scope() as session:
+        now = utcnow()
+        if not jobs.finish(session, run.job, "succeeded", now=now, owner=run.owner):
+            log.warning("job %s lost its lease before completing; its result is dropped",
+                        run.job.id)
+            return []
+        effects(session, now)
+        nxt = jobs.promote_next(session, run.job, now=now)
+        return [nxt] if nxt else []
+
+
+def _progress_recorder(run: JobRun, backup_id: str):
+    state = {"last": 0.0, "start": time.monotonic()}
+
+    def progress(done: int, total: int) -> None:
+        t = time.monotonic()
+        if t - state["last"] < PROGRESS_EVERY_S and done < total:
+            return
+        state["last"] = t
+        rate = done / max(t - state["start"], 1e-6)
+        with run.db.scope() as session:
+            session.execute(update(Backup).where(Backup.id == backup_id).values(
+                progress_bytes=done, progress_total=total, progress_rate=rate))
+    return progress
+
+
+# ----------------------------------------------------------------------------- handlers
+
+
+def backup_create(run: JobRun) -> list[Job]:
+    from workers.drivers import BackupRef
+    p = run.job.params
+    with run.db.scope(write=False) as session:
+        backup = session.get(Backup, run.job.resource_id)
+        parent = session.get(Backup, p["parent_id"]) if p.get("parent_id") else None
+        volume = session.get(Volume, p["volume_id"])
+    if backup is None or backup.status != "creating":
+        raise RuntimeError(f"backup {run.job.resource_id} is "
+                           f"{backup.status if backup else 'gone'}, not creating")
+    vb = volume_backend(run.settings)
+    source = vb.snapshot_path(p["snapshot_id"]) if p.get("snapshot_id") else \
+        vb.volume_path(p["volume_id"])
+    parent_ref = BackupRef(parent.container, parent.service_metadata) if parent else None
+    driver = backup_driver(run.settings)
+    volume_meta = {"display_name": volume.display_name if volume else None,
+                   "display_description": volume.display_description if volume else None,
+                   "metadata": volume.metadata_ if volume else {},
+                   "bootable": volume.bootable if volume else False}
+    result = driver.backup(source, backup_id=backup.id, volume_id=backup.volume_id,
+                           size_bytes=(backup.size or 0) * GiB, container=backup.container,
+                           parent=parent_ref, volume_meta=volume_meta,
+                           progress=_progress_recorder(run, backup.id), cancelled=run.cancelled)
+
+    def effects(session, now):
+        is_incremental = bool(result.incremental and parent)
+        values = dict(status="available", container=result.container,
+                      service_metadata=result.prefix, service=driver.DRIVER_ID,
+                      object_count=result.object_count, stored_bytes=result.stored_bytes,
+                      progress_bytes=result.logical_bytes, progress_total=result.logical_bytes,
+                      updated_at=now)
+        if not is_incremental:
+            values["parent_id"] = None
+        if result.message:
+            values["fail_reason"] = jobs.truncate_reason(result.message)
+        done = session.execute(update(Backup).where(Backup.id == backup.id,
+                                                    Backup.status == "creating")
+                               .values(**values)).rowcount
+        if done and is_incremental:
+            session.execute(update(Backup).where(Backup.id == parent.id).values(
+                num_dependent_backups=Backup.num_dependent_backups + 1))
+        if not done:
+            log.warning("backup %s changed status while it ran; result not applied", backup.id)
+        jobs._restore_source(session, run.job, now)
+    return _complete(run, effects)
+
+
+def backup_restore(run: JobRun) -> list[Job]:
+    from workers.drivers import BackupRef
+    p = run.job.params
+    with run.db.scope(write=False) as session:
+        backup = session.get(Backup, run.job.resource_id)
+        volume = session.get(Volume, p["volume_id"])
+    if backup is None or backup.status != "restoring":
+        raise RuntimeError(f"backup {run.job.resource_id} is not restoring")
+    if volume is None or volume.status not in ("restoring-backup", "creating"):
+        raise RuntimeError(f"volume {p['volume_id']} is not restoring-backup")
+    vb = volume_backend(run.settings)
+    target = vb.volume_path(volume.id)
+    if p.get("volume_is_new"):
+        vb.create_volume(volume.id, volume.size)  # idempotent: normally made by volume_create
+    driver = backup_driver(run.settings)
+    driver.restore(BackupRef(backup.container, backup.service_metadata), target,
+                   target_is_zeroed=bool(p.get("volume_is_new")),
+                   progress=_progress_recorder(run, backup.id), cancelled=run.cancelled)
+
+    def effects(session, now):
+        session.execute(update(Backup).where(Backup.id == backup.id, Backup.status == "restoring")
+                        .values(status="available", updated_at=now))
+        vol = session.get(Volume, volume.id)
+        meta = dict(vol.metadata_ or {})
+        if backup.volume_id != vol.id or meta.get("src_backup_id") not in (None, backup.id):
+            meta["src_backup_id"] = backup.id
+        values = dict(status="available", metadata_=meta, updated_at=now)
+        if p.get("volume_is_new"):
+            values["launched_at"] = now
+        session.execute(update(Volume).where(
+            Volume.id == vol.id, Volume.status.in_(("restoring-backup", "creating")))
+            .values(**values))
+    return _complete(run, effects)
+
+
+def backup_delete(run: JobRun) -> list[Job]:
+    from workers.drivers import BackupRef
+    with run.db.scope(write=False) as session:
+        backup = session.get(Backup, run.job.resource_id)
+    if backup is None or backup.status != "deleting":
+        raise RuntimeError(f"backup {run.job.resource_id} is not deleting")
+    if backup.service_metadata:
+        backup_driver(run.settings).delete(BackupRef(backup.container, backup.service_metadata))
+
+    def effects(session, now):
+        b = session.get(Backup, backup.id)
+        if session.execute(update(Backup).where(Backup.id == b.id, Backup.status == "deleting",
+                                                Backup.deleted.is_(False))
+                           .values(status="deleted", deleted=True, deleted_at=now)).rowcount != 1:
+            return
+        session.execute(update(BackupMetadata).where(BackupMetadata.backup_id == b.id)
+                        .values(deleted=True, deleted_at=now))
+        quota.release(session, b.project_id, {"backups": 1, "backup_gigabytes": b.size or 0},
+                      now=now)
+        if b.parent_id and b.service:
+            session.execute(update(Backup).where(Backup.id == b.parent_id,
+                                                 Backup.num_dependent_backups >= 1)
+                            .values(num_dependent_backups=Backup.num_dependent_backups - 1))
+    return _complete(run, effects)
+
+
+def backup_import(run: JobRun) -> list[Job]:
+    from workers.drivers import BackupRef
+    record = run.job.params["record"]
+    prefix = record.get("service_metadata")
+    if not prefix:
+        raise ValueError("the record has no service_metadata (object prefix)")
+    driver = backup_driver(run.settings)
+    manifest = driver.read_manifest(BackupRef(record.get("container"), prefix))
+    if manifest.get("backup_id") not in (None, record["id"]):
+        raise ValueError(f"the manifest in the store belongs to backup "
+                         f"{manifest.get('backup_id')}, not {record['id']}")
+    from orchestrator.api import _parse_time
+
+    def effects(session, now):
+        b = session.get(Backup, run.job.resource_id)
+        if b.status != "creating":
+            return
+        zone = session.scalar(select(Service.availability_zone).where(
+            Service.host == run.job.host, Service.binary == "cinder-backup"))
+        b.volume_id = record.get("volume_id") or b.volume_id
+        b.parent_id = record.get("parent_id")
+        b.snapshot_id = record.get("snapshot_id")
+        b.display_name = record.get("display_name")
+        b.display_description = record.get("display_description")
+        b.container = record.get("container")
+        b.service_metadata = prefix
+        b.service = driver.DRIVER_ID
+        b.object_count = int(record.get("object_count") or 0)
+        b.data_timestamp = _parse_time(record.get("data_timestamp")) or now
+        b.created_at = _parse_time(record.get("created_at")) or b.created_at
+        b.availability_zone = zone or b.availability_zone
+        b.host = run.job.host
+        b.status = "available"
+        b.updated_at = now
+        for key, value in (record.get("metadata") or {}).items():
+            session.add(BackupMetadata(backup_id=b.id, key=str(key), value=str(value),
+                                       created_at=now))
+    return _complete(run, effects)
+
+
+def volume_create(run: JobRun) -> list[Job]:
+    vb = volume_backend(run.settings)
+    vb.create_volume(run.job.resource_id, int(run.job.params["size"]))
+    then = run.job.params.get("then_status", "available")
+
+    def effects(session, now):
+        session.execute(update(Volume).where(Volume.id == run.job.resource_id,
+                                             Volume.status == "creating")
+                        .values(status=then, launched_at=now, updated_at=now))
+    return _complete(run, effects)
+
+
+def volume_delete(run: JobRun) -> list[Job]:
+    vb = volume_backend(run.settings)
+    for snap_id in run.job.params.get("snapshot_ids", []):
+        vb.delete_snapshot(snap_id)
+    vb.delete_volume(run.job.resource_id)
+
+    def effects(session, now):
+        for snap_id in run.job.params.get("snapshot_ids", []):
+            _purge_snapshot(session, snap_id, now)
+        jobs._purge_volume(session, run.job.resource_id, now)
+    return _complete(run, effects)
+
+
+def _purge_snapshot(session, snapshot_id: str, now) -> None:
+    snap = session.get(Snapshot, snapshot_id)
+    if snap is None or snap.deleted:
+        return
+    if session.execute(update(Snapshot).where(Snapshot.id == snapshot_id,
+                                              Snapshot.deleted.is_(False))
+                       .values(deleted=True, deleted_at=now, status="deleted")).rowcount:
+        quota.release(session, snap.project_id, {"snapshots": 1, "gigabytes": snap.size}, now=now)
+
+
+def snapshot_create(run: JobRun) -> list[Job]:
+    vb = volume_backend(run.settings)
+    vb.create_snapshot(run.job.resource_id, run.job.params["volume_id"])
+
+    def effects(session, now):
+        session.execute(update(Snapshot).where(Snapshot.id == run.job.resource_id,
+                                               Snapshot.status == "creating")
+                        .values(status="available", progress="100%", updated_at=now))
+    return _complete(run, effects)
+
+
+def snapshot_delete(run: JobRun) -> list[Job]:
+    volume_backend(run.settings).delete_snapshot(run.job.resource_id)
+
+    def effects(session, now):
+        _purge_snapshot(session, run.job.resource_id, now)
+    return _complete(run, effects)
+
+
+HANDLERS = {
+    "backup_create": backup_create,
+    "backup_restore": backup_restore,
+    "backup_delete": backup_delete,
+    "backup_import": backup_import,
+    "volume_create": volume_create,
+    "volume_delete": volume_delete,
+    "snapshot_create": snapshot_create,
+    "snapshot_delete": snapshot_delete,
+}
+
+
+def cleanup_after_restart(settings: Settings, owners: list[str]) -> int:
+    """Fail the jobs a previous run of this worker left running (nothing runs them now)."""
+    db = get_database(settings.database_url)
+    count = 0
+    follow_ups: list[Job] = []
+    with db.scope() as session:
+        now = utcnow()
+        for owner in owners:
+            for job in jobs.leased_by(session, owner):
+                reason = f"the worker {owner} restarted while the {job.op.replace('_', ' ')} ran"
+                if jobs.finish(session, job, "failed", now=now, error=reason):
+                    follow_ups.extend(jobs.on_failure(session, job, reason, now=now))
+                    count += 1
+    if follow_ups:
+        from orchestrator.tasks import Publisher
+        from orchestrator.tasks import dispatch
+        dispatch(db, Publisher(_celery(settings)), follow_ups, undo_on_failure=False)
+    return count

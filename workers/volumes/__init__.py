@@ -1,0 +1,4 @@
+"""Volume backends on a storage node."""
+from workers.volumes.file import FileVolumeBackend
+
+__all__ = ["FileVolumeBackend"]
