@@ -160,13 +160,14 @@ def create_backup(session: Session, ctx: RequestContext, settings: Settings, *, 
                                          "status concurrently; try again.")
         params.update(snapshot_id=snapshot.id, snapshot_previous_status="available")
     else:
+        previous = volume.status  # read before the CAS: the ORM syncs the object after it
         if session.execute(update(Volume).where(Volume.id == volume.id,
-                                                Volume.status == volume.status)
-                           .values(status="backing-up", previous_status=volume.status,
+                                                Volume.status == previous)
+                           .values(status="backing-up", previous_status=previous,
                                    updated_at=now)).rowcount != 1:
             raise errors.InvalidVolume(f"Invalid volume: Volume {volume.id} changed status "
                                        "concurrently; try again.")
-        params["previous_status"] = volume.status
+        params["previous_status"] = previous
     backup = Backup(
         id=new_id(), user_id=ctx.user_id, project_id=ctx.project_id, volume_id=volume.id,
         snapshot_id=snapshot.id if snapshot else None, status="creating", container=container,
@@ -240,13 +241,14 @@ def delete_backup(session: Session, ctx: RequestContext, settings: Settings, bac
     if _has_children(session, backup):
         raise errors.InvalidBackup("Invalid backup: Incremental backups exist for this backup.")
     host = _delete_host(session, settings, backup, now)
+    previous = backup.status  # read before the CAS: the ORM syncs the object after it
     if session.execute(update(Backup).where(Backup.id == backup.id,
-                                            Backup.status == backup.status)
+                                            Backup.status == previous)
                        .values(status="deleting", host=host, updated_at=now)).rowcount != 1:
         raise errors.InvalidBackup("Invalid backup: Backup status must be available or error")
     return [jobs.create(session, "backup_delete", resource_type="backup", resource_id=backup.id,
                         host=host, kind="backup", project_id=backup.project_id,
-                        params={"previous_status": backup.status}, now=now)]
+                        params={"previous_status": previous}, now=now)]
 
 
 def force_delete_backup(session: Session, ctx: RequestContext, settings: Settings,

@@ -87,17 +87,18 @@ def delete_volume(session: Session, ctx: RequestContext, settings: Settings, vol
     if snaps and not cascade:
         raise errors.InvalidVolume(f"Invalid volume: Volume {vol.id} still has "
                                    f"{len(snaps)} dependent snapshots.")
+    previous = vol.status  # read before the CAS: the ORM syncs the object after it
     allowed = None if force else VOLUME_DELETABLE
     cond = [Volume.id == vol.id, Volume.deleted.is_(False), Volume.status != "deleting"]
     if allowed:
         cond.append(Volume.status.in_(allowed))
     if session.execute(update(Volume).where(*cond).values(
-            status="deleting", previous_status=vol.status, updated_at=now)).rowcount != 1:
+            status="deleting", previous_status=previous, updated_at=now)).rowcount != 1:
         raise errors.InvalidVolume(f"Invalid volume: Volume {vol.id} changed status"
                                    " while it was being deleted; try again.")
     return jobs.create(session, "volume_delete", resource_type="volume", resource_id=vol.id,
                        host=vol.host, kind="volume", project_id=vol.project_id,
-                       params={"previous_status": vol.status,
+                       params={"previous_status": previous,
                                "snapshot_ids": [s.id for s in snaps]}, now=now)
 
 

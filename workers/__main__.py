@@ -37,7 +37,7 @@ class Heartbeat(threading.Thread):
         super().__init__(name="heartbeat", daemon=True)
         self.settings, self.host, self.zone, self.binaries = settings, host, zone, binaries
         self.boot_id = str(uuid.uuid4())
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def beat(self) -> None:
         db = get_database(self.settings.database_url)
@@ -53,11 +53,11 @@ class Heartbeat(threading.Thread):
                 self.beat()
             except Exception:
                 log.exception("heartbeat failed; retrying in %ss", self.settings.heartbeat_interval)
-            if self._stop.wait(self.settings.heartbeat_interval):
+            if self._halt.wait(self.settings.heartbeat_interval):
                 return
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         try:
             db = get_database(self.settings.database_url)
             with db.scope() as session:

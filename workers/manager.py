@@ -47,12 +47,12 @@ class Lease(threading.Thread):
         super().__init__(name=f"lease-{job_id[:8]}", daemon=True)
         self.db, self.job_id, self.owner, self.ttl = db, job_id, owner, ttl
         self.interval = max(0.5, min(ttl / 4, 10.0))
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self.lost = False
         self.cancel_requested = False
 
     def run(self) -> None:
-        while not self._stop.wait(self.interval):
+        while not self._halt.wait(self.interval):
             self.renew()
 
     def renew(self) -> None:
@@ -66,7 +66,7 @@ class Lease(threading.Thread):
             log.exception("lease renewal of job %s failed; will retry", self.job_id)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
 
 
 @dataclass

@@ -1,0 +1,80 @@
+"""Fixtures that build on each other: redis → settings → database → api → workers.
+
+Everything is real: a private redis-server on a loopback port, SQLite files,
+the Flask app served over HTTP by werkzeug in a thread, and workers started
+as `python -m workers` subprocesses (prefork Celery pools).
+"""
+from __future__ import annotations
+
+import pytest
+
+from orch_testlib import ApiServer
+from orch_testlib import Client
+from orch_testlib import WorkerProcess
+from orch_testlib import make_settings
+from orchestrator.db import get_database
+from orchestrator.embedded import RedisServer
+from orchestrator.embedded import free_port
+from orchestrator.migrate import upgrade
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A private redis-server on a free 127.0.0.1 port for the whole session."""
+    server = RedisServer(str(tmp_path_factory.mktemp("redis")), port=free_port(),
+                         persist=False).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def settings(tmp_path, redis_server):
+    """Settings on a fresh state dir, SQLite file and a fresh Redis database."""
+    import redis
+    url = f"redis://127.0.0.1:{redis_server.port}/1"
+    redis.Redis.from_url(url).flushdb()
+    s = make_settings(tmp_path / "state", url)
+    upgrade(s.database_url)
+    return s
+
+
+@pytest.fixture
+def db(settings):
+    return get_database(settings.database_url)
+
+
+@pytest.fixture
+def api_server(settings):
+    server = ApiServer(settings).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def client(api_server):
+    return Client(api_server.url)
+
+
+@pytest.fixture
+def admin(api_server):
+    return Client(api_server.url, token="admin:admin")
+
+
+@pytest.fixture
+def start_worker(settings):
+    """Factory: start a storage-node worker (host, zone) and wait until it consumes."""
+    procs: list[WorkerProcess] = []
+
+    def start(host: str = "node-a", zone: str = "nova", **kw) -> WorkerProcess:
+        proc = WorkerProcess(settings, host, zone, **kw)
+        procs.append(proc)
+        return proc.wait_ready()
+
+    yield start
+    for proc in procs:
+        proc.stop()
+
+
+@pytest.fixture
+def worker(start_worker):
+    return start_worker("node-a", "nova")
