@@ -87,6 +87,7 @@ def child(spec):
 
 
 def run_child(spec):
+    os.sync()    # no writeback of earlier steps competes with the measured one
     p = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)],
                        capture_output=True, text=True)
     if p.returncode != 0:

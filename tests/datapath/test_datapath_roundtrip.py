@@ -303,3 +303,28 @@ def test_sha256_of_digests_is_cryptographic(posix_store, tmp_path):
     digs = base64.b64decode(fr[5])
     data = read_file(vol)
     assert digs[:32] == hashlib.sha256(data[:4 * KiB]).digest()
+
+
+def test_existing_backup_never_overwritten_and_leftovers_cleaned(store, tmp_path):
+    from workers.drivers import InvalidBackup
+    vol = _vol(tmp_path, 64 * KiB, [(0, 64 * KiB)])
+    drv = small_driver(store)
+    res = drv.backup(vol, backup_id="dup1", volume_id="v", size_bytes=64 * KiB, container="cc")
+    objs = store.list("")
+    with pytest.raises(InvalidBackup, match="already exists"):
+        drv.backup(vol, backup_id="dup1", volume_id="v", size_bytes=64 * KiB, container="cc")
+    assert store.list("") == objs
+    # leftovers of an interrupted attempt (no manifest) are replaced by a retry
+    store.put("cc/backup_dup2/data-00000007", b"stale")
+    r2 = drv.backup(vol, backup_id="dup2", volume_id="v", size_bytes=64 * KiB, container="cc")
+    assert "cc/backup_dup2/data-00000007" not in store.list("")
+    assert drv.verify(r2.ref).ok and drv.verify(res.ref).ok
+
+
+def test_unserializable_volume_meta_leaves_nothing(posix_store, tmp_path):
+    vol = _vol(tmp_path, 64 * KiB, [(0, 64 * KiB)])
+    drv = small_driver(posix_store)
+    with pytest.raises(TypeError):
+        drv.backup(vol, backup_id="vm1", volume_id="v", size_bytes=64 * KiB,
+                   volume_meta={"bad": object()})
+    assert posix_store.list("") == []

@@ -30,11 +30,15 @@ writes.  Bytes in flight (raw task buffers plus packs not yet written) are
 bounded by ``max_inflight_bytes``, so memory does not grow with the volume.
 ``progress``/``cancelled`` are only ever called from the calling thread.
 
-Chain depth: a backup whose parent already has ``max_chain_depth`` - 1
-incrementals above its full backup (so that the new one would be the
-``max_chain_depth``-th incremental ... exceeded) falls back to a full backup and
-says so in ``BackupResult.message``.  Reading (restore/verify) refuses chains
-deeper than ``MAX_READ_CHAIN`` or with loops with InvalidBackup.
+Chain depth: a full backup has ``chain_depth`` 0 and an incremental its
+parent's depth + 1.  ``max_chain_depth`` caps the number of incrementals above
+a full backup: when the new backup would exceed it, backup() takes a full
+backup instead and says why in ``BackupResult.message`` (it never raises for
+this).  Reading (restore/verify/incremental parents) refuses chains deeper than
+``MAX_READ_CHAIN`` or with loops with InvalidBackup.
+
+Scale: holes cost nothing, but the manifest and the in-memory digest map grow
+with the *non-zero* data (about 2-3 MB per GiB at the default 16 KiB blocks).
 """
 import base64
 import binascii
@@ -560,7 +564,10 @@ class ChunkedDriver:
                     parent_entry = {"container": parent.container, "prefix": parent.prefix,
                                     "backup_id": pm.get("backup_id")}
 
-        # Start from a clean prefix (a retried backup with the same id).
+        # A completed backup with this id is never overwritten; leftovers of an
+        # interrupted attempt (no manifest) are removed.
+        if self.store.exists(self._obj(ref, MANIFEST_NAME)):
+            raise InvalidBackup(f"backup {ref.container}/{ref.prefix} already exists")
         self._delete_prefix(ref)
         try:
             fd = os.open(source_path, os.O_RDONLY | os.O_CLOEXEC)
@@ -579,21 +586,21 @@ class ChunkedDriver:
             os.close(fd)
 
         frames, objects, zeroed, data_bytes, changed_bytes = res
-        manifest = {
-            "format": FORMAT, "version": FORMAT_VERSION, "driver": self.DRIVER_ID,
-            "backup_id": backup_id, "volume_id": volume_id, "created_at": _now_iso(),
-            "container": ref.container, "prefix": ref.prefix,
-            "size_bytes": size_bytes, "block_size": bs, "segment_size": seg,
-            "digest": "sha256", "compression": self.codec.name,
-            "compression_level": self.codec.level,
-            "incremental": parent_map is not None, "parent": parent_entry,
-            "chain_depth": depth, "volume_meta": dict(volume_meta or {}),
-            "objects": objects, "frames": frames, "zeroed": zeroed,
-            "stats": {"data_bytes": data_bytes, "changed_bytes": changed_bytes,
-                      "pack_bytes": sum(o["size"] for o in objects)},
-        }
-        raw = encode_manifest(manifest)
         try:
+            manifest = {
+                "format": FORMAT, "version": FORMAT_VERSION, "driver": self.DRIVER_ID,
+                "backup_id": backup_id, "volume_id": volume_id, "created_at": _now_iso(),
+                "container": ref.container, "prefix": ref.prefix,
+                "size_bytes": size_bytes, "block_size": bs, "segment_size": seg,
+                "digest": "sha256", "compression": self.codec.name,
+                "compression_level": self.codec.level,
+                "incremental": parent_map is not None, "parent": parent_entry,
+                "chain_depth": depth, "volume_meta": dict(volume_meta or {}),
+                "objects": objects, "frames": frames, "zeroed": zeroed,
+                "stats": {"data_bytes": data_bytes, "changed_bytes": changed_bytes,
+                          "pack_bytes": sum(o["size"] for o in objects)},
+            }
+            raw = encode_manifest(manifest)
             if cancelled is not None and cancelled():
                 raise BackupCancelled(f"backup {backup_id} cancelled")
             self.store.put(self._obj(ref, MANIFEST_NAME), raw)
