@@ -150,3 +150,44 @@ def write_pattern(path: Path, seed: int, regions: list[tuple[int, int]]) -> None
             f.seek(offset)
             f.write(rng.randbytes(length))
 
+
+
+def postgres_admin_dsn() -> str | None:
+    """A libpq DSN for a PostgreSQL answering on 127.0.0.1:5432, or None."""
+    try:
+        import psycopg
+    except ImportError:
+        return None
+    for user in (os.environ.get("ORCH_TEST_PG_USER"), "postgres", "root"):
+        if not user:
+            continue
+        dsn = f"host=127.0.0.1 port=5432 user={user} dbname=postgres connect_timeout=2"
+        try:
+            with psycopg.connect(dsn):
+                return dsn
+        except Exception:
+            continue
+    return None
+
+
+class ThrowawayPostgres:
+    """A fresh database on the local PostgreSQL, dropped on close."""
+
+    def __init__(self, admin_dsn: str):
+        import uuid
+
+        import psycopg
+        self.admin_dsn = admin_dsn
+        self.name = f"orch_test_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{self.name}"')
+        user = dict(part.split("=", 1) for part in admin_dsn.split())["user"]
+        self.url = f"postgresql+psycopg://{user}@127.0.0.1:5432/{self.name}"
+
+    def close(self) -> None:
+        import psycopg
+
+        from orchestrator.db import reset_databases
+        reset_databases()
+        with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
