@@ -207,6 +207,9 @@ def charge(session: Session, project_id: str, deltas: dict[str, int], settings: 
            now: dt.datetime) -> None:
     """Check and add usage in one step, in the transaction that creates the counted rows.
 
+    Call it before inserting those rows: a usage row created on first use starts
+    from a recount of the tables, which must not already see them.
+
     :raises OverQuota:
     """
     commit(session, reserve(session, project_id, deltas, settings, now=now), now=now)
