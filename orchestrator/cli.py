@@ -172,3 +172,131 @@ Ctrl-C stops everything.
             redis.stop()
         click.echo("stopped.")
     sys.exit(code)
+
+
+# ----------------------------------------------------------------------------- API tokens
+
+
+def _parse_duration(text: str) -> float:
+    """Seconds from `90`, `90s`, `15m`, `12h`, `30d`."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    text = text.strip().lower()
+    scale = units.get(text[-1:], None)
+    number = text[:-1] if scale else text
+    try:
+        value = float(number) * (scale or 1)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a duration such as 3600, 45m, 12h or 30d")
+    if value <= 0:
+        raise click.BadParameter("the duration must be positive")
+    return value
+
+
+def _token_db():
+    from sqlalchemy import inspect
+
+    from orchestrator.db import get_database
+    settings = Settings.from_env()
+    db = get_database(settings.database_url)
+    if not inspect(db.engine).has_table("api_tokens"):
+        raise click.ClickException(f"{settings.database_url} has no api_tokens table; run "
+                                   "`orchestrator db upgrade` first.")
+    return db
+
+
+def _token_row(token, now) -> dict:
+    from orchestrator import tokens
+    iso = (lambda v: v.strftime("%Y-%m-%dT%H:%M:%S") + "Z" if v else None)
+    return {"id": token.id, "user_id": token.user_id, "project_id": token.project_id,
+            "roles": list(token.role_list), "state": tokens.state(token, now=now),
+            "created_at": iso(token.created_at), "expires_at": iso(token.expires_at),
+            "revoked_at": iso(token.revoked_at), "description": token.description}
+
+
+@main.group()
+def token() -> None:
+    """API tokens for ORCH_AUTH=token (sent by clients as X-Auth-Token)."""
+
+
+@token.command("create")
+@click.option("--project", required=True, help="project the token acts in")
+@click.option("--user", required=True, help="user id recorded on what the token creates")
+@click.option("--role", "roles", multiple=True, required=True,
+              type=click.Choice(["admin", "member", "reader"], case_sensitive=False),
+              help="admin, member or reader (repeatable)")
+@click.option("--expires-in", default=None, help="lifetime: seconds, or 45m, 12h, 30d")
+@click.option("--description", default=None)
+@click.option("--json", "as_json", is_flag=True, help="print JSON (includes the secret)")
+def token_create(project: str, user: str, roles: tuple[str, ...], expires_in: str | None,
+                 description: str | None, as_json: bool) -> None:
+    """Issue a token; its secret is printed once and never stored."""
+    import datetime as dt
+    import json
+
+    from orchestrator import errors
+    from orchestrator import tokens
+    from orchestrator.db import utcnow
+    db = _token_db()
+    now = utcnow()
+    expires_at = now + dt.timedelta(seconds=_parse_duration(expires_in)) if expires_in else None
+    try:
+        with db.scope() as s:
+            row, secret = tokens.issue(s, user_id=user, project_id=project, roles=list(roles),
+                                       now=now, expires_at=expires_at, description=description)
+            info = _token_row(row, now)
+    except errors.OrchestratorError as exc:
+        raise click.ClickException(exc.message)
+    if as_json:
+        click.echo(json.dumps({**info, "token": secret}, indent=2))
+        return
+    click.echo(f"token:    {secret}\nid:       {info['id']}\nuser:     {user}\n"
+               f"project:  {project}\nroles:    {','.join(info['roles'])}\n"
+               f"expires:  {info['expires_at'] or 'never'}\n"
+               "Keep the token secret: it is shown only now.")
+
+
+@token.command("list")
+@click.option("--project", default=None, help="only this project's tokens")
+@click.option("--all", "include_inactive", is_flag=True, help="include expired and revoked")
+@click.option("--json", "as_json", is_flag=True)
+def token_list(project: str | None, include_inactive: bool, as_json: bool) -> None:
+    """List tokens (never their secrets)."""
+    import json
+
+    from orchestrator import tokens
+    from orchestrator.db import utcnow
+    db = _token_db()
+    now = utcnow()
+    with db.scope(write=False) as s:
+        rows = [_token_row(t, now) for t in tokens.list_tokens(
+            s, now=now, project_id=project, include_inactive=include_inactive)]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    header = ("id", "user_id", "project_id", "roles", "state", "expires_at")
+    table = [header] + [(r["id"], r["user_id"], r["project_id"], ",".join(r["roles"]),
+                         r["state"], r["expires_at"] or "never") for r in rows]
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
+    for row in table:
+        click.echo("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+@token.command("revoke")
+@click.argument("token_ids", nargs=-1, required=True)
+def token_revoke(token_ids: tuple[str, ...]) -> None:
+    """Revoke tokens by id; requests with them get 401 from now on."""
+    from orchestrator import errors
+    from orchestrator import tokens
+    from orchestrator.db import utcnow
+    db = _token_db()
+    failed = False
+    for token_id in token_ids:
+        try:
+            with db.scope() as s:
+                tokens.revoke(s, token_id, now=utcnow())
+            click.echo(f"revoked {token_id}")
+        except errors.NotFound as exc:
+            click.echo(exc.message, err=True)
+            failed = True
+    if failed:
+        raise SystemExit(1)

@@ -1,10 +1,14 @@
 """Sorted keyset paging shared by every list endpoint (marker = last id seen)."""
 from __future__ import annotations
 
-from sqlalchemy import and_
-from sqlalchemy import or_
+import datetime as dt
+
 from sqlalchemy import Select
+from sqlalchemy import String
+from sqlalchemy import and_
+from sqlalchemy import cast
 from sqlalchemy import false
+from sqlalchemy import or_
 
 
 def keyset(query: Select, model, sort: list[tuple[str, str]], marker_row, *,
@@ -59,7 +63,9 @@ def list_rows(session, model, *, scope_project: str | None, filters: dict | None
     """Rows of ``model`` in scope, filtered, sorted and paged; the count only when asked.
 
     ``scope_project`` None means every project (admin with all_tenants).
-    Unknown filter columns match nothing (Cinder's admin behaviour).
+    Unknown filter columns, and values a column cannot hold, match nothing
+    (Cinder's admin behaviour). ``filters["metadata"]``, a dict, keeps rows
+    whose metadata holds every given key with the given value.
 
     :raises MarkerNotFound, InvalidInput:
     """
@@ -68,18 +74,32 @@ def list_rows(session, model, *, scope_project: str | None, filters: dict | None
 
     from orchestrator import errors
 
+    sort = sort or [("created_at", "desc"), ("id", "desc")]
+    for key, _ in sort:
+        if key not in sort_keys:
+            raise errors.InvalidInput(f"Invalid input received: Invalid sort key {key}.")
     base = select(model).where(model.deleted.is_(False))
     if scope_project is not None:
         base = base.where(model.project_id == scope_project)
     columns = model.__table__.c
+    nothing = [], (0 if with_count else None)
     for key, value in (filters or {}).items():
+        if key == "metadata" and isinstance(value, dict):
+            base = base.where(*_metadata_clauses(model, value))
+            continue
         if key not in columns or key == "metadata":
-            return [], (0 if with_count else None)
-        base = base.where(getattr(model, key) == _coerce(columns[key], value))
+            return nothing
+        try:
+            base = base.where(getattr(model, key) == _coerce(columns[key], value))
+        except _NoMatch:
+            return nothing
     for key, value in (like_filters or {}).items():
-        if key not in columns:
-            return [], (0 if with_count else None)
-        base = base.where(getattr(model, key).contains(value, autoescape=True))
+        if key not in columns or key == "metadata":
+            return nothing
+        col = getattr(model, key)
+        if not isinstance(columns[key].type, String):
+            col = cast(col, String)
+        base = base.where(col.contains(value, autoescape=True))
     count = None
     if with_count:
         count = session.scalar(select(func.count()).select_from(base.subquery()))
@@ -89,24 +109,61 @@ def list_rows(session, model, *, scope_project: str | None, filters: dict | None
         if marker_row is None or marker_row.deleted or \
                 (scope_project is not None and marker_row.project_id != scope_project):
             raise errors.MarkerNotFound(marker)
-    sort = sort or [("created_at", "desc"), ("id", "desc")]
-    for key, _ in sort:
-        if key not in sort_keys:
-            raise errors.InvalidInput(f"Invalid input received: Invalid sort key {key}.")
     query = keyset(base, model, sort, marker_row, limit=limit, offset=offset)
     return list(session.scalars(query)), count
 
 
+def _metadata_clauses(model, wanted: dict) -> list:
+    """Every (key, value) present: child rows for backups, the JSON column otherwise."""
+    from sqlalchemy import exists
+    from sqlalchemy import select
+
+    clauses = []
+    if hasattr(model, "metadata_items"):
+        from orchestrator.models import BackupMetadata
+        for key, value in wanted.items():
+            clauses.append(exists(select(BackupMetadata.id).where(
+                BackupMetadata.backup_id == model.id, BackupMetadata.deleted.is_(False),
+                BackupMetadata.key == key, BackupMetadata.value == value)))
+    else:
+        for key, value in wanted.items():
+            clauses.append(model.metadata_[key].as_string() == value)
+    return clauses
+
+
+class _NoMatch(Exception):
+    """A filter value the column can never equal."""
+
+
 def _coerce(column, value: str):
-    """Query strings are text; compare integers and booleans as such."""
+    """Query strings are text; compare integers, floats, booleans and times as such.
+
+    :raises _NoMatch: the text is no value of the column's type.
+    """
+    from dateutil import parser as dateparser
     from sqlalchemy import Boolean
+    from sqlalchemy import DateTime
+    from sqlalchemy import Float
     from sqlalchemy import Integer
 
     try:
         if isinstance(column.type, Boolean):
             return value.strip().lower() in ("1", "true", "t", "yes", "y", "on")
         if isinstance(column.type, Integer):
-            return int(value)
-    except ValueError:
-        return None
+            number = int(value)
+            if not -2**63 <= number < 2**63:
+                raise _NoMatch(value)
+            return number
+        if isinstance(column.type, Float):
+            number = float(value)
+            if number != number or number in (float("inf"), float("-inf")):
+                raise _NoMatch(value)
+            return number
+        if isinstance(column.type, DateTime):
+            parsed = dateparser.isoparse(value)
+            if parsed.tzinfo is not None:
+                parsed = parsed.astimezone(dt.timezone.utc).replace(tzinfo=None)
+            return parsed
+    except (ValueError, OverflowError):
+        raise _NoMatch(value) from None
     return value

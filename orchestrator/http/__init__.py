@@ -14,11 +14,16 @@ from orchestrator import errors
 from orchestrator.config import Settings
 from orchestrator.db import get_database
 from orchestrator.http import faults
-from orchestrator.http.auth import noauth_context
+from orchestrator.http.auth import MODES
+from orchestrator.http.auth import authenticate
 from orchestrator.http.common import COLLECTIONS
+from orchestrator.http.common import check_request_text
 from orchestrator.http.microversion import negotiate
 
 log = logging.getLogger(__name__)
+
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 class ProjectConverter(BaseConverter):
@@ -36,11 +41,14 @@ def create_app(settings: Settings | None = None, *, celery_app=None) -> Flask:
     """Create the API application."""
     from orchestrator.http import backups
     from orchestrator.http import misc
+    from orchestrator.http import openapi
     from orchestrator.http import volumes
     from orchestrator.tasks import Publisher
     from orchestrator.tasks import make_celery
 
     settings = settings or Settings.from_env()
+    if settings.auth not in MODES:
+        raise ValueError(f"ORCH_AUTH must be one of {', '.join(MODES)}, not {settings.auth!r}")
     app = Flask("orchestrator")
     app.config["ORCH_SETTINGS"] = settings
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
@@ -54,6 +62,7 @@ def create_app(settings: Settings | None = None, *, celery_app=None) -> Flask:
     faults.init_app(app)
 
     app.register_blueprint(misc.versions_bp)
+    app.register_blueprint(openapi.bp)
     for bp in (backups.bp, volumes.bp, misc.bp):
         app.register_blueprint(bp, url_prefix="/v3", name=f"{bp.name}")
         app.register_blueprint(bp, url_prefix="/v3/<project:project_id>",
@@ -63,15 +72,22 @@ def create_app(settings: Settings | None = None, *, celery_app=None) -> Flask:
     def _begin():
         g.request_id = f"req-{uuid.uuid4()}"
         g.api_version = None
+        g.url_project = None
         endpoint = request.endpoint or ""
         if not request.path.startswith("/v3/") or endpoint.startswith("versions."):
             return None
         g.api_version = negotiate(request.headers.get("OpenStack-API-Version"))
+        check_request_text()
         url_project = (request.view_args or {}).get("project_id")
         g.url_project = url_project
-        g.context = noauth_context(request, settings, url_project, g.request_id)
+        g.context = authenticate(request, settings, app.extensions["orch_db"], url_project,
+                                 g.request_id)
         if url_project and url_project != g.context.project_id:
             raise errors.InvalidInput("Malformed request url")
+        if request.method not in SAFE_METHODS and not g.context.can_write():
+            raise errors.PolicyNotAuthorized(message=(
+                f"Policy doesn't allow {request.method} {request.path} to be performed: the "
+                f"roles of the caller ({', '.join(g.context.roles)}) only allow reading."))
         return None
 
     @app.after_request

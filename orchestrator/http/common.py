@@ -58,28 +58,68 @@ def now() -> dt.datetime:
 
 
 def body() -> dict:
-    """The JSON body as a dict. :raises InvalidInput: malformed or not an object."""
+    """The JSON body as a dict.
+
+    :raises UnsupportedMediaType: a body that is not declared as JSON (415).
+    :raises InvalidInput: malformed, not an object, or holding text no database can store.
+    """
     raw = request.get_data(cache=True)
+    ctype = request.mimetype or ""
+    if raw and ctype and ctype != "application/json" and not ctype.endswith("+json"):
+        raise UnsupportedMediaType(ctype)
     if not raw:
         raise errors.InvalidInput("Malformed request body: the body is empty.")
-    ctype = request.mimetype or ""
-    if ctype and ctype != "application/json" and not ctype.endswith("+json"):
-        raise UnsupportedMediaType()
     try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        data = json.loads(raw, parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise errors.InvalidInput("Malformed request body") from None
     if not isinstance(data, dict):
         raise errors.InvalidInput("Malformed request body: expected a JSON object.")
+    _check_text(data, depth=0)
     return data
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _check_text(value, depth: int) -> None:
+    """Refuse NUL characters and unpaired surrogates (PostgreSQL and UTF-8 cannot hold them)."""
+    if depth > 32:
+        raise errors.InvalidInput("Malformed request body: nested too deeply.")
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise errors.InvalidInput("Malformed request body: NUL characters are not "
+                                      "allowed in strings.")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise errors.InvalidInput("Malformed request body: strings must be valid "
+                                      "Unicode (unpaired surrogate).") from None
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_text(k, depth + 1)
+            _check_text(v, depth + 1)
+    elif isinstance(value, list):
+        for v in value:
+            _check_text(v, depth + 1)
+
+
+def check_request_text() -> None:
+    """Refuse NUL characters in the path and the query string. :raises InvalidInput:"""
+    if "\x00" in request.path or any("\x00" in k or "\x00" in v
+                                     for k, v in request.args.items(multi=True)):
+        raise errors.InvalidInput("Invalid input received: NUL characters are not allowed in "
+                                  "the URL.")
 
 
 class UnsupportedMediaType(errors.OrchestratorError):
     code = 415
     default_message = "Unsupported Content-Type"
 
-    def __init__(self):
-        super().__init__()
+    def __init__(self, ctype: str | None = None):
+        super().__init__(f"Unsupported Content-Type {ctype!r}: send application/json."
+                         if ctype else None)
 
 
 def load(schema: Schema, data) -> dict:
@@ -143,6 +183,7 @@ def parse_bool(name: str, value: str) -> bool:
                               f"'{value}'.")
 
 
+DB_MAX_INT = 2**31 - 1
 PAGING_KEYS = {"limit", "marker", "offset", "sort", "sort_key", "sort_dir", "with_count",
                "all_tenants"}
 
@@ -176,6 +217,9 @@ def list_params(*, user_filters: set[str], name_column: str = "display_name",
                                       "integer") from None
         if offset_i < 0:
             raise errors.InvalidInput("Invalid input received: offset param must be positive")
+        if offset_i > DB_MAX_INT:
+            raise errors.InvalidInput(f"Invalid input received: offset param must be <= "
+                                      f"{DB_MAX_INT}")
         out["offset"] = offset_i
     else:
         out["offset"] = None
@@ -194,22 +238,47 @@ def list_params(*, user_filters: set[str], name_column: str = "display_name",
     for key, value in args.items():
         if key in PAGING_KEYS:
             continue
-        column, like = (key[:-1], True) if key.endswith("~") else (key, False)
-        if like and not mv().matches("3.34"):
-            invalid.append(key)
-            continue
+        like = key.endswith("~") and mv().matches("3.34")
+        column = key[:-1] if like else key
         column = name_column if column == "name" else column
         if not c.is_admin and column not in user_filters | {name_column}:
             invalid.append(key)
             continue
+        if column == "metadata":
+            if like:
+                invalid.append(key)
+                continue
+            value = parse_metadata_filter(value)
         (out["like_filters"] if like else out["filters"])[column] = value
-    if invalid:
-        if c.is_admin or mv().matches("3.31"):
-            raise errors.InvalidInput(f"Invalid input received: Invalid filters "
-                                      f"{', '.join(sorted(invalid))} are found in query options.")
-        for key in invalid:  # below 3.31 Cinder silently drops what it does not know
-            out["filters"].pop(key, None)
+    if invalid and mv().matches("3.31"):
+        raise errors.InvalidInput(f"Invalid input received: Invalid filters "
+                                  f"{', '.join(sorted(invalid))} are found in query options.")
+    # Below 3.31 Cinder silently drops the filters a non-admin may not use.
     return out
+
+
+def parse_metadata_filter(text: str) -> dict[str, str]:
+    """``metadata={"k": "v"}`` as JSON or as the Python dict repr cinderclient sends.
+
+    :raises InvalidInput:
+    """
+    import ast
+    from orchestrator.http.schemas import METADATA_KEY
+    parsed = None
+    try:
+        parsed = json.loads(text)
+    except (ValueError, RecursionError):
+        try:
+            parsed = ast.literal_eval(text) if len(text) <= 4096 else None
+        except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
+            parsed = None
+    if not isinstance(parsed, dict) or not all(
+            isinstance(k, str) and METADATA_KEY.match(k) and isinstance(v, (str, int, float))
+            and not isinstance(v, bool) and len(str(v)) <= 255 for k, v in parsed.items()):
+        raise errors.InvalidInput(f"Invalid input received: the metadata filter {text!r} must "
+                                  "be a dict of metadata keys to strings, e.g. "
+                                  "metadata={\"k\": \"v\"}.")
+    return {k: str(v) for k, v in parsed.items()}
 
 
 def _sort(args, name_column: str, name_sort_since: str | None) -> list[tuple[str, str]] | None:

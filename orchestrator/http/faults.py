@@ -4,7 +4,9 @@ from __future__ import annotations
 import logging
 
 from flask import Flask
+from flask import current_app
 from flask import jsonify
+from flask import request
 from werkzeug.exceptions import HTTPException
 
 from orchestrator import errors
@@ -19,7 +21,7 @@ FAULT_NAMES = {
 }
 
 
-def fault_response(code: int, message: str):
+def fault_response(code: int, message: str, headers: dict | None = None):
     name = FAULT_NAMES.get(code, "computeFault" if code >= 500 else "badRequest")
     fault = {"code": code, "message": message}
     if code == 413:
@@ -28,6 +30,8 @@ def fault_response(code: int, message: str):
     response.status_code = code
     if code == 413:
         response.headers["Retry-After"] = "0"
+    for key, value in (headers or {}).items():
+        response.headers[key] = value
     return response
 
 
@@ -42,9 +46,13 @@ def init_app(app: Flask) -> None:
     def _http(exc: HTTPException):
         code = exc.code or 500
         messages = {404: "The resource could not be found.",
-                    405: "The method is not allowed for the requested URL.",
-                    413: "Request is too large."}
-        return fault_response(code, messages.get(code, exc.description or exc.name))
+                    405: f"The method {request.method} is not allowed for {request.path}.",
+                    413: f"Request is too large: bodies are limited to "
+                         f"{current_app.config.get('MAX_CONTENT_LENGTH')} bytes."}
+        # Keep what the exception says the client needs (e.g. Allow on a 405).
+        keep = {k: v for k, v in exc.get_headers() if k.lower() not in
+                ("content-type", "content-length")}
+        return fault_response(code, messages.get(code, exc.description or exc.name), keep)
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):

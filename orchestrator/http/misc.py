@@ -9,6 +9,7 @@ from orchestrator import errors
 from orchestrator import hosts
 from orchestrator import quota
 from orchestrator.http import schemas
+from orchestrator.http.backups import _wrapped
 from orchestrator.http.common import base_url
 from orchestrator.http.common import body
 from orchestrator.http.common import ctx
@@ -101,15 +102,13 @@ def quota_defaults(target, project_id=None):
 def quota_update(target, project_id=None):
     """Set limits (admin)."""
     _quota_target(target, admin_only=True)
-    data = body().get("quota_set")
-    if not isinstance(data, dict) or not ({k for k in data} - {"tenant_id", "id"}):
-        raise errors.InvalidInput("Invalid input received: quota_set must hold at least one "
-                                  "quota limit.")
+    data = _wrapped(body(), "quota_set")
+    if not isinstance(data, dict) or not (set(data) - {"tenant_id", "id"}):
+        raise errors.InvalidInput("Invalid input received: quota_set must be an object holding "
+                                  "at least one quota limit (backups, backup_gigabytes, "
+                                  "volumes, gigabytes, snapshots).")
     args = load(schemas.QuotaSetSchema(), data)
     limits = {k: v for k, v in args.items() if k in quota.RESOURCES}
-    for key, value in data.items():
-        if key in quota.RESOURCES and isinstance(value, bool):
-            raise errors.InvalidInput(f"Invalid input received: {key} must be an integer.")
     s = session(write=True)
     quota.set_limits(s, target, limits, settings())
     s.commit()
@@ -181,12 +180,10 @@ def service_toggle(action, project_id=None):
         raise errors.PolicyNotAuthorized("volume_extension:services:update")
     if action not in ("enable", "disable", "disable-log-reason"):
         raise errors.NotFound("The resource could not be found.")
-    data = body()
-    host, binary = data.get("host"), data.get("binary")
-    if not isinstance(host, str) or not isinstance(binary, str):
-        raise errors.InvalidInput("Invalid input received: host and binary are required.")
+    args = load(schemas.ServiceToggleSchema(), body())
+    host, binary = args["host"], args["binary"]
     disabled = action != "enable"
-    reason = data.get("disabled_reason") if action == "disable-log-reason" else None
+    reason = args.get("disabled_reason") if action == "disable-log-reason" else None
     s = session(write=True)
     n = s.execute(update(Service).where(Service.host == host, Service.binary == binary)
                   .values(disabled=disabled, disabled_reason=reason, modified_at=now())).rowcount

@@ -1,4 +1,5 @@
-"""marshmallow schemas of request bodies (unknown keys are refused)."""
+"""marshmallow schemas: request bodies (unknown keys refused) and, for the OpenAPI
+document, the shapes of the replies built in views.py."""
 from __future__ import annotations
 
 import re
@@ -8,9 +9,7 @@ from marshmallow import RAISE
 from marshmallow import Schema
 from marshmallow import ValidationError
 from marshmallow import fields
-from marshmallow import pre_load
 from marshmallow import validate
-from marshmallow import validates
 
 METADATA_KEY = re.compile(r"^[a-zA-Z0-9-_:. /]{1,255}$")
 TRUE = {"true", "1", "yes", "on", "t", "y"}
@@ -30,6 +29,20 @@ class LenientBool(fields.Field):
             if v in FALSE:
                 return False
         raise ValidationError(f"{value!r} is not a valid boolean.")
+
+
+class WholeNumber(fields.Field):
+    """An integer given as a JSON integer or a string of digits (never a bool or a float)."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and re.fullmatch(r"-?[0-9]{1,18}", value.strip()):
+            return int(value.strip())
+        raise ValidationError(f"{value!r} is not an integer.")
+
+
+DB_MAX_INT = 2**31 - 1
 
 
 class UUIDString(fields.String):
@@ -98,27 +111,21 @@ class ResetStatusSchema(StrictSchema):
 class VolumeCreateSchema(Schema):
     """Cinder ignores unknown keys below 3.53 (the view enforces RAISE from 3.53)."""
 
-    size = fields.Integer(allow_none=True, strict=False, validate=validate.Range(min=1))
+    size = WholeNumber(allow_none=True, validate=validate.Range(min=1, max=DB_MAX_INT))
     name = Name()
     description = Name()
     display_name = Name()
     display_description = Name()
-    volume_type = fields.String(allow_none=True)
+    volume_type = fields.String(allow_none=True, validate=validate.Length(max=255))
     availability_zone = fields.String(allow_none=True, validate=validate.Length(max=255))
     metadata = Metadata()
     snapshot_id = UUIDString(allow_none=True)
     source_volid = UUIDString(allow_none=True)
-    imageRef = fields.String(allow_none=True)
-    consistencygroup_id = fields.String(allow_none=True)
-    group_id = fields.String(allow_none=True)
+    imageRef = fields.String(allow_none=True, validate=validate.Length(max=255))
+    consistencygroup_id = fields.String(allow_none=True, validate=validate.Length(max=255))
+    group_id = fields.String(allow_none=True, validate=validate.Length(max=255))
     backup_id = UUIDString(allow_none=True)
     multiattach = LenientBool(allow_none=True)
-
-    @pre_load
-    def _numeric_size(self, data, **kwargs):
-        if isinstance(data, dict) and isinstance(data.get("size"), bool):
-            raise ValidationError({"size": ["must be an integer"]})
-        return data
 
 
 class SnapshotCreateSchema(StrictSchema):
@@ -131,21 +138,218 @@ class SnapshotCreateSchema(StrictSchema):
     metadata = Metadata()
 
 
-class QuotaSetSchema(Schema):
-    """Limits: ints >= -1; `tenant_id` and `id` are ignored (cinderclient sends tenant_id)."""
+def _limit() -> WholeNumber:
+    return WholeNumber(validate=validate.Range(min=-1, max=DB_MAX_INT))
 
-    class Meta:
-        unknown = RAISE
 
-    backups = fields.Integer(strict=False, validate=validate.Range(min=-1))
-    backup_gigabytes = fields.Integer(strict=False, validate=validate.Range(min=-1))
-    volumes = fields.Integer(strict=False, validate=validate.Range(min=-1))
-    gigabytes = fields.Integer(strict=False, validate=validate.Range(min=-1))
-    snapshots = fields.Integer(strict=False, validate=validate.Range(min=-1))
-    tenant_id = fields.Raw(load_default=None)
-    id = fields.Raw(load_default=None)
+class QuotaSetSchema(StrictSchema):
+    """Limits: integers >= -1 (-1 = unlimited); `tenant_id` and `id` are ignored
+    (cinderclient always sends tenant_id)."""
 
-    @validates("backups")
-    def _not_bool(self, value, **kwargs):
-        if isinstance(value, bool):
-            raise ValidationError("must be an integer")
+    backups = _limit()
+    backup_gigabytes = _limit()
+    volumes = _limit()
+    gigabytes = _limit()
+    snapshots = _limit()
+    tenant_id = fields.Raw(allow_none=True)
+    id = fields.Raw(allow_none=True)
+
+
+class ServiceToggleSchema(StrictSchema):
+    """PUT /os-services/enable|disable|disable-log-reason."""
+
+    host = fields.String(required=True, validate=validate.Length(min=1, max=255))
+    binary = fields.String(required=True, validate=validate.Length(min=1, max=255))
+    disabled_reason = fields.String(allow_none=True, validate=validate.Length(max=255))
+
+
+# ----------------------------------------------------------------------------- replies
+# Documentation only: views.py builds these dicts; the OpenAPI document shows them.
+
+
+class LinkSchema(Schema):
+    rel = fields.String(metadata={"description": "self, bookmark or next"})
+    href = fields.String(metadata={"description": "absolute URL"})
+
+
+class BackupSummarySchema(Schema):
+    id = fields.UUID()
+    name = fields.String(allow_none=True)
+    links = fields.List(fields.Nested(LinkSchema))
+
+
+class BackupDetailSchema(Schema):
+    id = fields.UUID()
+    status = fields.String(metadata={"enum": ["creating", "available", "deleting", "error",
+                                              "restoring", "error_deleting"]})
+    size = fields.Integer()
+    object_count = fields.Integer()
+    availability_zone = fields.String(allow_none=True)
+    container = fields.String(allow_none=True)
+    created_at = fields.String(metadata={"description": "naive UTC, e.g. "
+                                                        "2023-06-23T11:56:08.691468"})
+    updated_at = fields.String(allow_none=True)
+    name = fields.String(allow_none=True)
+    description = fields.String(allow_none=True)
+    fail_reason = fields.String(allow_none=True)
+    volume_id = fields.UUID()
+    links = fields.List(fields.Nested(LinkSchema))
+    is_incremental = fields.Boolean()
+    has_dependent_backups = fields.Boolean()
+    snapshot_id = fields.UUID(allow_none=True)
+    data_timestamp = fields.String()
+    metadata = fields.Dict(keys=fields.String(), values=fields.String(),
+                           metadata={"description": "microversion 3.43+"})
+    project_id = fields.String(data_key="os-backup-project-attr:project_id",
+                               metadata={"description": "3.18+, admin only"})
+    user_id = fields.String(metadata={"description": "3.56+, admin only"})
+    encryption_key_id = fields.String(metadata={"description": "3.64+, only when set"})
+
+
+class BackupListSchema(Schema):
+    backups = fields.List(fields.Nested(BackupDetailSchema))
+    backups_links = fields.List(fields.Nested(LinkSchema))
+    count = fields.Integer(metadata={"description": "3.45+ with with_count=true"})
+
+
+class BackupReplySchema(Schema):
+    backup = fields.Nested(BackupDetailSchema)
+
+
+class RestoreReplySchema(Schema):
+    class _Restore(Schema):
+        backup_id = fields.UUID()
+        volume_id = fields.UUID()
+        volume_name = fields.String(allow_none=True)
+
+    restore = fields.Nested(_Restore)
+
+
+class BackupRecordReplySchema(Schema):
+    record = fields.Nested(BackupRecordSchema, data_key="backup-record")
+
+
+class VolumeDetailSchema(Schema):
+    id = fields.UUID()
+    status = fields.String()
+    size = fields.Integer()
+    availability_zone = fields.String()
+    created_at = fields.String()
+    updated_at = fields.String(allow_none=True)
+    name = fields.String(allow_none=True)
+    description = fields.String(allow_none=True)
+    volume_type = fields.String()
+    snapshot_id = fields.UUID(allow_none=True)
+    source_volid = fields.UUID(allow_none=True)
+    metadata = fields.Dict(keys=fields.String(), values=fields.String())
+    links = fields.List(fields.Nested(LinkSchema))
+    user_id = fields.String()
+    bootable = fields.String(metadata={"enum": ["true", "false"]})
+    encrypted = fields.Boolean()
+    multiattach = fields.Boolean()
+    attachments = fields.List(fields.Dict())
+
+
+class VolumeReplySchema(Schema):
+    volume = fields.Nested(VolumeDetailSchema)
+
+
+class VolumeListSchema(Schema):
+    volumes = fields.List(fields.Nested(VolumeDetailSchema))
+    volumes_links = fields.List(fields.Nested(LinkSchema))
+    count = fields.Integer()
+
+
+class SnapshotDetailSchema(Schema):
+    id = fields.UUID()
+    created_at = fields.String()
+    updated_at = fields.String(allow_none=True)
+    name = fields.String(allow_none=True)
+    description = fields.String(allow_none=True)
+    volume_id = fields.UUID()
+    status = fields.String()
+    size = fields.Integer()
+    metadata = fields.Dict(keys=fields.String(), values=fields.String())
+    progress = fields.String(data_key="os-extended-snapshot-attributes:progress")
+    project_id = fields.String(data_key="os-extended-snapshot-attributes:project_id")
+
+
+class SnapshotReplySchema(Schema):
+    snapshot = fields.Nested(SnapshotDetailSchema)
+
+
+class SnapshotListSchema(Schema):
+    snapshots = fields.List(fields.Nested(SnapshotDetailSchema))
+    snapshots_links = fields.List(fields.Nested(LinkSchema))
+    count = fields.Integer()
+
+
+class QuotaSetReplySchema(Schema):
+    quota_set = fields.Dict(metadata={"description": "resource → limit, or with usage=true "
+                                                     "resource → {limit, in_use, reserved}; "
+                                                     "`id` is the project"})
+
+
+class LimitsReplySchema(Schema):
+    class _Limits(Schema):
+        rate = fields.List(fields.Dict())
+        absolute = fields.Dict(keys=fields.String(), values=fields.Integer())
+
+    limits = fields.Nested(_Limits)
+
+
+class ServiceSchema(Schema):
+    binary = fields.String()
+    host = fields.String()
+    zone = fields.String()
+    status = fields.String(metadata={"enum": ["enabled", "disabled"]})
+    state = fields.String(metadata={"enum": ["up", "down"]})
+    updated_at = fields.String(allow_none=True)
+    disabled_reason = fields.String(allow_none=True)
+    cluster = fields.String(allow_none=True)
+
+
+class ServiceListSchema(Schema):
+    services = fields.List(fields.Nested(ServiceSchema))
+
+
+class ServiceToggleReplySchema(Schema):
+    host = fields.String()
+    binary = fields.String()
+    status = fields.String()
+    disabled = fields.Boolean()
+    disabled_reason = fields.String()
+
+
+class AvailabilityZoneListSchema(Schema):
+    class _Zone(Schema):
+        class _State(Schema):
+            available = fields.Boolean()
+
+        zoneName = fields.String()
+        zoneState = fields.Nested(_State)
+
+    availabilityZoneInfo = fields.List(fields.Nested(_Zone))
+
+
+class VersionsSchema(Schema):
+    versions = fields.List(fields.Dict())
+
+
+class FaultSchema(Schema):
+    """{"<faultName>": {"code": N, "message": "..."}}: one key, named after the fault."""
+
+    class _Fault(Schema):
+        code = fields.Integer()
+        message = fields.String()
+        retryAfter = fields.String(metadata={"description": "413 only"})
+
+    badRequest = fields.Nested(_Fault)
+    unauthorized = fields.Nested(_Fault)
+    forbidden = fields.Nested(_Fault)
+    itemNotFound = fields.Nested(_Fault)
+    badMethod = fields.Nested(_Fault)
+    computeFault = fields.Nested(_Fault)
+    overLimit = fields.Nested(_Fault)
+    badMediaType = fields.Nested(_Fault)
+    serviceUnavailable = fields.Nested(_Fault)
