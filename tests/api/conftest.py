@@ -1,8 +1,8 @@
 """Live stacks for the wire tests: one API server and one worker per auth mode.
 
-A stack is module-scoped (starting a worker costs seconds) and each test
-works in projects of its own, so tests sharing a stack never see each other's
-resources. ``Stack.creds(project, role)`` gives what a client sends as
+A stack lives for the whole session (starting a worker costs seconds) and
+each test works in projects of its own, so tests sharing a stack never see
+each other's resources. ``Stack.creds(project, role)`` gives what a client sends as
 X-Auth-Token in the stack's mode: ``user:project`` in noauth mode, a fresh
 API token (issued through orchestrator.tokens) in token mode.
 """
@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from orch_testlib import ApiServer
+from orch_testlib import Client
 from orch_testlib import WorkerProcess
 from orch_testlib import make_settings
 from orchestrator import tokens
@@ -35,6 +36,7 @@ class Stack:
         self.endpoint = f"{api.url}/v3"
         self.db = get_database(settings.database_url)
         self._issued: dict[tuple, str] = {}
+        self._world: World | None = None
 
     def creds(self, project: str, role: str = "member", user: str | None = None) -> str:
         """The X-Auth-Token value of a caller with ``role`` in ``project``."""
@@ -52,6 +54,45 @@ class Stack:
         return self._issued[key]
 
 
+    def client(self, project: str, role: str = "member", version: str = "3.71",
+               **kw) -> Client:
+        """orch_testlib's small HTTP client with this caller's credentials."""
+        return Client(self.url, token=self.creds(project, role, **kw), version=version)
+
+    def world(self) -> "World":
+        """Resources in projects alpha and beta, made once per stack through the API."""
+        if self._world is None:
+            self._world = World(self)
+        return self._world
+
+
+class World:
+    """Per project (alpha, beta): a volume, a snapshot of it and two available backups."""
+
+    PROJECTS = ("alpha", "beta")
+
+    def __init__(self, stack: Stack):
+        self.ids: dict[str, dict[str, str]] = {}
+        for project in self.PROJECTS:
+            c = stack.client(project)
+            vol = c.create_volume(1, name=f"{project}-vol")
+            assert vol["status"] == "available", vol
+            r = c.post("/snapshots", {"snapshot": {"volume_id": vol["id"],
+                                                   "name": f"{project}-snap"}})
+            assert r.status_code == 202, r.text
+            snap = c.wait("snapshot", r.json()["snapshot"]["id"], {"available"})
+            backups = []
+            for name in ("b1", "b2"):
+                r = c.post("/backups", {"backup": {"volume_id": vol["id"],
+                                                   "name": f"{project}-{name}",
+                                                   "metadata": {"n": name}}})
+                assert r.status_code == 202, r.text
+                backups.append(c.wait("backup", r.json()["backup"]["id"], {"available"}))
+                c.wait("volume", vol["id"], {"available"})
+            self.ids[project] = {"volume": vol["id"], "snapshot": snap["id"],
+                                 "backup": backups[0]["id"], "backup2": backups[1]["id"]}
+
+
 def _start_stack(tmp_path_factory, redis_server, mode: str, *, worker: bool,
                  **overrides) -> tuple[Stack, list]:
     n = next(_REDIS_DBS)
@@ -67,9 +108,9 @@ def _start_stack(tmp_path_factory, redis_server, mode: str, *, worker: bool,
     return Stack(settings, api, proc), [api, proc]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def stacks(tmp_path_factory, redis_server):
-    """Factory: ``stacks(mode, worker=True, **settings)``; every stack stops at module end."""
+    """Factory: ``stacks(mode, worker=True, **settings)``; every stack stops at session end."""
     started: list = []
     cache: dict = {}
 
