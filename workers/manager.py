@@ -211,6 +211,13 @@ def backup_create(run: JobRun) -> list[Job]:
         vb.volume_path(p["volume_id"])
     parent_ref = BackupRef(parent.container, parent.service_metadata) if parent else None
     driver = backup_driver(run.settings)
+    # Record where the objects go before writing any, so that whatever happens to this
+    # worker, deleting the backup later finds and removes them.
+    ref = driver.ref_for(backup.id, backup.container)
+    with run.db.scope() as session:
+        session.execute(update(Backup).where(Backup.id == backup.id).values(
+            container=ref.container, service_metadata=ref.prefix, service=driver.DRIVER_ID,
+            progress_bytes=0, progress_total=(backup.size or 0) * GiB))
     volume_meta = {"display_name": volume.display_name if volume else None,
                    "display_description": volume.display_description if volume else None,
                    "metadata": volume.metadata_ if volume else {},
@@ -234,13 +241,21 @@ def backup_create(run: JobRun) -> list[Job]:
         done = session.execute(update(Backup).where(Backup.id == backup.id,
                                                     Backup.status == "creating")
                                .values(**values)).rowcount
-        if done and is_incremental:
-            session.execute(update(Backup).where(Backup.id == parent.id).values(
-                num_dependent_backups=Backup.num_dependent_backups + 1))
+        if parent is not None:
+            count_dependents(session, parent.id)
         if not done:
             log.warning("backup %s changed status while it ran; result not applied", backup.id)
         jobs._restore_source(session, run.job, now)
     return _complete(run, effects)
+
+
+def count_dependents(session, parent_id: str) -> None:
+    """num_dependent_backups derived from the live children (Cinder's counter drifts: W12)."""
+    from sqlalchemy import func
+    children = select(func.count()).select_from(Backup).where(
+        Backup.parent_id == parent_id, Backup.deleted.is_(False)).scalar_subquery()
+    session.execute(update(Backup).where(Backup.id == parent_id)
+                    .values(num_dependent_backups=children))
 
 
 def backup_restore(run: JobRun) -> list[Job]:
@@ -297,10 +312,8 @@ def backup_delete(run: JobRun) -> list[Job]:
                         .values(deleted=True, deleted_at=now))
         quota.release(session, b.project_id, {"backups": 1, "backup_gigabytes": b.size or 0},
                       now=now)
-        if b.parent_id and b.service:
-            session.execute(update(Backup).where(Backup.id == b.parent_id,
-                                                 Backup.num_dependent_backups >= 1)
-                            .values(num_dependent_backups=Backup.num_dependent_backups - 1))
+        if b.parent_id:
+            count_dependents(session, b.parent_id)
     return _complete(run, effects)
 
 

@@ -72,6 +72,7 @@ def upgrade() -> None:
     sa.Column('next_job_id', sa.String(length=36), nullable=True),
     sa.Column('error', sa.Text(), nullable=True),
     sa.Column('dispatched_at', sa.DateTime(), nullable=True),
+    sa.Column('dispatch_count', sa.Integer(), nullable=False),
     sa.Column('started_at', sa.DateTime(), nullable=True),
     sa.Column('finished_at', sa.DateTime(), nullable=True),
     sa.Column('created_at', sa.DateTime(), nullable=False),
