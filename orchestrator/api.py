@@ -292,10 +292,13 @@ def force_delete_backup(session: Session, ctx: RequestContext, settings: Setting
                             .values(status="deleting"))
             delete_job.state = "queued"
             delete_job.dispatched_at = now
-        else:
-            session.execute(update(Job).where(Job.id == running.id)
-                            .values(cancel_requested=True, next_job_id=delete_job.id))
-            to_dispatch = []
+        elif session.execute(update(Job).where(Job.id == running.id, Job.state == "running")
+                             .values(cancel_requested=True, next_job_id=delete_job.id)
+                             ).rowcount == 1:
+            to_dispatch = []  # the running job queues the delete when it stops
+        else:  # it finished in the meantime: delete at once
+            delete_job.state = "queued"
+            delete_job.dispatched_at = now
     return to_dispatch
 
 

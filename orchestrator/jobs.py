@@ -284,8 +284,8 @@ def abandon(session: Session, jobs: Iterable[Job], *, now: dt.datetime) -> None:
 def requeue(session: Session, job: Job, *, host: str, now: dt.datetime, note: str) -> bool:
     """Put a job whose lease expired (or whose host is gone) back in a host queue."""
     kind = job.queue.split(".", 1)[0]
-    return session.execute(update(Job).where(Job.id == job.id, Job.state.in_(("running",
-                                                                              "queued")))
+    return session.execute(update(Job).where(Job.id == job.id,
+                                             Job.state.in_(("running", "queued", "waiting")))
                            .values(state="queued", lease_owner=None, lease_expires_at=None,
                                    host=host, queue=queue_for(kind, host), dispatched_at=now,
                                    dispatch_count=Job.dispatch_count + 1, error=note,
@@ -309,6 +309,17 @@ def undelivered(session: Session, *, now: dt.datetime, older_than: float) -> lis
         Job.state == "queued", or_(Job.dispatched_at.is_(None), Job.dispatched_at < cutoff)))
     return [j for j in candidates if j.dispatched_at is None or j.dispatched_at < now -
             dt.timedelta(seconds=older_than * 2 ** min(j.dispatch_count, 6))]
+
+
+def orphaned_waiting(session: Session, *, now: dt.datetime, older_than: float) -> list[Job]:
+    """Waiting jobs whose predecessor already ended (a crash between the two commits)."""
+    from sqlalchemy.orm import aliased
+    prev = aliased(Job)
+    cutoff = now - dt.timedelta(seconds=older_than)
+    active_prev = select(prev.id).where(prev.next_job_id == Job.id,
+                                        prev.state.in_(ACTIVE_STATES)).exists()
+    return list(session.scalars(select(Job).where(Job.state == "waiting", Job.created_at < cutoff,
+                                                  ~active_prev)))
 
 
 def leased_by(session: Session, owner: str) -> list[Job]:

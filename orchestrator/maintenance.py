@@ -76,6 +76,16 @@ def reap(settings: Settings, *, publisher) -> dict:
                       "Retry the operation.")
             to_send.extend(_fail(session, job, reason, now))
             counts["failed"] += 1
+        for job in jobs.orphaned_waiting(session, now=now,
+                                         older_than=settings.dispatch_resend_after):
+            prev = session.scalar(select(Job).where(Job.next_job_id == job.id))
+            if prev is None or prev.state == "succeeded" or job.params.get("run_after_failure"):
+                jobs.requeue(session, job, host=job.host, now=now, note="predecessor ended")
+                counts["resent"] += 1
+                to_send.append(job)
+            else:
+                to_send.extend(jobs.on_failure(session, prev, prev.error or "failed", now=now))
+                counts["failed"] += 1
         for job in jobs.undelivered(session, now=now, older_than=settings.dispatch_resend_after):
             target = _live_target(session, settings, job, now)
             if target is None:

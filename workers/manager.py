@@ -135,6 +135,8 @@ def run_job(settings: Settings, job_id: str, *, owner: str) -> str:
         with db.scope() as session:
             follow_ups = []
             if jobs.finish(session, job, state, now=utcnow(), error=reason, owner=owner):
+                # Re-read: a force delete may have chained a job after this one meanwhile.
+                job = session.get(Job, job.id, populate_existing=True)
                 follow_ups = jobs.on_failure(session, job, reason, now=utcnow(),
                                              cancelled=cancelled)
     finally:
@@ -174,7 +176,9 @@ def _complete(run: JobRun, effects) -> list[Job]:
                         run.job.id)
             return []
         effects(session, now)
-        nxt = jobs.promote_next(session, run.job, now=now)
+        # Re-read: a force delete may have chained a job after this one meanwhile.
+        job = session.get(Job, run.job.id, populate_existing=True)
+        nxt = jobs.promote_next(session, job, now=now)
         return [nxt] if nxt else []
 
 
