@@ -61,18 +61,26 @@ def admin(api_server):
 
 
 @pytest.fixture
-def start_worker(settings):
-    """Factory: start a storage-node worker (host, zone) and wait until it consumes."""
+def start_worker_factory():
+    """Factory of factories: workers for any settings (e.g. a PostgreSQL database)."""
     procs: list[WorkerProcess] = []
 
-    def start(host: str = "node-a", zone: str = "nova", **kw) -> WorkerProcess:
-        proc = WorkerProcess(settings, host, zone, **kw)
-        procs.append(proc)
-        return proc.wait_ready()
+    def for_settings(settings):
+        def start(host: str = "node-a", zone: str = "nova", **kw) -> WorkerProcess:
+            proc = WorkerProcess(settings, host, zone, **kw)
+            procs.append(proc)
+            return proc.wait_ready()
+        return start
 
-    yield start
+    yield for_settings
     for proc in procs:
         proc.stop()
+
+
+@pytest.fixture
+def start_worker(settings, start_worker_factory):
+    """Factory: start a storage-node worker (host, zone) and wait until it consumes."""
+    return start_worker_factory(settings)
 
 
 @pytest.fixture
