@@ -38,7 +38,8 @@ RESUMABLE = frozenset({"backup_delete", "backup_import", "volume_create", "volum
                        "snapshot_delete"})
 # Operations any live backup host of the zone can run (the store and, for the file volume
 # backend, the volume path are shared within a zone); volume operations stay on their host.
-ROUTABLE = frozenset({"backup_create", "backup_restore", "backup_delete", "backup_import"})
+ROUTABLE = frozenset({"backup_create", "backup_restore", "backup_delete", "backup_import",
+                      "backup_verify"})
 RESUMABLE_ATTEMPTS = 3
 TERMINAL_STATES = ("succeeded", "failed", "cancelled")
 FAIL_REASON_MAX = 255
@@ -188,6 +189,11 @@ def on_failure(session: Session, job: Job, reason: str, *, now: dt.datetime,
         session.execute(update(Backup).where(Backup.id == job.resource_id,
                                              Backup.status == "creating")
                         .values(status="error", fail_reason=reason, updated_at=now))
+    elif op == "backup_verify":
+        session.execute(update(Backup).where(Backup.id == job.resource_id,
+                                             Backup.verify_status == "verifying")
+                        .values(verify_status="cancelled" if cancelled else "error",
+                                verify_message=reason, verified_at=now))
     elif op == "volume_create":
         session.execute(update(Volume).where(Volume.id == job.resource_id,
                                              Volume.status == "creating")

@@ -149,6 +149,10 @@ class Backup(TimestampMixin, SoftDeleteMixin, Base):
     progress_total: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
     progress_rate: Mapped[float | None] = mapped_column()
     stored_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    # Result of the last integrity check (the admin `os-verify` action).
+    verify_status: Mapped[str | None] = mapped_column(String(32))
+    verified_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    verify_message: Mapped[str | None] = mapped_column(String(255))
 
     metadata_items: Mapped[list["BackupMetadata"]] = relationship(
         back_populates="backup", lazy="selectin", cascade="all, delete-orphan",

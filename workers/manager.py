@@ -361,6 +361,30 @@ def backup_import(run: JobRun) -> list[Job]:
     return _complete(run, effects)
 
 
+def backup_verify(run: JobRun) -> list[Job]:
+    from workers.drivers import BackupRef
+    with run.db.scope(write=False) as session:
+        backup = session.get(Backup, run.job.resource_id)
+    if backup is None or backup.deleted or not backup.service_metadata:
+        raise RuntimeError(f"backup {run.job.resource_id} has no data to verify")
+    result = backup_driver(run.settings).verify(
+        BackupRef(backup.container, backup.service_metadata),
+        progress=_progress_recorder(run, backup.id), cancelled=run.cancelled)
+    if result.ok:
+        message = (f"verified {result.objects_checked} objects, {result.blocks_checked} blocks "
+                   f"({result.stored_bytes_checked} stored bytes) of a chain of "
+                   f"{len(result.chain)}")
+    else:
+        message = f"{len(result.problems)} problem(s): " + "; ".join(
+            str(p) for p in result.problems[:5])
+
+    def effects(session, now):
+        session.execute(update(Backup).where(Backup.id == backup.id).values(
+            verify_status="ok" if result.ok else "failed", verified_at=now,
+            verify_message=jobs.truncate_reason(message)))
+    return _complete(run, effects)
+
+
 def volume_create(run: JobRun) -> list[Job]:
     vb = volume_backend(run.settings)
     vb.create_volume(run.job.resource_id, int(run.job.params["size"]))
@@ -420,6 +444,7 @@ HANDLERS = {
     "backup_restore": backup_restore,
     "backup_delete": backup_delete,
     "backup_import": backup_import,
+    "backup_verify": backup_verify,
     "volume_create": volume_create,
     "volume_delete": volume_delete,
     "snapshot_create": snapshot_create,

@@ -279,3 +279,28 @@ def test_reconcile_repairs_and_reports_drift(settings, db, client, worker, contr
     wait_for(lambda: "quota drift repaired" in control_plane.log, timeout=10,
              what="the drift report")
     assert "'in_use': 42, 'actual': 1" in control_plane.log
+
+
+def test_verify_records_the_result_and_catches_corruption(settings, db, client, admin, worker):
+    vol = client.create_volume(size=1)
+    write_pattern(volume_file(settings, vol["id"]), 9, [(0, 6 * MiB), (300 * MiB, MiB)])
+    backup = backup_of(client, vol["id"])
+    r = client.post(f"/backups/{backup['id']}/action", {"os-verify": {}})
+    assert r.status_code == 403
+    assert admin.post(f"/backups/{backup['id']}/action", {"os-verify": {}}).status_code == 202
+
+    def verified(expected):
+        def check():
+            v = client.get(f"/backups/{backup['id']}").json()["backup"]["verification"]
+            return v if v["status"] == expected else None
+        return check
+    v = wait_for(verified("ok"), timeout=30, interval=0.1, what="verify ok")
+    assert v["checked_at"] and "verified" in v["message"]
+
+    data = [p for p in store_files(settings, backup["container"]) if p.name != "manifest.json"]
+    with open(data[0], "r+b") as f:
+        f.truncate(10)
+    assert admin.post(f"/backups/{backup['id']}/action", {"os-verify": None}).status_code == 202
+    v = wait_for(verified("failed"), timeout=30, interval=0.1, what="verify failed")
+    assert "problem" in v["message"]
+    assert client.get(f"/backups/{backup['id']}").json()["backup"]["status"] == "available"
