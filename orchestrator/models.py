@@ -55,7 +55,9 @@ class Service(Base):
     """A worker role on a host (cinder-backup, cinder-volume, cinder-scheduler); updated_at is the heartbeat."""
 
     __tablename__ = "services"
-    __table_args__ = (UniqueConstraint("host", "binary"),)
+    __table_args__ = (UniqueConstraint("host", "binary"),
+                      Index("ix_services_binary_live", "binary", "availability_zone",
+                            "updated_at"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     uuid: Mapped[str] = mapped_column(String(36), default=new_id, nullable=False)

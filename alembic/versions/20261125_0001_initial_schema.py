@@ -134,6 +134,7 @@ def upgrade() -> None:
     sa.UniqueConstraint('host', 'binary', name=op.f('uq_services_host_binary'))
     )
     with op.batch_alter_table('services', schema=None) as batch_op:
+        batch_op.create_index('ix_services_binary_live', ['binary', 'availability_zone', 'updated_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_services_updated_at'), ['updated_at'], unique=False)
 
     op.create_table('snapshots',
