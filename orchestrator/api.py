@@ -292,10 +292,13 @@ def force_delete_backup(session: Session, ctx: RequestContext, settings: Setting
                             .values(status="deleting"))
             delete_job.state = "queued"
             delete_job.dispatched_at = now
-        else:
-            session.execute(update(Job).where(Job.id == running.id)
-                            .values(cancel_requested=True, next_job_id=delete_job.id))
-            to_dispatch = []
+        elif session.execute(update(Job).where(Job.id == running.id, Job.state == "running")
+                             .values(cancel_requested=True, next_job_id=delete_job.id)
+                             ).rowcount == 1:
+            to_dispatch = []  # the running job queues the delete when it stops
+        else:  # it finished in the meantime: delete at once
+            delete_job.state = "queued"
+            delete_job.dispatched_at = now
     return to_dispatch
 
 
@@ -395,6 +398,30 @@ def reset_status(session: Session, ctx: RequestContext, backup_id: str, status: 
     if status == "error" and not backup.fail_reason:
         backup.fail_reason = "reset to error by an administrator"
     backup.updated_at = now
+
+
+def verify_backup(session: Session, ctx: RequestContext, settings: Settings, backup_id: str, *,
+                  now: dt.datetime) -> list[Job]:
+    """Queue a re-read of every object of an available backup, checking every digest (admin).
+
+    The backup stays available; the result is recorded on it (verify_status).
+
+    :raises BackupNotFound, PolicyNotAuthorized, InvalidBackup, NoLiveHost:
+    """
+    backup = get_backup(session, ctx, backup_id)
+    if not ctx.is_admin:
+        raise errors.PolicyNotAuthorized("backup:verify")
+    if backup.status != "available":
+        raise errors.InvalidBackup(f"Invalid backup: Backup status must be available to verify,"
+                                   f" but it is {backup.status}.")
+    if active_operation(session, backup) is not None:
+        raise errors.InvalidBackup(f"Invalid backup: Backup {backup.id} has an operation in "
+                                   "progress; verify it afterwards.")
+    host = _delete_host(session, settings, backup, now)
+    backup.verify_status = "verifying"
+    backup.verify_message = None
+    return [jobs.create(session, "backup_verify", resource_type="backup", resource_id=backup.id,
+                        host=host, kind="backup", project_id=backup.project_id, now=now)]
 
 
 EXPORT_FIELDS = ("id", "user_id", "project_id", "volume_id", "host", "availability_zone",

@@ -24,9 +24,11 @@ SCHEDULER_BINARY = "cinder-scheduler"
 TOPICS = {BACKUP_BINARY: "backup", VOLUME_BINARY: "volume", SCHEDULER_BINARY: "orchestrator"}
 
 
-def record_heartbeat(session: Session, host: str, binary: str, zone: str, *, now: dt.datetime,
-                     boot_id: str | None = None, version: str | None = None) -> None:
-    """Insert or refresh the services row of (host, binary)."""
+def record_heartbeat(session: Session, host: str, binaries: str | list[str], zone: str, *,
+                     now: dt.datetime, boot_id: str | None = None,
+                     version: str | None = None) -> None:
+    """Insert or refresh the services rows of a host's roles (one UPDATE in the common case)."""
+    binaries = [binaries] if isinstance(binaries, str) else list(binaries)
     values = {"updated_at": now, "availability_zone": zone}
     if boot_id is not None:
         values["boot_id"] = boot_id
@@ -34,20 +36,26 @@ def record_heartbeat(session: Session, host: str, binary: str, zone: str, *, now
         values["version"] = version
     result = session.execute(
         update(Service)
-        .where(Service.host == host, Service.binary == binary)
+        .where(Service.host == host, Service.binary.in_(binaries))
         .values(report_count=Service.report_count + 1, **values)
+        .execution_options(synchronize_session=False)
     )
-    if result.rowcount:
+    if result.rowcount == len(binaries):
         return
-    try:
-        with session.begin_nested():
-            session.execute(insert(Service).values(
-                host=host, binary=binary, topic=TOPICS.get(binary, binary), created_at=now,
-                report_count=1, disabled=False, **values))
-    except IntegrityError:
-        # Another process inserted the row first: refresh it instead.
-        session.execute(update(Service).where(Service.host == host, Service.binary == binary)
-                        .values(report_count=Service.report_count + 1, **values))
+    existing = set(session.scalars(select(Service.binary).where(
+        Service.host == host, Service.binary.in_(binaries))))
+    for binary in binaries:
+        if binary in existing:
+            continue
+        try:
+            with session.begin_nested():
+                session.execute(insert(Service).values(
+                    host=host, binary=binary, topic=TOPICS.get(binary, binary), created_at=now,
+                    report_count=1, disabled=False, **values))
+        except IntegrityError:
+            # Another process inserted the row first: refresh it instead.
+            session.execute(update(Service).where(Service.host == host, Service.binary == binary)
+                            .values(report_count=Service.report_count + 1, **values))
 
 
 def mark_stopped(session: Session, host: str, binaries: list[str]) -> None:
@@ -80,15 +88,22 @@ def select_host(session: Session, binary: str, *, now: dt.datetime, down_time: f
 
     With ``use_same_host`` and a ``preferred`` host, only that host qualifies
     (Cinder's backup_use_same_host); otherwise a random live host in the zone.
+    Only host names are read (one indexed query), so the choice stays cheap
+    with thousands of hosts.
 
     :raises NoLiveHost: when no enabled host in the zone has a fresh heartbeat.
     """
-    candidates = live_hosts(session, binary, now=now, down_time=down_time, az=az)
+    cutoff = now - dt.timedelta(seconds=down_time)
+    query = select(Service.host).where(Service.binary == binary, Service.disabled.is_(False),
+                                       Service.updated_at >= cutoff)
+    if az:
+        query = query.where(Service.availability_zone == az)
     if use_same_host and preferred:
-        candidates = [s for s in candidates if s.host == preferred]
+        query = query.where(Service.host == preferred)
+    candidates = list(session.scalars(query))
     if not candidates:
         raise errors.NoLiveHost(binary, az)
-    return (rng or random).choice(candidates).host
+    return (rng or random).choice(candidates)
 
 
 def list_services(session: Session, *, host: str | None = None,

@@ -33,6 +33,14 @@ from orchestrator.models import new_id
 log = logging.getLogger(__name__)
 
 ACTIVE_STATES = ("waiting", "queued", "running")
+# Idempotent operations: after a lost lease they run again (up to max_attempts).
+RESUMABLE = frozenset({"backup_delete", "backup_import", "volume_create", "volume_delete",
+                       "snapshot_delete"})
+# Operations any live backup host of the zone can run (the store and, for the file volume
+# backend, the volume path are shared within a zone); volume operations stay on their host.
+ROUTABLE = frozenset({"backup_create", "backup_restore", "backup_delete", "backup_import",
+                      "backup_verify"})
+RESUMABLE_ATTEMPTS = 3
 TERMINAL_STATES = ("succeeded", "failed", "cancelled")
 FAIL_REASON_MAX = 255
 
@@ -49,6 +57,7 @@ def create(session: Session, op: str, *, resource_type: str, resource_id: str, h
     job = Job(id=new_id(), op=op, resource_type=resource_type, resource_id=resource_id,
               host=host, queue=queue_for(kind, host), project_id=project_id,
               params=params or {}, state=state, created_at=now,
+              max_attempts=RESUMABLE_ATTEMPTS if op in RESUMABLE else 1,
               dispatched_at=now if state == "queued" else None)
     session.add(job)
     session.flush()
@@ -167,7 +176,8 @@ def on_failure(session: Session, job: Job, reason: str, *, now: dt.datetime,
         session.execute(update(Backup).where(Backup.id == job.resource_id,
                                              Backup.status == "restoring")
                         .values(status="available", updated_at=now))
-        target_status = "error" if p.get("volume_is_new") else "error_restoring"
+        # A cancelled restore leaves undefined data: the target is `error`, never available.
+        target_status = "error" if (cancelled or p.get("volume_is_new")) else "error_restoring"
         session.execute(update(Volume).where(Volume.id == p["volume_id"],
                                              Volume.status.in_(("restoring-backup", "creating")))
                         .values(status=target_status, updated_at=now))
@@ -179,6 +189,11 @@ def on_failure(session: Session, job: Job, reason: str, *, now: dt.datetime,
         session.execute(update(Backup).where(Backup.id == job.resource_id,
                                              Backup.status == "creating")
                         .values(status="error", fail_reason=reason, updated_at=now))
+    elif op == "backup_verify":
+        session.execute(update(Backup).where(Backup.id == job.resource_id,
+                                             Backup.verify_status == "verifying")
+                        .values(verify_status="cancelled" if cancelled else "error",
+                                verify_message=reason, verified_at=now))
     elif op == "volume_create":
         session.execute(update(Volume).where(Volume.id == job.resource_id,
                                              Volume.status == "creating")
@@ -272,6 +287,17 @@ def abandon(session: Session, jobs: Iterable[Job], *, now: dt.datetime) -> None:
                             .values(status="available"))
 
 
+def requeue(session: Session, job: Job, *, host: str, now: dt.datetime, note: str) -> bool:
+    """Put a job whose lease expired (or whose host is gone) back in a host queue."""
+    kind = job.queue.split(".", 1)[0]
+    return session.execute(update(Job).where(Job.id == job.id,
+                                             Job.state.in_(("running", "queued", "waiting")))
+                           .values(state="queued", lease_owner=None, lease_expires_at=None,
+                                   host=host, queue=queue_for(kind, host), dispatched_at=now,
+                                   dispatch_count=Job.dispatch_count + 1, error=note,
+                                   updated_at=now)).rowcount == 1
+
+
 def expired(session: Session, *, now: dt.datetime) -> list[Job]:
     """Running jobs whose lease has run out."""
     return list(session.scalars(select(Job).where(Job.state == "running",
@@ -279,12 +305,27 @@ def expired(session: Session, *, now: dt.datetime) -> list[Job]:
 
 
 def undelivered(session: Session, *, now: dt.datetime, older_than: float) -> list[Job]:
-    """Queued jobs whose dispatch is older than ``older_than`` seconds (or never happened)."""
+    """Queued jobs not picked up ``older_than`` seconds after their last dispatch.
+
+    The wait doubles with each re-send (capped at 64×), so a job queued behind
+    a long one on a busy host is not re-sent over and over.
+    """
     cutoff = now - dt.timedelta(seconds=older_than)
-    return list(session.scalars(select(Job).where(
-        Job.state == "queued",
-        or_(Job.dispatched_at.is_(None), Job.dispatched_at < cutoff),
-        Job.created_at < cutoff)))
+    candidates = session.scalars(select(Job).where(
+        Job.state == "queued", or_(Job.dispatched_at.is_(None), Job.dispatched_at < cutoff)))
+    return [j for j in candidates if j.dispatched_at is None or j.dispatched_at < now -
+            dt.timedelta(seconds=older_than * 2 ** min(j.dispatch_count, 6))]
+
+
+def orphaned_waiting(session: Session, *, now: dt.datetime, older_than: float) -> list[Job]:
+    """Waiting jobs whose predecessor already ended (a crash between the two commits)."""
+    from sqlalchemy.orm import aliased
+    prev = aliased(Job)
+    cutoff = now - dt.timedelta(seconds=older_than)
+    active_prev = select(prev.id).where(prev.next_job_id == Job.id,
+                                        prev.state.in_(ACTIVE_STATES)).exists()
+    return list(session.scalars(select(Job).where(Job.state == "waiting", Job.created_at < cutoff,
+                                                  ~active_prev)))
 
 
 def leased_by(session: Session, owner: str) -> list[Job]:

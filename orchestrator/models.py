@@ -55,7 +55,9 @@ class Service(Base):
     """A worker role on a host (cinder-backup, cinder-volume, cinder-scheduler); updated_at is the heartbeat."""
 
     __tablename__ = "services"
-    __table_args__ = (UniqueConstraint("host", "binary"),)
+    __table_args__ = (UniqueConstraint("host", "binary"),
+                      Index("ix_services_binary_live", "binary", "availability_zone",
+                            "updated_at"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     uuid: Mapped[str] = mapped_column(String(36), default=new_id, nullable=False)
@@ -149,6 +151,10 @@ class Backup(TimestampMixin, SoftDeleteMixin, Base):
     progress_total: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
     progress_rate: Mapped[float | None] = mapped_column()
     stored_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    # Result of the last integrity check (the admin `os-verify` action).
+    verify_status: Mapped[str | None] = mapped_column(String(32))
+    verified_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    verify_message: Mapped[str | None] = mapped_column(String(255))
 
     metadata_items: Mapped[list["BackupMetadata"]] = relationship(
         back_populates="backup", lazy="selectin", cascade="all, delete-orphan",
@@ -258,6 +264,7 @@ class Job(Base):
     next_job_id: Mapped[str | None] = mapped_column(String(36))
     error: Mapped[str | None] = mapped_column(Text)
     dispatched_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    dispatch_count: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, nullable=False)

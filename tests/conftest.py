@@ -61,20 +61,59 @@ def admin(api_server):
 
 
 @pytest.fixture
-def start_worker(settings):
-    """Factory: start a storage-node worker (host, zone) and wait until it consumes."""
+def start_worker_factory():
+    """Factory of factories: workers for any settings (e.g. a PostgreSQL database)."""
     procs: list[WorkerProcess] = []
 
-    def start(host: str = "node-a", zone: str = "nova", **kw) -> WorkerProcess:
-        proc = WorkerProcess(settings, host, zone, **kw)
-        procs.append(proc)
-        return proc.wait_ready()
+    def for_settings(settings):
+        def start(host: str = "node-a", zone: str = "nova", **kw) -> WorkerProcess:
+            proc = WorkerProcess(settings, host, zone, **kw)
+            procs.append(proc)
+            return proc.wait_ready()
+        return start
 
-    yield start
+    yield for_settings
     for proc in procs:
         proc.stop()
 
 
 @pytest.fixture
+def start_worker(settings, start_worker_factory):
+    """Factory: start a storage-node worker (host, zone) and wait until it consumes."""
+    return start_worker_factory(settings)
+
+
+@pytest.fixture
 def worker(start_worker):
     return start_worker("node-a", "nova")
+
+
+@pytest.fixture
+def control_plane(settings):
+    """The maintenance worker and beat: reaper, re-send, reservation expiry, reconcile."""
+    from orch_testlib import BeatProcess
+    maintenance = WorkerProcess(settings, "control", "nova", maintenance=True).wait_ready()
+    beat = BeatProcess(settings)
+    yield maintenance
+    beat.stop()
+    maintenance.stop()
+
+
+@pytest.fixture(params=["redis", "rabbitmq"])
+def broker(request, tmp_path):
+    """Each failure test runs on Redis, and on RabbitMQ when 127.0.0.1:5672 answers."""
+    from orch_testlib import Broker
+    from orch_testlib import rabbitmq_url
+    if request.param == "rabbitmq" and rabbitmq_url() is None:
+        pytest.skip("RabbitMQ leg skipped: nothing answers on 127.0.0.1:5672")
+    b = Broker(request.param, tmp_path / "broker")
+    yield b
+    b.close()
+
+
+@pytest.fixture
+def broker_settings(tmp_path, broker):
+    """Settings whose broker is the test's own stoppable broker."""
+    s = make_settings(tmp_path / "state", broker.url)
+    upgrade(s.database_url)
+    return s

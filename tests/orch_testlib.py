@@ -191,3 +191,120 @@ class ThrowawayPostgres:
         reset_databases()
         with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+
+class ApiProcess:
+    """The API under gunicorn (several processes), as `orchestrator api` runs it."""
+
+    def __init__(self, settings: Settings, workers: int = 4):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, **settings.as_env(), "ORCH_API_PORT": str(self.port)}
+        self.log_path = Path(settings.state_dir) / f"api-{self.port}.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--workers", str(workers), "--bind",
+             f"127.0.0.1:{self.port}", "--worker-class", "gthread", "--threads", "4",
+             "orchestrator.wsgi:app"], cwd=str(ROOT), env=env,
+            stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_ready(self, timeout: float = 30.0) -> "ApiProcess":
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(self.log_path.read_text()[-3000:])
+            try:
+                if requests.get(self.url + "/", timeout=1).status_code == 300:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        raise AssertionError("gunicorn did not start")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(30)
+
+
+class BeatProcess:
+    """celery beat for the maintenance schedule (reaper, reservations, reconcile)."""
+
+    def __init__(self, settings: Settings):
+        env = {**os.environ, **settings.as_env()}
+        self.log_path = Path(settings.state_dir) / "beat.log"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "orchestrator.celery_app", "beat",
+             "-s", str(Path(settings.state_dir) / "beat-schedule"), "-l", "INFO"],
+            cwd=str(ROOT), env=env, stdout=open(self.log_path, "ab"),
+            stderr=subprocess.STDOUT, start_new_session=True)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(30)
+
+
+def fill_random(path: Path, nbytes: int, chunk: int = 64 * 1024 * 1024) -> None:
+    """Incompressible data all through a volume, so its backup takes real time."""
+    with open(path, "r+b") as f:
+        done = 0
+        while done < nbytes:
+            n = min(chunk, nbytes - done)
+            f.write(os.urandom(n))
+            done += n
+
+
+def wait_for(predicate, timeout: float = 60.0, interval: float = 0.05, what: str = "condition"):
+    """Poll until ``predicate()`` returns something truthy; returns it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def rabbitmq_url() -> str | None:
+    """The local RabbitMQ, when one answers on 127.0.0.1:5672."""
+    import socket
+    try:
+        with socket.create_connection(("127.0.0.1", 5672), timeout=1):
+            return "amqp://guest:guest@127.0.0.1:5672//"
+    except OSError:
+        return None
+
+
+class Broker:
+    """A broker a test may stop and start: a private Redis, or the local RabbitMQ."""
+
+    def __init__(self, kind: str, directory: Path):
+        self.kind = kind
+        if kind == "redis":
+            from orchestrator.embedded import RedisServer
+            self.redis = RedisServer(str(directory), port=free_port(), persist=True).start()
+            self.url = self.redis.url
+        else:
+            self.redis = None
+            self.url = rabbitmq_url()
+
+    def stop(self) -> None:
+        if self.redis:
+            self.redis.stop()
+        else:
+            subprocess.run(["rabbitmqctl", "stop_app"], check=True, capture_output=True,
+                           timeout=120)
+
+    def start(self) -> None:
+        if self.redis:
+            self.redis.start()
+        else:
+            subprocess.run(["rabbitmqctl", "start_app"], check=True, capture_output=True,
+                           timeout=120)
+            subprocess.run(["rabbitmqctl", "await_startup"], check=False, capture_output=True,
+                           timeout=120)
+
+    def close(self) -> None:
+        if self.redis:
+            self.redis.stop()

@@ -42,10 +42,8 @@ class Heartbeat(threading.Thread):
     def beat(self) -> None:
         db = get_database(self.settings.database_url)
         with db.scope() as session:
-            now = utcnow()
-            for binary in self.binaries:
-                hosts.record_heartbeat(session, self.host, binary, self.zone, now=now,
-                                       boot_id=self.boot_id, version=__version__)
+            hosts.record_heartbeat(session, self.host, self.binaries, self.zone, now=utcnow(),
+                                   boot_id=self.boot_id, version=__version__)
 
     def run(self) -> None:
         while True:

@@ -135,6 +135,8 @@ def run_job(settings: Settings, job_id: str, *, owner: str) -> str:
         with db.scope() as session:
             follow_ups = []
             if jobs.finish(session, job, state, now=utcnow(), error=reason, owner=owner):
+                # Re-read: a force delete may have chained a job after this one meanwhile.
+                job = session.get(Job, job.id, populate_existing=True)
                 follow_ups = jobs.on_failure(session, job, reason, now=utcnow(),
                                              cancelled=cancelled)
     finally:
@@ -174,7 +176,9 @@ def _complete(run: JobRun, effects) -> list[Job]:
                         run.job.id)
             return []
         effects(session, now)
-        nxt = jobs.promote_next(session, run.job, now=now)
+        # Re-read: a force delete may have chained a job after this one meanwhile.
+        job = session.get(Job, run.job.id, populate_existing=True)
+        nxt = jobs.promote_next(session, job, now=now)
         return [nxt] if nxt else []
 
 
@@ -211,6 +215,13 @@ def backup_create(run: JobRun) -> list[Job]:
         vb.volume_path(p["volume_id"])
     parent_ref = BackupRef(parent.container, parent.service_metadata) if parent else None
     driver = backup_driver(run.settings)
+    # Record where the objects go before writing any, so that whatever happens to this
+    # worker, deleting the backup later finds and removes them.
+    ref = driver.ref_for(backup.id, backup.container)
+    with run.db.scope() as session:
+        session.execute(update(Backup).where(Backup.id == backup.id).values(
+            container=ref.container, service_metadata=ref.prefix, service=driver.DRIVER_ID,
+            progress_bytes=0, progress_total=(backup.size or 0) * GiB))
     volume_meta = {"display_name": volume.display_name if volume else None,
                    "display_description": volume.display_description if volume else None,
                    "metadata": volume.metadata_ if volume else {},
@@ -234,13 +245,21 @@ def backup_create(run: JobRun) -> list[Job]:
         done = session.execute(update(Backup).where(Backup.id == backup.id,
                                                     Backup.status == "creating")
                                .values(**values)).rowcount
-        if done and is_incremental:
-            session.execute(update(Backup).where(Backup.id == parent.id).values(
-                num_dependent_backups=Backup.num_dependent_backups + 1))
+        if parent is not None:
+            count_dependents(session, parent.id)
         if not done:
             log.warning("backup %s changed status while it ran; result not applied", backup.id)
         jobs._restore_source(session, run.job, now)
     return _complete(run, effects)
+
+
+def count_dependents(session, parent_id: str) -> None:
+    """num_dependent_backups derived from the live children (Cinder's counter drifts: W12)."""
+    from sqlalchemy import func
+    children = select(func.count()).select_from(Backup).where(
+        Backup.parent_id == parent_id, Backup.deleted.is_(False)).scalar_subquery()
+    session.execute(update(Backup).where(Backup.id == parent_id)
+                    .values(num_dependent_backups=children))
 
 
 def backup_restore(run: JobRun) -> list[Job]:
@@ -297,10 +316,8 @@ def backup_delete(run: JobRun) -> list[Job]:
                         .values(deleted=True, deleted_at=now))
         quota.release(session, b.project_id, {"backups": 1, "backup_gigabytes": b.size or 0},
                       now=now)
-        if b.parent_id and b.service:
-            session.execute(update(Backup).where(Backup.id == b.parent_id,
-                                                 Backup.num_dependent_backups >= 1)
-                            .values(num_dependent_backups=Backup.num_dependent_backups - 1))
+        if b.parent_id:
+            count_dependents(session, b.parent_id)
     return _complete(run, effects)
 
 
@@ -341,6 +358,30 @@ def backup_import(run: JobRun) -> list[Job]:
         for key, value in (record.get("metadata") or {}).items():
             session.add(BackupMetadata(backup_id=b.id, key=str(key), value=str(value),
                                        created_at=now))
+    return _complete(run, effects)
+
+
+def backup_verify(run: JobRun) -> list[Job]:
+    from workers.drivers import BackupRef
+    with run.db.scope(write=False) as session:
+        backup = session.get(Backup, run.job.resource_id)
+    if backup is None or backup.deleted or not backup.service_metadata:
+        raise RuntimeError(f"backup {run.job.resource_id} has no data to verify")
+    result = backup_driver(run.settings).verify(
+        BackupRef(backup.container, backup.service_metadata),
+        progress=_progress_recorder(run, backup.id), cancelled=run.cancelled)
+    if result.ok:
+        message = (f"verified {result.objects_checked} objects, {result.blocks_checked} blocks "
+                   f"({result.stored_bytes_checked} stored bytes) of a chain of "
+                   f"{len(result.chain)}")
+    else:
+        message = f"{len(result.problems)} problem(s): " + "; ".join(
+            str(p) for p in result.problems[:5])
+
+    def effects(session, now):
+        session.execute(update(Backup).where(Backup.id == backup.id).values(
+            verify_status="ok" if result.ok else "failed", verified_at=now,
+            verify_message=jobs.truncate_reason(message)))
     return _complete(run, effects)
 
 
@@ -403,6 +444,7 @@ HANDLERS = {
     "backup_restore": backup_restore,
     "backup_delete": backup_delete,
     "backup_import": backup_import,
+    "backup_verify": backup_verify,
     "volume_create": volume_create,
     "volume_delete": volume_delete,
     "snapshot_create": snapshot_create,

@@ -43,6 +43,9 @@ def upgrade() -> None:
     sa.Column('progress_total', sa.BigInteger(), nullable=False),
     sa.Column('progress_rate', sa.Double(), nullable=True),
     sa.Column('stored_bytes', sa.BigInteger(), nullable=True),
+    sa.Column('verify_status', sa.String(length=32), nullable=True),
+    sa.Column('verified_at', sa.DateTime(), nullable=True),
+    sa.Column('verify_message', sa.String(length=255), nullable=True),
     sa.Column('created_at', sa.DateTime(), nullable=False),
     sa.Column('updated_at', sa.DateTime(), nullable=True),
     sa.Column('deleted', sa.Boolean(), nullable=False),
@@ -72,6 +75,7 @@ def upgrade() -> None:
     sa.Column('next_job_id', sa.String(length=36), nullable=True),
     sa.Column('error', sa.Text(), nullable=True),
     sa.Column('dispatched_at', sa.DateTime(), nullable=True),
+    sa.Column('dispatch_count', sa.Integer(), nullable=False),
     sa.Column('started_at', sa.DateTime(), nullable=True),
     sa.Column('finished_at', sa.DateTime(), nullable=True),
     sa.Column('created_at', sa.DateTime(), nullable=False),
@@ -130,6 +134,7 @@ def upgrade() -> None:
     sa.UniqueConstraint('host', 'binary', name=op.f('uq_services_host_binary'))
     )
     with op.batch_alter_table('services', schema=None) as batch_op:
+        batch_op.create_index('ix_services_binary_live', ['binary', 'availability_zone', 'updated_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_services_updated_at'), ['updated_at'], unique=False)
 
     op.create_table('snapshots',

@@ -183,6 +183,10 @@ def action(backup_id, project_id=None):
         args = load(schemas.ResetStatusSchema(), value)
         api.reset_status(s, ctx(), backup_id, args["status"], now=now())
         s.commit()
+    elif name == "os-verify":
+        # Extension: re-read every object and check every digest without restoring.
+        jobs = api.verify_backup(s, ctx(), settings(), backup_id, now=now())
+        commit_and_dispatch(jobs)
     elif name == "os-force_delete":
         jobs = api.force_delete_backup(s, ctx(), settings(), backup_id, now=now())
         commit_and_dispatch(jobs)

@@ -48,6 +48,9 @@ def backup_detail(backup: Backup, has_dependents: bool) -> dict:
         "data_timestamp": timestamp(backup.data_timestamp),
         # Extra fields (clients ignore them): live progress of the running operation.
         "progress": _progress(backup),
+        "verification": {"status": backup.verify_status,
+                         "checked_at": timestamp(backup.verified_at),
+                         "message": backup.verify_message},
     }
     if version.matches("3.43"):
         out["metadata"] = backup.metadata_dict

@@ -55,7 +55,7 @@ import zlib
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 from .errors import (BackupCancelled, DataPathError, IntegrityError, InvalidBackup,
                      InvalidContainer, NotFound, StoreError)
@@ -441,6 +441,13 @@ class ChunkedDriver:
         self._codecs = {compression: self.codec}
 
     # ------------------------------------------------------------------ naming
+    @classmethod
+    def ref_for(cls, backup_id, container=None):
+        """Where backup ``backup_id`` lives (known before any byte is written)."""
+        validate_identifier(backup_id, "backup_id")
+        container = cls.default_container(backup_id) if container is None else container
+        return BackupRef(validate_container(container), f"backup_{backup_id}")
+
     @staticmethod
     def default_container(backup_id):
         validate_identifier(backup_id, "backup_id")
@@ -524,10 +531,7 @@ class ChunkedDriver:
             raise ValueError("volume_id must be a non-empty string")
         if not isinstance(size_bytes, int) or size_bytes < 0:
             raise ValueError("size_bytes must be a non-negative int")
-        if container is None:
-            container = self.default_container(backup_id)
-        validate_container(container)
-        ref = BackupRef(container, f"backup_{backup_id}")
+        ref = self.ref_for(backup_id, container)
         bs, seg = self.block_size, self.segment_size
         bps = seg // bs
 
@@ -825,13 +829,15 @@ class ChunkedDriver:
         return {"name": name, "size": len(data), "sha256": digest}
 
     def _delete_prefix(self, ref):
-        names = self.store.list(f"{ref.container}/{ref.prefix}/")
+        prefix = f"{ref.container}/{ref.prefix}/"
+        names = self.store.list(prefix)
         man = self._obj(ref, MANIFEST_NAME)
         if man in names:                 # the manifest goes first: no half-valid backup
             self.store.delete(man)
         for n in names:
             if n != man:
                 self.store.delete(n)
+        self.store.purge_incomplete(prefix)
 
     def _cleanup(self, ref, _names):
         try:

@@ -5,7 +5,6 @@ plain string-prefix match, as in S3, and returns sorted names.
 """
 import errno
 import os
-import threading
 import uuid
 
 from .errors import (DataPathError, NotFound, PermanentStoreError, StoreError,
@@ -38,6 +37,10 @@ class ObjectStore:
 
     def exists(self, name):
         raise NotImplementedError
+
+    def purge_incomplete(self, prefix):
+        """Remove leftovers of puts that never completed (a writer killed mid-put)
+        under ``prefix``. Only call it when no writer can still be working there."""
 
     def describe(self):
         """Short description for logs (no secrets)."""
@@ -163,6 +166,26 @@ class PosixStore(ObjectStore):
             except OSError:
                 break
             d = os.path.dirname(d)
+
+    def purge_incomplete(self, prefix):
+        validate_prefix_arg(prefix)
+        top = os.path.join(self.root, prefix.rstrip("/")) if prefix.endswith("/") else None
+        if top is None or not os.path.isdir(top):
+            return
+        for dirpath, _dirs, files in os.walk(top, topdown=False):
+            for fn in files:
+                if _TMP_MARK in fn:
+                    try:
+                        os.unlink(os.path.join(dirpath, fn))
+                    except FileNotFoundError:
+                        pass
+            d = dirpath
+            while d != self.root and d.startswith(self.root + os.sep):
+                try:
+                    os.rmdir(d)
+                except OSError:
+                    break
+                d = os.path.dirname(d)
 
     def list(self, prefix=""):
         validate_prefix_arg(prefix)

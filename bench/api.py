@@ -1,0 +1,454 @@
+#!/usr/bin/env python3
+"""Control-plane benchmark: API throughput and latency, dispatch latency, heartbeat cost.
+
+For each database (SQLite as `make run` uses it, and PostgreSQL when one
+answers on 127.0.0.1:5432) and each table size (1,000 / 10,000 / 1,000,000
+backups, seeded through the project's own models), it starts the stack
+(private Redis, gunicorn API, one storage worker), runs
+../shared/bench/api_load.py (wrk engine) for show, list, create and mixed at
+concurrency 1, 8 and 32, and measures dispatch latency (create accepted →
+job started on the worker), the database cost of 1,000 hosts heartbeating
+every 10 s, and host choice time. The last stdout line is one JSON object.
+
+    bench/api.py                      # everything (long: about 25 minutes)
+    bench/api.py --sizes 1000 --concurrency 32 --duration 10 --db sqlite   # quick look
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from sqlalchemy import insert  # noqa: E402
+from sqlalchemy import select  # noqa: E402
+
+from orchestrator import hosts  # noqa: E402
+from orchestrator.config import Settings  # noqa: E402
+from orchestrator.db import get_database  # noqa: E402
+from orchestrator.db import reset_databases  # noqa: E402
+from orchestrator.db import utcnow  # noqa: E402
+from orchestrator.embedded import RedisServer  # noqa: E402
+from orchestrator.embedded import free_port  # noqa: E402
+from orchestrator.migrate import upgrade  # noqa: E402
+from orchestrator.models import Backup  # noqa: E402
+from orchestrator.models import Job  # noqa: E402
+from orchestrator.models import Volume  # noqa: E402
+from orchestrator.models import new_id  # noqa: E402
+
+PROJECT = "demo"
+LOAD = None  # path of api_load.py, found in main()
+CINDER = {"show_32_rps": 353, "show_32_p99_ms": 131, "list_32_rps": 74, "list_32_p99_ms": 645,
+          "create_32_rps": 41, "create_32_p99_ms": 921, "list_10k_32_rps": 58}
+
+
+def log(msg: str) -> None:
+    print(f"[bench/api {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def find_load_script() -> str:
+    for cand in (ROOT.parent / "shared" / "bench" / "api_load.py",
+                 Path("/work/shared/bench/api_load.py"),
+                 Path(os.environ.get("API_LOAD", "/nonexistent"))):
+        if cand.exists():
+            return str(cand)
+    raise SystemExit("api_load.py not found (../shared/bench/api_load.py)")
+
+
+def ensure_wrk() -> None:
+    if shutil.which("wrk"):
+        return
+    log("wrk not found: installing Debian's wrk")
+    subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=False,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if not shutil.which("wrk"):
+        subprocess.run(["apt-get", "update", "-qq"], check=False, stdout=subprocess.DEVNULL)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True,
+                       stdout=subprocess.DEVNULL)
+
+
+# ----------------------------------------------------------------------------- seeding
+
+
+def seed(settings: Settings, n_backups: int, n_volumes: int, host: str) -> None:
+    """Insert volumes and backups in bulk through the models (no HTTP, no jobs)."""
+    db = get_database(settings.database_url)
+    now = utcnow()
+    batch = 20000
+    with db.scope() as s:
+        have_b = s.scalar(select(Backup.id).limit(1))
+    if have_b is None:
+        vol_for_backups = new_id()
+        with db.scope() as s:
+            s.execute(insert(Volume), [{
+                "id": vol_for_backups, "project_id": PROJECT, "user_id": PROJECT, "host": host,
+                "availability_zone": "nova", "size": 1, "status": "available",
+                "volume_type": "__DEFAULT__", "bootable": False, "metadata": {},
+                "deleted": False, "created_at": now}])
+        done = 0
+        while done < n_backups:
+            rows = []
+            for i in range(done, min(n_backups, done + batch)):
+                rows.append({"id": new_id(), "user_id": PROJECT, "project_id": PROJECT,
+                             "volume_id": vol_for_backups, "status": "available",
+                             "display_name": f"seed-{i}", "display_description": "seeded",
+                             "container": None, "availability_zone": "nova", "size": 1,
+                             "object_count": 1, "num_dependent_backups": 0,
+                             "progress_bytes": 0, "progress_total": 0, "deleted": False,
+                             "created_at": now, "data_timestamp": now, "host": host,
+                             "service": "orchestrator.drivers.chunked"})
+            with db.scope() as s:
+                s.execute(insert(Backup), rows)
+            done += len(rows)
+    with db.scope() as s:
+        have_v = s.scalar(select(Volume.id).where(Volume.display_name == "pool").limit(1))
+    if have_v is None:
+        rows = [{"id": new_id(), "project_id": PROJECT, "user_id": PROJECT, "host": host,
+                 "availability_zone": "nova", "size": 1, "status": "available",
+                 "display_name": "pool", "volume_type": "__DEFAULT__", "bootable": False,
+                 "metadata": {}, "deleted": False, "created_at": now}
+                for _ in range(n_volumes)]
+        for i in range(0, len(rows), batch):
+            with db.scope() as s:
+                s.execute(insert(Volume), rows[i:i + batch])
+
+
+def top_up(settings: Settings, n_backups: int) -> None:
+    """Grow the backups table to ``n_backups`` rows (for the 10k and 1M runs)."""
+    db = get_database(settings.database_url)
+    with db.scope(write=False) as s:
+        from sqlalchemy import func
+        have = s.scalar(select(func.count()).select_from(Backup))
+        vol = s.scalar(select(Backup.volume_id).limit(1))
+    now = utcnow()
+    batch = 20000
+    while have < n_backups:
+        k = min(batch, n_backups - have)
+        rows = [{"id": new_id(), "user_id": PROJECT, "project_id": PROJECT, "volume_id": vol,
+                 "status": "available", "display_name": f"seed-{have + i}",
+                 "display_description": "seeded", "availability_zone": "nova", "size": 1,
+                 "object_count": 1, "num_dependent_backups": 0, "progress_bytes": 0,
+                 "progress_total": 0, "deleted": False, "created_at": now,
+                 "data_timestamp": now, "host": "bench-node",
+                 "service": "orchestrator.drivers.chunked"} for i in range(k)]
+        with db.scope() as s:
+            s.execute(insert(Backup), rows)
+        have += k
+
+
+def pool_ids(settings: Settings, path: Path) -> int:
+    db = get_database(settings.database_url)
+    with db.scope(write=False) as s:
+        ids = list(s.scalars(select(Volume.id).where(Volume.display_name == "pool",
+                                                     Volume.status == "available")))
+    path.write_text("\n".join(ids) + "\n")
+    return len(ids)
+
+
+def backup_ids(settings: Settings, path: Path, limit: int = 20000) -> None:
+    db = get_database(settings.database_url)
+    with db.scope(write=False) as s:
+        ids = list(s.scalars(select(Backup.id).where(Backup.display_name.like("seed-%"))
+                             .limit(limit)))
+    path.write_text("\n".join(ids) + "\n")
+
+
+# ----------------------------------------------------------------------------- stack
+
+
+class Stack:
+    """Redis + gunicorn API + one storage worker, as `make run` starts them."""
+
+    def __init__(self, settings: Settings, workdir: Path, host: str):
+        self.settings, self.workdir, self.host = settings, workdir, host
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self) -> "Stack":
+        env = {**os.environ, **self.settings.as_env()}
+        self.procs.append(self._spawn(
+            [sys.executable, "-m", "gunicorn", "--workers", str(self.settings.api_workers),
+             "--bind", f"{self.settings.api_host}:{self.settings.api_port}",
+             "--worker-class", "gthread", "--threads", "4", "--log-level", "warning",
+             "orchestrator.wsgi:app"], env, "api.log"))
+        self.procs.append(self._spawn(
+            [sys.executable, "-m", "workers", "--host", self.host, "-c", "1", "-l", "WARNING"],
+            env, "worker.log"))
+        import requests
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(self.url, timeout=1).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        db = get_database(self.settings.database_url)
+        while time.monotonic() < deadline:
+            with db.scope(write=False) as s:
+                if hosts.live_hosts(s, hosts.BACKUP_BINARY, now=utcnow(),
+                                    down_time=self.settings.service_down_time):
+                    return self
+            time.sleep(0.2)
+        raise SystemExit("stack did not start; see " + str(self.workdir))
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.settings.api_host}:{self.settings.api_port}/v3"
+
+    def _spawn(self, args, env, log_name):
+        return subprocess.Popen(args, cwd=str(ROOT), env=env,
+                                stdout=open(self.workdir / log_name, "ab"),
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+
+
+def run_load(stack: Stack, scenario: str, concurrency: int, duration: float, files: dict,
+             offset: int) -> dict:
+    args = [sys.executable, LOAD, "--url", stack.url, "--project", PROJECT, "--url-style",
+            "bare", "--scenario", scenario, "--concurrency", str(concurrency), "--duration",
+            str(duration), "--warmup", "2", "--engine", "wrk", "--no-check",
+            "--backup-ids-file", str(files["backups"]), "--volume-ids-file",
+            str(files["volumes"]), "--pool-offset", str(offset)]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=duration * 4 + 120)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        raise SystemExit(f"api_load failed: {out.stderr[-2000:]}")
+    res = json.loads(lines[-1])
+    log(f"{scenario:6s} c={concurrency:<3d} {res['rps']:8.1f} req/s  p50 "
+        f"{res['latency_ms'].get('p50') or 0:7.2f}  p99 {res['latency_ms'].get('p99') or 0:7.2f}"
+        f" ms  errors {res['error_count']}")
+    return res
+
+
+def raise_quota(stack: Stack) -> None:
+    import requests
+    r = requests.put(f"{stack.url}/os-quota-sets/{PROJECT}", timeout=30,
+                     headers={"X-Auth-Token": "admin:admin"},
+                     json={"quota_set": {"backups": -1, "backup_gigabytes": -1,
+                                         "volumes": -1, "gigabytes": -1}})
+    r.raise_for_status()
+
+
+# ----------------------------------------------------------------------------- extra figures
+
+
+def dispatch_latency(stack: Stack, files: dict, offset: int, n: int = 100) -> tuple[float, int]:
+    """Median ms from a create's commit to the job's claim on the worker (sequential)."""
+    import requests
+    vols = files["volumes"].read_text().split()[offset:offset + n]
+    ids = []
+    s = requests.Session()
+    for vid in vols:
+        r = s.post(f"{stack.url}/backups", json={"backup": {"volume_id": vid}}, timeout=30,
+                   headers={"X-Auth-Token": f"{PROJECT}:{PROJECT}"})
+        if r.status_code == 202:
+            ids.append(r.json()["backup"]["id"])
+        time.sleep(0.02)
+    db = get_database(stack.settings.database_url)
+    deadline = time.monotonic() + 60
+    lat = []
+    while time.monotonic() < deadline:
+        with db.scope(write=False) as sess:
+            rows = sess.execute(select(Job.created_at, Job.started_at).where(
+                Job.resource_id.in_(ids), Job.op == "backup_create")).all()
+        if rows and all(started for _, started in rows):
+            lat = [(started - created).total_seconds() * 1000 for created, started in rows]
+            break
+        time.sleep(0.5)
+    return (round(statistics.median(lat), 2) if lat else None), offset + len(vols)
+
+
+def heartbeat_cost(settings: Settings, n_hosts: int = 1000, interval: float = 10.0,
+                   seconds: float = 10.0) -> tuple[float, float]:
+    """CPU of 1,000 hosts heartbeating every 10 s, as % of one core, and host choice ms.
+
+    SQLite: the database runs inside the heartbeating process, so its CPU time
+    (an upper bound: Python's share included) is measured. PostgreSQL: the CPU
+    of the server backend that serves the heartbeats, read from /proc.
+    """
+    db = get_database(settings.database_url)
+    hosts_ = [f"hb-{i:04d}" for i in range(n_hosts)]
+    roles = [hosts.BACKUP_BINARY, hosts.VOLUME_BINARY]  # what each storage node reports
+    with db.scope() as s:
+        for h in hosts_:
+            hosts.record_heartbeat(s, h, roles, "nova", now=utcnow())
+    rate = n_hosts / interval
+    backend_pid = None
+    if not db.is_sqlite:
+        with db.engine.connect() as c:
+            backend_pid = c.exec_driver_sql("select pg_backend_pid()").scalar()
+        # The session scope uses pooled connections; force one connection for the run.
+    cpu0 = _cpu(backend_pid)
+    t0 = time.monotonic()
+    sent = 0
+    with db.engine.connect() as conn:
+        if backend_pid is not None:
+            backend_pid = conn.exec_driver_sql("select pg_backend_pid()").scalar()
+            cpu0 = _cpu(backend_pid)
+        from sqlalchemy.orm import Session
+        while time.monotonic() - t0 < seconds:
+            due = int((time.monotonic() - t0) * rate)
+            while sent < due:
+                with Session(bind=conn) as s:
+                    hosts.record_heartbeat(s, hosts_[sent % n_hosts], roles, "nova",
+                                           now=utcnow())
+                    s.commit()
+                sent += 1
+            time.sleep(0.002)
+        cpu1 = _cpu(backend_pid)
+    elapsed = time.monotonic() - t0
+    pct = 100.0 * (cpu1 - cpu0) / elapsed
+    times = []
+    with db.scope(write=False) as s:
+        for _ in range(200):
+            t = time.perf_counter()
+            hosts.select_host(s, hosts.BACKUP_BINARY, now=utcnow(),
+                              down_time=settings.service_down_time, az="nova")
+            times.append((time.perf_counter() - t) * 1000)
+    return round(pct, 2), round(statistics.median(times), 3)
+
+
+def _cpu(pid) -> float:
+    if pid is None:
+        t = os.times()
+        return t.user + t.system
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def run_suite(kind: str, url: str, args, workdir: Path) -> dict:
+    redis = RedisServer(str(workdir / "redis"), port=free_port(), persist=False).start()
+    settings = Settings(state_dir=str(workdir / "state"), broker_url=redis.url,
+                        database_url=url, api_port=free_port(), api_workers=args.api_workers,
+                        log_level="WARNING")
+    upgrade(settings.database_url)
+    host = "bench-node"
+    sizes = sorted(args.sizes)
+    need_volumes = int(args.duration * 400 * 3 * 2) + 2000
+    log(f"[{kind}] seeding {sizes[0]} backups and {need_volumes} volumes")
+    seed(settings, sizes[0], need_volumes, host)
+    files = {"backups": workdir / "backups.txt", "volumes": workdir / "volumes.txt"}
+    results: dict = {}
+    offset = 0
+    for size in sizes:
+        if size != sizes[0]:
+            log(f"[{kind}] growing the backups table to {size}")
+            t = time.monotonic()
+            top_up(settings, size)
+            log(f"[{kind}] seeded in {time.monotonic() - t:.0f} s")
+        backup_ids(settings, files["backups"])
+        pool_ids(settings, files["volumes"])
+        offset = 0
+        reset_databases()
+        stack = Stack(settings, workdir, host).start()
+        try:
+            raise_quota(stack)
+            if size == sizes[0]:  # on an idle worker, before the load leaves a backlog
+                results["dispatch_p50_ms"], offset = dispatch_latency(stack, files, offset)
+            tag = {1000: "1k", 10000: "10k", 1000000: "1m"}.get(size, str(size))
+            scenarios = args.scenarios if size == sizes[0] else ["list", "show"]
+            for scenario in scenarios:
+                for c in args.concurrency:
+                    res = run_load(stack, scenario, c, args.duration, files, offset)
+                    if res.get("pool"):
+                        offset = res["pool"]["next_offset"]
+                    results[f"{scenario}_{tag}_{c}"] = {
+                        "rps": round(res["rps"], 1),
+                        "p50_ms": res["latency_ms"].get("p50"),
+                        "p99_ms": res["latency_ms"].get("p99"),
+                        "errors": res["error_count"],
+                        "statuses": res.get("statuses")}
+        finally:
+            stack.stop()
+    reset_databases()
+    results["heartbeat_core_pct"], results["host_choice_ms"] = heartbeat_cost(settings)
+    redis.stop()
+    return results
+
+
+def main() -> None:
+    global LOAD
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="1000,10000,1000000",
+                        type=lambda v: [int(x) for x in v.split(",")])
+    parser.add_argument("--concurrency", default="1,8,32",
+                        type=lambda v: [int(x) for x in v.split(",")])
+    parser.add_argument("--scenarios", default="show,list,create,mixed",
+                        type=lambda v: v.split(","))
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--db", choices=["sqlite", "postgres", "both"], default="both")
+    parser.add_argument("--api-workers", type=int, default=Settings().api_workers)
+    parser.add_argument("--workdir", default=None)
+    args = parser.parse_args()
+    LOAD = find_load_script()
+    ensure_wrk()
+    base = Path(args.workdir or tempfile.mkdtemp(prefix="bench-api-", dir="/tmp"))
+    out: dict = {"cinder_reference": CINDER, "api_workers": args.api_workers}
+    try:
+        if args.db in ("sqlite", "both"):
+            d = base / "sqlite"
+            d.mkdir(parents=True, exist_ok=True)
+            out["sqlite"] = run_suite("sqlite", f"sqlite:///{d / 'orchestrator.db'}", args, d)
+        if args.db in ("postgres", "both"):
+            sys.path.insert(0, str(ROOT / "tests"))
+            from orch_testlib import ThrowawayPostgres
+            from orch_testlib import postgres_admin_dsn
+            dsn = postgres_admin_dsn()
+            if dsn is None:
+                log("PostgreSQL leg skipped: nothing answers on 127.0.0.1:5432")
+            else:
+                pg = ThrowawayPostgres(dsn)
+                try:
+                    d = base / "postgres"
+                    d.mkdir(parents=True, exist_ok=True)
+                    out["postgres"] = run_suite("postgres", pg.url, args, d)
+                finally:
+                    pg.close()
+    finally:
+        if not args.workdir:
+            shutil.rmtree(base, ignore_errors=True)
+    s = out.get("sqlite", {})
+
+    def get(key, field="rps"):
+        return (s.get(key) or {}).get(field)
+    small = {1000: "1k", 10000: "10k", 1000000: "1m"}.get(min(args.sizes), str(min(args.sizes)))
+    out.update({
+        "show_32_rps": get(f"show_{small}_32"), "show_32_p99_ms": get(f"show_{small}_32", "p99_ms"),
+        "list_32_rps": get(f"list_{small}_32"), "list_32_p99_ms": get(f"list_{small}_32", "p99_ms"),
+        "create_32_rps": get(f"create_{small}_32"), "mixed_32_rps": get(f"mixed_{small}_32"),
+        "errors_total": sum(v.get("errors", 0) for db_ in ("sqlite", "postgres")
+                            for v in (out.get(db_) or {}).values() if isinstance(v, dict)),
+        "list_1m_over_1k": (round(get("list_1m_32") / get("list_1k_32"), 3)
+                            if get("list_1m_32") and get("list_1k_32") else None),
+        "dispatch_p50_ms": s.get("dispatch_p50_ms"),
+        "heartbeat_core_pct": s.get("heartbeat_core_pct"),
+        "host_choice_ms": s.get("host_choice_ms"),
+    })
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
