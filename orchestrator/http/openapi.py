@@ -93,6 +93,9 @@ ACTION_BODY = {"oneOf": [
     {"type": "object", "required": ["os-force_delete"], "additionalProperties": False,
      "properties": {"os-force_delete": {"description": "any value (clients send null)",
                                         "nullable": True}}},
+    {"type": "object", "required": ["os-verify"], "additionalProperties": False,
+     "properties": {"os-verify": {"description": "extension: re-read the backup and check "
+                                                "every digest; any value", "nullable": True}}},
 ]}
 
 VOLUME_CREATE_BODY = {"type": "object", "required": ["volume"], "additionalProperties": False,

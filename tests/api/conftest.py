@@ -1,8 +1,9 @@
 """Live stacks for the wire tests: one API server and one worker per auth mode.
 
-A stack lives for the whole session (starting a worker costs seconds) and
-each test works in projects of its own, so tests sharing a stack never see
-each other's resources. ``Stack.creds(project, role)`` gives what a client sends as
+A stack is module-scoped (starting a worker costs seconds; stopping it with
+the module keeps idle workers from loading the machine during other tests)
+and each test works in projects of its own, so tests sharing a stack never
+see each other's resources. ``Stack.creds(project, role)`` gives what a client sends as
 X-Auth-Token in the stack's mode: ``user:project`` in noauth mode, a fresh
 API token (issued through orchestrator.tokens) in token mode.
 """
@@ -22,8 +23,9 @@ from orchestrator.db import get_database
 from orchestrator.db import utcnow
 from orchestrator.migrate import upgrade
 
-# Redis databases of module-scoped stacks; the function-scoped `settings` fixture uses 1.
-_REDIS_DBS = itertools.count(2)
+# Redis databases of the stacks: 6-11 (the `settings` fixture uses 1, the quota race test 2,
+# the fuzzer 12-13). A module has at most three stacks at a time.
+_REDIS_DBS = itertools.cycle(range(6, 12))
 
 
 class Stack:
@@ -108,9 +110,9 @@ def _start_stack(tmp_path_factory, redis_server, mode: str, *, worker: bool,
     return Stack(settings, api, proc), [api, proc]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def stacks(tmp_path_factory, redis_server):
-    """Factory: ``stacks(mode, worker=True, **settings)``; every stack stops at session end."""
+    """Factory: ``stacks(mode, worker=True, **settings)``; every stack stops at module end."""
     started: list = []
     cache: dict = {}
 

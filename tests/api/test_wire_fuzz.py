@@ -243,7 +243,8 @@ def templates(method: str, path: str, ids) -> list[dict]:
                                                       {"restore": {"volume_id": ids("volume"),
                                                                    "name": None}}],
         ("POST", "/v3/backups/{backup_id}/action"): [{"os-reset_status": {"status": "error"}},
-                                                     {"os-force_delete": None}],
+                                                     {"os-force_delete": None},
+                                                     {"os-verify": None}],
         ("POST", "/v3/backups/import_record"): [{"backup-record": {
             "backup_service": DRIVER_ID, "backup_url": _record(ids("backup"))}}],
         ("POST", "/v3/volumes"): [{"volume": {"size": 1, "name": "v"}},

@@ -17,7 +17,13 @@ MiB = 1024 * 1024
 
 
 def _sha(path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    # Streamed: reading a 1 GiB volume at once would raise this process's peak RSS, which
+    # every later child inherits (the datapath memory test reads its children's peak).
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(4 * MiB), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def test_import_into_a_second_deployment_restores_the_data(stacks):
