@@ -16,6 +16,9 @@ from wire_drivers import CliDriver
 from wire_drivers import SdkDriver
 from wire_drivers import wait_for
 
+# openstacksdk warns about its own deprecated internals on every call.
+pytestmark = pytest.mark.filterwarnings("ignore::Warning:openstack")
+
 MODES = ["noauth", "token"]
 CLIENTS = ["cinderclient", "cli", "openstacksdk"]
 
