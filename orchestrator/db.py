@@ -87,6 +87,12 @@ class Database:
         finally:
             session.close()
 
+    @contextlib.contextmanager
+    def connect(self):
+        """A Core connection in one write transaction: for hot, ORM-free statements."""
+        with self.write_engine.begin() as conn:
+            yield conn
+
     def dispose(self) -> None:
         self.engine.dispose()
         if self.write_engine is not self.engine:

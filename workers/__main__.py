@@ -41,8 +41,8 @@ class Heartbeat(threading.Thread):
 
     def beat(self) -> None:
         db = get_database(self.settings.database_url)
-        with db.scope() as session:
-            hosts.record_heartbeat(session, self.host, self.binaries, self.zone, now=utcnow(),
+        with db.connect() as conn:
+            hosts.record_heartbeat(conn, self.host, self.binaries, self.zone, now=utcnow(),
                                    boot_id=self.boot_id, version=__version__)
 
     def run(self) -> None:
