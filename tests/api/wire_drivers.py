@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 
-
 def wait_for(fetch, want: set[str], *, timeout: float = 90.0, what: str = "") -> dict | None:
     """Poll ``fetch()`` (a dict with ``status``, or None once gone) until its status is wanted."""
     deadline = time.monotonic() + timeout
