@@ -469,11 +469,6 @@ def import_record(session: Session, ctx: RequestContext, settings: Settings, *,
     """
     if not ctx.is_admin:
         raise errors.PolicyNotAuthorized("backup:backup-import")
-    try:
-        host = hosts.select_host(session, hosts.BACKUP_BINARY, now=now,
-                                 down_time=settings.service_down_time)
-    except errors.NoLiveHost:
-        raise errors.ServiceUnavailable(f"Service {backup_service} could not be found.") from None
     if backup_service != DRIVER_ID:
         raise errors.InvalidBackup(f"Invalid backup: backup_service {backup_service!r} is not "
                                    f"supported; this service imports {DRIVER_ID} records.")
@@ -503,6 +498,11 @@ def import_record(session: Session, ctx: RequestContext, settings: Settings, *,
     existing = session.get(Backup, backup_uuid)
     if existing is not None and not existing.deleted:
         raise errors.InvalidBackup("Invalid backup: Backup already exists in database.")
+    try:  # after validation: a malformed record is a 400 even with no worker alive
+        host = hosts.select_host(session, hosts.BACKUP_BINARY, now=now,
+                                 down_time=settings.service_down_time)
+    except errors.NoLiveHost:
+        raise errors.ServiceUnavailable(f"Service {backup_service} could not be found.") from None
     quota.charge(session, ctx.project_id, {"backups": 1, "backup_gigabytes": size}, settings,
                  now=now)
     revived = existing is not None
