@@ -4,7 +4,8 @@ SQLite is used by the one-machine stack and PostgreSQL by fleets. On SQLite a
 write transaction starts with ``BEGIN IMMEDIATE`` so that concurrent API and
 worker processes queue on the database lock (bounded by ``busy_timeout``)
 instead of failing with "database is locked" when a reader upgrades to a
-writer. Read transactions stay deferred, so WAL readers never wait.
+writer. Reads run in autocommit mode, so WAL readers never wait and never
+hold a lock.
 """
 from __future__ import annotations
 
@@ -47,9 +48,12 @@ def _sqlite_engine(url: str, *, immediate: bool) -> Engine:
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn):
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+    if immediate:
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+    # Read connections run without BEGIN: each statement reads a consistent WAL
+    # snapshot on its own, and a request saves the round trips of BEGIN/ROLLBACK.
 
     return engine
 

@@ -77,7 +77,9 @@ class Service(Base):
 
 class Volume(TimestampMixin, SoftDeleteMixin, Base):
     __tablename__ = "volumes"
-    __table_args__ = (Index("ix_volumes_deleted_project_id", "deleted", "project_id", "created_at"),)
+    __table_args__ = (Index("ix_volumes_deleted_project_id", "deleted", "project_id",
+                            "created_at", "id"),
+                      Index("ix_volumes_deleted_created", "deleted", "created_at", "id"))
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     project_id: Mapped[str] = mapped_column(String(255), nullable=False)
@@ -118,7 +120,9 @@ class Backup(TimestampMixin, SoftDeleteMixin, Base):
 
     __tablename__ = "backups"
     __table_args__ = (
-        Index("ix_backups_deleted_project_id", "deleted", "project_id", "created_at"),
+        # Serve the default list order (created_at, id) by index, per project and for all.
+        Index("ix_backups_deleted_project_id", "deleted", "project_id", "created_at", "id"),
+        Index("ix_backups_deleted_created", "deleted", "created_at", "id"),
         Index("ix_backups_volume_id", "volume_id"),
         Index("ix_backups_parent_id", "parent_id"),
     )

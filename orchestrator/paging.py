@@ -9,6 +9,7 @@ from sqlalchemy import and_
 from sqlalchemy import cast
 from sqlalchemy import false
 from sqlalchemy import or_
+from sqlalchemy import tuple_
 
 
 def keyset(query: Select, model, sort: list[tuple[str, str]], marker_row, *,
@@ -16,26 +17,36 @@ def keyset(query: Select, model, sort: list[tuple[str, str]], marker_row, *,
     """Order by ``sort`` (+ id), start after ``marker_row``, apply offset and limit.
 
     NULLs sort as the smallest value, in both directions and on every database.
+    When every sort column is NOT NULL and all go the same way (the default
+    ``created_at, id`` order), the order and the marker condition are plain
+    column terms and a row-value comparison, so an index on those columns
+    serves both and a page costs the same at any depth and any table size.
     """
     keys = list(sort)
     if not any(k == "id" for k, _ in keys):
         keys.append(("id", keys[-1][1] if keys else "desc"))
+    cols = [getattr(model, key) for key, _ in keys]
+    nullable = [model.__table__.c[key].nullable for key, _ in keys]
+    directions = {d for _, d in keys}
     order = []
-    for key, direction in keys:
-        col = getattr(model, key)
+    for col, (_, direction), can_be_null in zip(cols, keys, nullable):
         if direction == "asc":
-            order.extend([col.is_not(None), col.asc()])
+            order.extend(([col.is_not(None)] if can_be_null else []) + [col.asc()])
         else:
-            order.extend([col.is_(None), col.desc()])
+            order.extend(([col.is_(None)] if can_be_null else []) + [col.desc()])
     query = query.order_by(*order)
     if marker_row is not None:
-        clauses = []
-        for i, (key, direction) in enumerate(keys):
-            col = getattr(model, key)
-            value = getattr(marker_row, key)
-            equal = [_eq(getattr(model, k), getattr(marker_row, k)) for k, _ in keys[:i]]
-            clauses.append(and_(*equal, _after(col, value, direction)))
-        query = query.where(or_(*clauses))
+        values = [getattr(marker_row, key) for key, _ in keys]
+        if not any(nullable) and len(directions) == 1:
+            after = tuple_(*cols) > tuple_(*values) if directions == {"asc"} \
+                else tuple_(*cols) < tuple_(*values)
+            query = query.where(after)
+        else:
+            clauses = []
+            for i, (col, (_, direction)) in enumerate(zip(cols, keys)):
+                equal = [_eq(cols[j], values[j]) for j in range(i)]
+                clauses.append(and_(*equal, _after(col, values[i], direction)))
+            query = query.where(or_(*clauses))
     if offset:
         query = query.offset(offset)
     if limit is not None:
@@ -59,8 +70,13 @@ def _after(col, value, direction):
 def list_rows(session, model, *, scope_project: str | None, filters: dict | None,
               like_filters: dict | None, sort: list[tuple[str, str]] | None,
               sort_keys: set[str], marker: str | None, limit: int | None,
-              offset: int | None, with_count: bool):
+              offset: int | None, with_count: bool, extra_columns: tuple = (),
+              as_rows: bool = False):
     """Rows of ``model`` in scope, filtered, sorted and paged; the count only when asked.
+
+    ``as_rows`` returns plain Core rows (the table's columns plus
+    ``extra_columns``) instead of ORM objects: no identity map and no
+    relationship loading, for the read paths that only render JSON.
 
     ``scope_project`` None means every project (admin with all_tenants).
     Unknown filter columns, and values a column cannot hold, match nothing
@@ -78,7 +94,8 @@ def list_rows(session, model, *, scope_project: str | None, filters: dict | None
     for key, _ in sort:
         if key not in sort_keys:
             raise errors.InvalidInput(f"Invalid input received: Invalid sort key {key}.")
-    base = select(model).where(model.deleted.is_(False))
+    base = (select(*model.__table__.c, *extra_columns) if as_rows else select(model)).where(
+        model.deleted.is_(False))
     if scope_project is not None:
         base = base.where(model.project_id == scope_project)
     columns = model.__table__.c
@@ -105,11 +122,13 @@ def list_rows(session, model, *, scope_project: str | None, filters: dict | None
         count = session.scalar(select(func.count()).select_from(base.subquery()))
     marker_row = None
     if marker:
-        marker_row = session.get(model, marker)
+        marker_row = session.execute(select(model.__table__).where(model.id == marker)).first()
         if marker_row is None or marker_row.deleted or \
                 (scope_project is not None and marker_row.project_id != scope_project):
             raise errors.MarkerNotFound(marker)
     query = keyset(base, model, sort, marker_row, limit=limit, offset=offset)
+    if as_rows:
+        return session.execute(query).all(), count
     return list(session.scalars(query)), count
 
 

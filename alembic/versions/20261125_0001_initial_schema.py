@@ -53,7 +53,8 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id', name=op.f('pk_backups'))
     )
     with op.batch_alter_table('backups', schema=None) as batch_op:
-        batch_op.create_index('ix_backups_deleted_project_id', ['deleted', 'project_id', 'created_at'], unique=False)
+        batch_op.create_index('ix_backups_deleted_created', ['deleted', 'created_at', 'id'], unique=False)
+        batch_op.create_index('ix_backups_deleted_project_id', ['deleted', 'project_id', 'created_at', 'id'], unique=False)
         batch_op.create_index('ix_backups_parent_id', ['parent_id'], unique=False)
         batch_op.create_index('ix_backups_volume_id', ['volume_id'], unique=False)
 
@@ -182,7 +183,8 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id', name=op.f('pk_volumes'))
     )
     with op.batch_alter_table('volumes', schema=None) as batch_op:
-        batch_op.create_index('ix_volumes_deleted_project_id', ['deleted', 'project_id', 'created_at'], unique=False)
+        batch_op.create_index('ix_volumes_deleted_created', ['deleted', 'created_at', 'id'], unique=False)
+        batch_op.create_index('ix_volumes_deleted_project_id', ['deleted', 'project_id', 'created_at', 'id'], unique=False)
 
     op.create_table('backup_metadata',
     sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),

@@ -104,6 +104,9 @@ def create_app(settings: Settings | None = None, *, celery_app=None) -> Flask:
 
     @app.teardown_request
     def _close(exc):
+        conn = g.pop("db_reader", None)
+        if conn is not None:
+            conn.close()
         s = g.pop("db_session", None)
         if s is not None:
             if exc is not None:

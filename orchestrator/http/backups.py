@@ -16,11 +16,11 @@ from orchestrator.http.common import load
 from orchestrator.http.common import mv
 from orchestrator.http.common import next_link
 from orchestrator.http.common import now
+from orchestrator.http.common import reader
 from orchestrator.http.common import session
 from orchestrator.http.common import settings
 from orchestrator.http.views import backup_detail
 from orchestrator.http.views import backup_summary
-from orchestrator.http.views import dependents
 
 bp = Blueprint("backups", __name__)
 
@@ -67,14 +67,14 @@ def create(project_id=None):
 
 def _list(detail: bool):
     p = list_params(user_filters=USER_FILTERS, name_sort_since="3.37")
-    s = session()
-    items, count = api.list_backups(
-        s, ctx(), all_tenants=p["all_tenants"], filters=p["filters"],
+    with_metadata = detail and mv().matches("3.43")
+    items, metadata, count = api.backup_view_rows(
+        reader(), ctx(), all_tenants=p["all_tenants"], filters=p["filters"],
         like_filters=p["like_filters"], sort=p["sort"], marker=p["marker"], limit=p["limit"],
-        offset=p["offset"], with_count=p["with_count"])
+        offset=p["offset"], with_count=p["with_count"], with_metadata=with_metadata)
     if detail:
-        parents = dependents(s, items)
-        out = {"backups": [backup_detail(b, b.id in parents) for b in items]}
+        out = {"backups": [backup_detail(b, b.has_dependents, metadata.get(b.id, {}))
+                           for b in items]}
     else:
         out = {"backups": [backup_summary(b) for b in items]}
     links = next_link(items, p["limit"], count)
@@ -100,9 +100,9 @@ def detail(project_id=None):
 @bp.get("/backups/<backup_id>")
 def show(backup_id, project_id=None):
     """Show one backup."""
-    s = session()
-    backup = api.get_backup(s, ctx(), backup_id)
-    return jsonify({"backup": backup_detail(backup, bool(dependents(s, [backup])))})
+    row, metadata = api.backup_view_row(reader(), ctx(), backup_id,
+                                        with_metadata=mv().matches("3.43"))
+    return jsonify({"backup": backup_detail(row, row.has_dependents, metadata)})
 
 
 @bp.put("/backups/<backup_id>")

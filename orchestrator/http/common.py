@@ -40,6 +40,13 @@ def session(write: bool = False) -> Session:
     return g.db_session
 
 
+def reader():
+    """A read-only Core connection for the request (cheaper than an ORM session)."""
+    if "db_reader" not in g:
+        g.db_reader = current_app.extensions["orch_db"].engine.connect()
+    return g.db_reader
+
+
 def commit_and_dispatch(jobs) -> None:
     """Commit the request's transaction, then hand its jobs to the broker.
 
@@ -149,11 +156,14 @@ def base_url() -> str:
 
 
 def resource_links(collection: str, resource_id: str) -> list[dict]:
-    base = base_url()
-    project = g.get("url_project")
-    tail = f"/{project}" if project else ""
-    return [{"rel": "self", "href": f"{base}/v3{tail}/{collection}/{resource_id}"},
-            {"rel": "bookmark", "href": f"{base}{tail}/{collection}/{resource_id}"}]
+    prefixes = g.get("link_prefixes")
+    if prefixes is None:  # once per request: a list page renders hundreds of links
+        base = base_url()
+        project = g.get("url_project")
+        tail = f"/{project}" if project else ""
+        prefixes = g.link_prefixes = (f"{base}/v3{tail}/", f"{base}{tail}/")
+    return [{"rel": "self", "href": f"{prefixes[0]}{collection}/{resource_id}"},
+            {"rel": "bookmark", "href": f"{prefixes[1]}{collection}/{resource_id}"}]
 
 
 def next_link(items: list, limit: int | None, count: int | None) -> list[dict] | None:
@@ -170,7 +180,8 @@ def next_link(items: list, limit: int | None, count: int | None) -> list[dict] |
 
 
 def timestamp(value: dt.datetime | None) -> str | None:
-    return value.strftime("%Y-%m-%dT%H:%M:%S.%f") if value else None
+    """Naive UTC, always with microseconds, no zone suffix (contract §1)."""
+    return value.isoformat(timespec="microseconds") if value else None
 
 
 def parse_bool(name: str, value: str) -> bool:

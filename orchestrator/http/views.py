@@ -1,6 +1,7 @@
 """JSON views of backups, volumes and snapshots per microversion."""
 from __future__ import annotations
 
+from flask import g
 from sqlalchemy import func
 from sqlalchemy import select
 
@@ -16,18 +17,20 @@ def backup_summary(backup: Backup) -> dict:
             "links": resource_links("backups", backup.id)}
 
 
-def dependents(session, backups: list[Backup]) -> set[str]:
-    """Ids among ``backups`` that some live incremental uses as parent (one query)."""
-    ids = [b.id for b in backups]
-    if not ids:
-        return set()
-    rows = session.execute(select(Backup.parent_id).where(
-        Backup.parent_id.in_(ids), Backup.deleted.is_(False)).group_by(Backup.parent_id))
-    return {r[0] for r in rows}
+def _backup_fields() -> tuple[bool, bool, bool, bool, bool]:
+    """Which version- and role-gated fields this request's backup views carry (computed once)."""
+    flags = g.get("backup_view_flags")
+    if flags is None:
+        version, admin = mv(), ctx().is_admin
+        flags = g.backup_view_flags = (version.matches("3.43"), admin and version.matches("3.18"),
+                                       admin and version.matches("3.56"),
+                                       version.matches("3.64"), admin)
+    return flags
 
 
-def backup_detail(backup: Backup, has_dependents: bool) -> dict:
-    version = mv()
+def backup_detail(backup, has_dependents: bool, metadata: dict | None = None) -> dict:
+    """Detail view of a backup row (see api.backup_view_row/backup_view_rows)."""
+    with_metadata, with_project, with_user, with_key, _admin = _backup_fields()
     out = {
         "id": backup.id,
         "status": backup.status,
@@ -43,7 +46,7 @@ def backup_detail(backup: Backup, has_dependents: bool) -> dict:
         "volume_id": backup.volume_id,
         "links": resource_links("backups", backup.id),
         "is_incremental": bool(backup.parent_id),
-        "has_dependent_backups": has_dependents,
+        "has_dependent_backups": bool(has_dependents),
         "snapshot_id": backup.snapshot_id,
         "data_timestamp": timestamp(backup.data_timestamp),
         # Extra fields (clients ignore them): live progress of the running operation.
@@ -52,14 +55,13 @@ def backup_detail(backup: Backup, has_dependents: bool) -> dict:
                          "checked_at": timestamp(backup.verified_at),
                          "message": backup.verify_message},
     }
-    if version.matches("3.43"):
-        out["metadata"] = backup.metadata_dict
-    if ctx().is_admin:
-        if version.matches("3.18"):
-            out["os-backup-project-attr:project_id"] = backup.project_id
-        if version.matches("3.56"):
-            out["user_id"] = backup.user_id
-    if version.matches("3.64") and backup.encryption_key_id:
+    if with_metadata:
+        out["metadata"] = metadata or {}
+    if with_project:
+        out["os-backup-project-attr:project_id"] = backup.project_id
+    if with_user:
+        out["user_id"] = backup.user_id
+    if with_key and backup.encryption_key_id:
         out["encryption_key_id"] = backup.encryption_key_id
     return out
 
