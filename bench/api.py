@@ -45,6 +45,7 @@ from orchestrator.models import Backup  # noqa: E402
 from orchestrator.models import Job  # noqa: E402
 from orchestrator.models import Volume  # noqa: E402
 from orchestrator.models import new_id  # noqa: E402
+from orchestrator.serve import gunicorn_command  # noqa: E402
 
 PROJECT = "demo"
 LOAD = None  # path of api_load.py, found in main()
@@ -175,11 +176,7 @@ class Stack:
 
     def start(self) -> "Stack":
         env = {**os.environ, **self.settings.as_env()}
-        self.procs.append(self._spawn(
-            [sys.executable, "-m", "gunicorn", "--workers", str(self.settings.api_workers),
-             "--bind", f"{self.settings.api_host}:{self.settings.api_port}",
-             "--worker-class", "gthread", "--threads", "4", "--log-level", "warning",
-             "orchestrator.wsgi:app"], env, "api.log"))
+        self.procs.append(self._spawn(gunicorn_command(self.settings), env, "api.log"))
         self.procs.append(self._spawn(
             [sys.executable, "-m", "workers", "--host", self.host, "-c", "1", "-l", "WARNING"],
             env, "worker.log"))
@@ -367,7 +364,8 @@ def run_suite(kind: str, url: str, args, workdir: Path) -> dict:
     redis = RedisServer(str(workdir / "redis"), port=free_port(), persist=False).start()
     settings = Settings(state_dir=str(workdir / "state"), broker_url=redis.url,
                         database_url=url, api_port=free_port(), api_workers=args.api_workers,
-                        log_level="WARNING")
+                        api_threads=Settings.from_env().api_threads,
+                        api_keepalive=Settings.from_env().api_keepalive, log_level="WARNING")
     upgrade(settings.database_url)
     host = "bench-node"
     sizes = sorted(args.sizes)
@@ -425,7 +423,7 @@ def main() -> None:
                         type=lambda v: v.split(","))
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--db", choices=["sqlite", "postgres", "both"], default="both")
-    parser.add_argument("--api-workers", type=int, default=Settings().api_workers)
+    parser.add_argument("--api-workers", type=int, default=Settings.from_env().api_workers)
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
     LOAD = find_load_script()

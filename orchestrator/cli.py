@@ -12,6 +12,7 @@ import click
 
 from orchestrator.config import Settings
 from orchestrator.config import default_host
+from orchestrator.serve import gunicorn_command
 
 
 def _env(settings: Settings) -> dict:
@@ -46,14 +47,7 @@ def db_upgrade(revision: str) -> None:
 def api(workers: int | None) -> None:
     """Serve the HTTP API with gunicorn on ORCH_API_HOST:ORCH_API_PORT."""
     settings = Settings.from_env()
-    os.execvpe(sys.executable, _gunicorn_args(settings, workers), _env(settings))
-
-
-def _gunicorn_args(settings: Settings, workers: int | None) -> list[str]:
-    return [sys.executable, "-m", "gunicorn", "--workers", str(workers or settings.api_workers),
-            "--bind", f"{settings.api_host}:{settings.api_port}", "--worker-class", "gthread",
-            "--threads", "4", "--access-logfile", "-", "--log-level", "warning",
-            "--graceful-timeout", "10", "orchestrator.wsgi:app"]
+    os.execvpe(sys.executable, gunicorn_command(settings, workers=workers), _env(settings))
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
@@ -114,7 +108,7 @@ def run(host: str | None, zone: str) -> None:
         children[name] = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT,
                                           stdin=subprocess.DEVNULL, start_new_session=True)
 
-    spawn("api", _gunicorn_args(settings, None))
+    spawn("api", gunicorn_command(settings))
     spawn("worker", [sys.executable, "-m", "workers", "--host", host, "--zone", zone])
     spawn("maintenance", [sys.executable, "-m", "workers", "--maintenance", "--host", host])
     spawn("beat", _beat_args(settings))

@@ -44,6 +44,8 @@ class Settings:
     api_host: str = "127.0.0.1"
     api_port: int = 8776
     api_workers: int = 2
+    api_threads: int = 4
+    api_keepalive: int = 0          # seconds; 0 closes after each reply (see serve.py)
     public_endpoint: str = ""       # base URL for links; default: from the request
     backup_path: str = ""           # POSIX backup store; default: <state_dir>/backups
     volume_path: str = ""           # file volume backend root; default: <state_dir>/volumes

@@ -202,10 +202,10 @@ class ApiProcess:
         env = {**os.environ, **settings.as_env(), "ORCH_API_PORT": str(self.port)}
         self.log_path = Path(settings.state_dir) / f"api-{self.port}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        from orchestrator.serve import gunicorn_command
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--workers", str(workers), "--bind",
-             f"127.0.0.1:{self.port}", "--worker-class", "gthread", "--threads", "4",
-             "orchestrator.wsgi:app"], cwd=str(ROOT), env=env,
+            gunicorn_command(settings, workers=workers, bind=f"127.0.0.1:{self.port}"),
+            cwd=str(ROOT), env=env,
             stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait_ready(self, timeout: float = 30.0) -> "ApiProcess":

@@ -9,10 +9,8 @@ import threading
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-import dp_helpers
 from dp_helpers import KiB, MiB, garbage_target, read_file, small_driver, sparse_target, write_volume
-from workers.drivers import (FORMAT, FORMAT_VERSION, BackupRef, ChunkedDriver, IntegrityError,
-                             InvalidBackup, InvalidContainer, decode_manifest, encode_manifest)
+from workers.drivers import (FORMAT, FORMAT_VERSION, ChunkedDriver, InvalidBackup, InvalidContainer, decode_manifest, encode_manifest)
 
 # ---------------------------------------------------------------- property test
 

@@ -5,7 +5,6 @@ import base64
 import json
 import random
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
