@@ -15,7 +15,9 @@ import logging
 from sqlalchemy import delete
 from sqlalchemy import func
 from sqlalchemy import insert
+from sqlalchemy import literal
 from sqlalchemy import select
+from sqlalchemy import union_all
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -57,11 +59,22 @@ def default_limits(session: Session, settings: Settings) -> dict[str, int]:
 
 
 def get_limits(session: Session, project_id: str, settings: Settings) -> dict[str, int]:
-    """The effective limit of every resource for a project."""
-    limits = default_limits(session, settings)
-    for row in session.scalars(select(Quota).where(Quota.project_id == project_id)):
-        if row.resource in limits:
-            limits[row.resource] = row.hard_limit
+    """The effective limit of every resource for a project (one query)."""
+    limits = {
+        "backups": settings.quota_backups,
+        "backup_gigabytes": settings.quota_backup_gigabytes,
+        "volumes": settings.quota_volumes,
+        "gigabytes": settings.quota_gigabytes,
+        "snapshots": settings.quota_snapshots,
+    }
+    defaults = select(QuotaClass.resource, QuotaClass.hard_limit, literal(0).label("rank")).where(
+        QuotaClass.class_name == "default")
+    own = select(Quota.resource, Quota.hard_limit, literal(1).label("rank")).where(
+        Quota.project_id == project_id)
+    for resource, hard_limit, _rank in sorted(session.execute(union_all(defaults, own)),
+                                              key=lambda r: r[2]):
+        if resource in limits:
+            limits[resource] = hard_limit
     return limits
 
 
@@ -207,12 +220,29 @@ def charge(session: Session, project_id: str, deltas: dict[str, int], settings: 
            now: dt.datetime) -> None:
     """Check and add usage in one step, in the transaction that creates the counted rows.
 
-    Call it before inserting those rows: a usage row created on first use starts
-    from a recount of the tables, which must not already see them.
+    The same rule as reserve() + commit(), as one conditional UPDATE per
+    resource and no reservation row: the transaction that inserts the counted
+    rows is the reservation. Call it before inserting those rows: a usage row
+    created on first use starts from a recount of the tables, which must not
+    already see them.
 
     :raises OverQuota:
     """
-    commit(session, reserve(session, project_id, deltas, settings, now=now), now=now)
+    limits = get_limits(session, project_id, settings)
+    for resource in sorted(deltas):
+        delta = int(deltas[resource])
+        usage_id = _usage_id(session, project_id, resource)
+        limit = limits.get(resource, -1)
+        cond = [QuotaUsage.id == usage_id]
+        if delta > 0:
+            cond.append(QuotaUsage.in_use + QuotaUsage.reserved + delta <= MAX_USAGE)
+            if limit >= 0:
+                cond.append(QuotaUsage.in_use + QuotaUsage.reserved + delta <= limit)
+        result = session.execute(update(QuotaUsage).where(*cond).values(
+            in_use=_clamped(session, QuotaUsage.in_use + delta), updated_at=now))
+        if result.rowcount != 1:
+            usage = session.get(QuotaUsage, usage_id, populate_existing=True)
+            raise _over_quota(resource, delta, limit, usage.in_use + usage.reserved)
 
 
 def release(session: Session, project_id: str, deltas: dict[str, int], *, now: dt.datetime) -> None:

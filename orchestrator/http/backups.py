@@ -14,7 +14,7 @@ from orchestrator.http.common import ctx
 from orchestrator.http.common import list_params
 from orchestrator.http.common import load
 from orchestrator.http.common import mv
-from orchestrator.http.common import next_link
+from orchestrator.http.common import list_response
 from orchestrator.http.common import now
 from orchestrator.http.common import reader
 from orchestrator.http.common import session
@@ -72,17 +72,9 @@ def _list(detail: bool):
         reader(), ctx(), all_tenants=p["all_tenants"], filters=p["filters"],
         like_filters=p["like_filters"], sort=p["sort"], marker=p["marker"], limit=p["limit"],
         offset=p["offset"], with_count=p["with_count"], with_metadata=with_metadata)
-    if detail:
-        out = {"backups": [backup_detail(b, b.has_dependents, metadata.get(b.id, {}))
-                           for b in items]}
-    else:
-        out = {"backups": [backup_summary(b) for b in items]}
-    links = next_link(items, p["limit"], count)
-    if links:
-        out["backups_links"] = links
-    if count is not None:
-        out["count"] = count
-    return jsonify(out)
+    rendered = [backup_detail(b, b.has_dependents, metadata.get(b.id, {})) for b in items] \
+        if detail else [backup_summary(b) for b in items]
+    return list_response("backups", rendered, items, p["limit"], count)
 
 
 @bp.get("/backups")

@@ -179,6 +179,19 @@ def next_link(items: list, limit: int | None, count: int | None) -> list[dict] |
     return [{"rel": "next", "href": url}]
 
 
+def list_response(key: str, rendered: list[dict], items: list, limit: int | None,
+                  count: int | None):
+    """``{key: [...], key_links: [next], count: N}`` with Cinder's next-link rule."""
+    from flask import jsonify
+    out: dict = {key: rendered}
+    links = next_link(items, limit, count)
+    if links:
+        out[f"{key}_links"] = links
+    if count is not None:
+        out["count"] = count
+    return jsonify(out)
+
+
 def timestamp(value: dt.datetime | None) -> str | None:
     """Naive UTC, always with microseconds, no zone suffix (contract §1)."""
     return value.isoformat(timespec="microseconds") if value else None

@@ -17,7 +17,7 @@ from orchestrator.http.common import ctx
 from orchestrator.http.common import list_params
 from orchestrator.http.common import load
 from orchestrator.http.common import mv
-from orchestrator.http.common import next_link
+from orchestrator.http.common import list_response
 from orchestrator.http.common import now
 from orchestrator.http.common import parse_bool
 from orchestrator.http.common import session
@@ -80,13 +80,8 @@ def _list_volumes(detail: bool):
         session(), ctx(), all_tenants=p["all_tenants"], filters=p["filters"],
         like_filters=p["like_filters"], sort=p["sort"], marker=p["marker"], limit=p["limit"],
         offset=p["offset"], with_count=p["with_count"])
-    out = {"volumes": [volume_detail(v) if detail else volume_summary(v) for v in items]}
-    links = next_link(items, p["limit"], count)
-    if links:
-        out["volumes_links"] = links
-    if count is not None:
-        out["count"] = count
-    return jsonify(out)
+    return list_response("volumes", [volume_detail(v) if detail else volume_summary(v)
+                                     for v in items], items, p["limit"], count)
 
 
 @bp.get("/volumes")
@@ -145,13 +140,8 @@ def _list_snapshots(detail: bool):
         session(), ctx(), all_tenants=p["all_tenants"], filters=p["filters"],
         like_filters=p["like_filters"], sort=p["sort"], marker=p["marker"], limit=p["limit"],
         offset=p["offset"], with_count=p["with_count"])
-    out = {"snapshots": [snapshot_detail(x) for x in items]}
-    links = next_link(items, p["limit"], count)
-    if links:
-        out["snapshots_links"] = links
-    if count is not None:
-        out["count"] = count
-    return jsonify(out)
+    return list_response("snapshots", [snapshot_detail(x) for x in items], items, p["limit"],
+                         count)
 
 
 @bp.get("/snapshots")

@@ -158,8 +158,10 @@ class PosixStore(ObjectStore):
             return
         except OSError as e:
             raise _oserror(e, name) from e
-        # Best effort: remove directories left empty, up to the root.
-        d = os.path.dirname(path)
+        self._prune_empty_dirs(os.path.dirname(path))
+
+    def _prune_empty_dirs(self, d):
+        """Best effort: remove directories left empty, from ``d`` up to the root."""
         while d != self.root and d.startswith(self.root + os.sep):
             try:
                 os.rmdir(d)
@@ -179,13 +181,7 @@ class PosixStore(ObjectStore):
                         os.unlink(os.path.join(dirpath, fn))
                     except FileNotFoundError:
                         pass
-            d = dirpath
-            while d != self.root and d.startswith(self.root + os.sep):
-                try:
-                    os.rmdir(d)
-                except OSError:
-                    break
-                d = os.path.dirname(d)
+            self._prune_empty_dirs(dirpath)
 
     def list(self, prefix=""):
         validate_prefix_arg(prefix)
