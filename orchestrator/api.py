@@ -205,7 +205,8 @@ def create_backup(session: Session, ctx: RequestContext, settings: Settings, *, 
     if snapshot is not None:
         if session.execute(update(Snapshot).where(
                 Snapshot.id == snapshot.id, Snapshot.status == "available")
-                .values(status="backing-up", updated_at=now)).rowcount != 1:
+                .values(status="backing-up", updated_at=now)
+                .execution_options(synchronize_session=False)).rowcount != 1:
             raise errors.InvalidSnapshot(f"Invalid snapshot: Snapshot {snapshot.id} changed "
                                          "status concurrently; try again.")
         params.update(snapshot_id=snapshot.id, snapshot_previous_status="available")
@@ -214,7 +215,8 @@ def create_backup(session: Session, ctx: RequestContext, settings: Settings, *, 
         if session.execute(update(Volume).where(Volume.id == volume.id,
                                                 Volume.status == previous)
                            .values(status="backing-up", previous_status=previous,
-                                   updated_at=now)).rowcount != 1:
+                                   updated_at=now)
+                           .execution_options(synchronize_session=False)).rowcount != 1:
             raise errors.InvalidVolume(f"Invalid volume: Volume {volume.id} changed status "
                                        "concurrently; try again.")
         params["previous_status"] = previous

@@ -10,8 +10,10 @@ SQLite serialises whole write transactions (``BEGIN IMMEDIATE``).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 
+from sqlalchemy import bindparam
 from sqlalchemy import delete
 from sqlalchemy import func
 from sqlalchemy import insert
@@ -58,6 +60,15 @@ def default_limits(session: Session, settings: Settings) -> dict[str, int]:
     return limits
 
 
+@functools.lru_cache(maxsize=None)
+def _limits_statement():
+    defaults = select(QuotaClass.resource, QuotaClass.hard_limit, literal(0).label("rank")).where(
+        QuotaClass.class_name == "default")
+    own = select(Quota.resource, Quota.hard_limit, literal(1).label("rank")).where(
+        Quota.project_id == bindparam("project_id"))
+    return union_all(defaults, own)
+
+
 def get_limits(session: Session, project_id: str, settings: Settings) -> dict[str, int]:
     """The effective limit of every resource for a project (one query)."""
     limits = {
@@ -67,12 +78,8 @@ def get_limits(session: Session, project_id: str, settings: Settings) -> dict[st
         "gigabytes": settings.quota_gigabytes,
         "snapshots": settings.quota_snapshots,
     }
-    defaults = select(QuotaClass.resource, QuotaClass.hard_limit, literal(0).label("rank")).where(
-        QuotaClass.class_name == "default")
-    own = select(Quota.resource, Quota.hard_limit, literal(1).label("rank")).where(
-        Quota.project_id == project_id)
-    for resource, hard_limit, _rank in sorted(session.execute(union_all(defaults, own)),
-                                              key=lambda r: r[2]):
+    rows = session.execute(_limits_statement(), {"project_id": project_id})
+    for resource, hard_limit, _rank in sorted(rows, key=lambda r: r[2]):
         if resource in limits:
             limits[resource] = hard_limit
     return limits
@@ -216,6 +223,26 @@ def rollback(session: Session, reservation_ids: list[str], *, now: dt.datetime) 
     _finish(session, reservation_ids, apply=False, now=now)
 
 
+@functools.lru_cache(maxsize=None)
+def _charge_statement(limited: bool):
+    """UPDATE usage by a positive delta only while it stays within the limit (built once)."""
+    t = QuotaUsage.__table__
+    total = t.c.in_use + t.c.reserved + bindparam("delta")
+    cond = [t.c.id == bindparam("usage_id"), total <= MAX_USAGE]
+    if limited:
+        cond.append(total <= bindparam("limit"))
+    return update(t).where(*cond).values(in_use=t.c.in_use + bindparam("delta"),
+                                         updated_at=bindparam("now"))
+
+
+@functools.lru_cache(maxsize=None)
+def _usage_ids_statement():
+    t = QuotaUsage.__table__
+    return select(t.c.resource, t.c.id).where(
+        t.c.project_id == bindparam("project_id"),
+        t.c.resource.in_(bindparam("resources", expanding=True)))
+
+
 def charge(session: Session, project_id: str, deltas: dict[str, int], settings: Settings, *,
            now: dt.datetime) -> None:
     """Check and add usage in one step, in the transaction that creates the counted rows.
@@ -224,22 +251,22 @@ def charge(session: Session, project_id: str, deltas: dict[str, int], settings: 
     resource and no reservation row: the transaction that inserts the counted
     rows is the reservation. Call it before inserting those rows: a usage row
     created on first use starts from a recount of the tables, which must not
-    already see them.
+    already see them. Deltas must not be negative (release() gives back).
 
     :raises OverQuota:
     """
     limits = get_limits(session, project_id, settings)
-    for resource in sorted(deltas):
+    resources = sorted(deltas)
+    ids = dict(session.execute(_usage_ids_statement(),
+                               {"project_id": project_id, "resources": resources}).all())
+    for resource in resources:
         delta = int(deltas[resource])
-        usage_id = _usage_id(session, project_id, resource)
+        if delta < 0:
+            raise ValueError("charge() takes positive deltas; use release()")
+        usage_id = ids.get(resource) or _usage_id(session, project_id, resource)
         limit = limits.get(resource, -1)
-        cond = [QuotaUsage.id == usage_id]
-        if delta > 0:
-            cond.append(QuotaUsage.in_use + QuotaUsage.reserved + delta <= MAX_USAGE)
-            if limit >= 0:
-                cond.append(QuotaUsage.in_use + QuotaUsage.reserved + delta <= limit)
-        result = session.execute(update(QuotaUsage).where(*cond).values(
-            in_use=_clamped(session, QuotaUsage.in_use + delta), updated_at=now))
+        result = session.execute(_charge_statement(limit >= 0), {
+            "usage_id": usage_id, "delta": delta, "limit": limit, "now": now})
         if result.rowcount != 1:
             usage = session.get(QuotaUsage, usage_id, populate_existing=True)
             raise _over_quota(resource, delta, limit, usage.in_use + usage.reserved)
