@@ -16,7 +16,7 @@ import re
 
 from dateutil import parser as dateparser
 from sqlalchemy import bindparam
-from sqlalchemy import exists
+from sqlalchemy import false
 from sqlalchemy import select
 from sqlalchemy import update
 from sqlalchemy.orm import Session
@@ -77,8 +77,11 @@ def _has_dependents_column():
     """has_dependent_backups as a correlated EXISTS (index on parent_id), built once."""
     table = Backup.__table__
     child = table.alias("child")
-    return exists(select(child.c.id).where(child.c.parent_id == table.c.id,
-                                           child.c.deleted.is_(False))).label("has_dependents")
+    # A LIMIT 1 scalar subquery rather than EXISTS: PostgreSQL would hash an EXISTS by
+    # scanning every backup; this stays one probe of ix_backups_parent_id per row shown.
+    first_child = select(child.c.id).where(child.c.parent_id == table.c.id,
+                                           child.c.deleted == false()).limit(1)
+    return first_child.scalar_subquery().is_not(None).label("has_dependents")
 
 
 @functools.lru_cache(maxsize=None)
