@@ -113,6 +113,8 @@ def run_job(settings: Settings, job_id: str, *, owner: str) -> str:
     db = get_database(settings.database_url)
     with db.scope() as session:
         job = jobs.claim(session, job_id, owner, now=utcnow(), ttl=settings.lease_ttl)
+        if job is not None and job.op in PREPARE:
+            PREPARE[job.op](session, job)  # in the claim's transaction: one commit fewer
     if job is None:
         log.info("job %s is not queued (duplicate delivery, cancelled or done): skipped", job_id)
         return "skipped"
@@ -215,13 +217,6 @@ def backup_create(run: JobRun) -> list[Job]:
         vb.volume_path(p["volume_id"])
     parent_ref = BackupRef(parent.container, parent.service_metadata) if parent else None
     driver = backup_driver(run.settings)
-    # Record where the objects go before writing any, so that whatever happens to this
-    # worker, deleting the backup later finds and removes them.
-    ref = driver.ref_for(backup.id, backup.container)
-    with run.db.scope() as session:
-        session.execute(update(Backup).where(Backup.id == backup.id).values(
-            container=ref.container, service_metadata=ref.prefix, service=driver.DRIVER_ID,
-            progress_bytes=0, progress_total=(backup.size or 0) * GiB))
     volume_meta = {"display_name": volume.display_name if volume else None,
                    "display_description": volume.display_description if volume else None,
                    "metadata": volume.metadata_ if volume else {},
@@ -251,6 +246,19 @@ def backup_create(run: JobRun) -> list[Job]:
             log.warning("backup %s changed status while it ran; result not applied", backup.id)
         jobs._restore_source(session, run.job, now)
     return _complete(run, effects)
+
+
+def prepare_backup_create(session, job: Job) -> None:
+    """Record where the objects will go before any is written, so that whatever happens
+    to this worker, deleting the backup later finds and removes them."""
+    from workers.drivers import ChunkedDriver
+    backup = session.get(Backup, job.resource_id)
+    if backup is None or backup.status != "creating":
+        return  # the handler reports it
+    ref = ChunkedDriver.ref_for(backup.id, backup.container)
+    session.execute(update(Backup).where(Backup.id == backup.id).values(
+        container=ref.container, service_metadata=ref.prefix, service=ChunkedDriver.DRIVER_ID,
+        progress_bytes=0, progress_total=(backup.size or 0) * GiB))
 
 
 def count_dependents(session, parent_id: str) -> None:
@@ -438,6 +446,8 @@ def snapshot_delete(run: JobRun) -> list[Job]:
         _purge_snapshot(session, run.job.resource_id, now)
     return _complete(run, effects)
 
+
+PREPARE = {"backup_create": prepare_backup_create}
 
 HANDLERS = {
     "backup_create": backup_create,
