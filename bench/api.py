@@ -236,6 +236,22 @@ def run_load(stack: Stack, scenario: str, concurrency: int, duration: float, fil
     return res
 
 
+def drain(settings: Settings, timeout: float = 180.0) -> None:
+    """Wait until the worker has finished the jobs a create phase queued, so that the
+    next phase measures the API and not the API plus a worker working off a backlog."""
+    db = get_database(settings.database_url)
+    from sqlalchemy import func
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with db.scope(write=False) as s:
+            left = s.scalar(select(func.count()).select_from(Job).where(
+                Job.state.in_(("queued", "running"))))
+        if not left:
+            return
+        time.sleep(1.0)
+    log(f"backlog not drained after {timeout:.0f} s; measuring anyway")
+
+
 def raise_quota(stack: Stack) -> None:
     import requests
     r = requests.put(f"{stack.url}/os-quota-sets/{PROJECT}", timeout=30,
@@ -394,6 +410,7 @@ def run_suite(kind: str, url: str, args, workdir: Path) -> dict:
             scenarios = args.scenarios if size == sizes[0] else ["list", "show"]
             for scenario in scenarios:
                 for c in args.concurrency:
+                    drain(settings)
                     res = run_load(stack, scenario, c, args.duration, files, offset)
                     if res.get("pool"):
                         offset = res["pool"]["next_offset"]
