@@ -114,11 +114,6 @@ def promote_next(session: Session, job: Job, *, now: dt.datetime) -> Job | None:
     return session.get(Job, job.next_job_id) if result.rowcount == 1 else None
 
 
-def active_for(session: Session, resource_id: str) -> list[Job]:
-    return list(session.scalars(select(Job).where(Job.resource_id == resource_id,
-                                                  Job.state.in_(ACTIVE_STATES))))
-
-
 def truncate_reason(reason: str) -> str:
     reason = " ".join(str(reason).split())
     return reason if len(reason) <= FAIL_REASON_MAX else reason[:FAIL_REASON_MAX - 3] + "..."
@@ -156,6 +151,18 @@ def _purge_volume(session: Session, volume_id: str, now: dt.datetime) -> None:
         quota.release(session, vol.project_id, {"volumes": 1, "gigabytes": vol.size}, now=now)
 
 
+# op → (model, transient status, status after a failure) of the job's own resource.
+_FAILED_STATUS = {
+    "backup_create": (Backup, "creating", "error"),
+    "backup_import": (Backup, "creating", "error"),
+    "backup_delete": (Backup, "deleting", "error_deleting"),
+    "volume_create": (Volume, "creating", "error"),
+    "volume_delete": (Volume, "deleting", "error_deleting"),
+    "snapshot_create": (Snapshot, "creating", "error"),
+    "snapshot_delete": (Snapshot, "deleting", "error_deleting"),
+}
+
+
 def on_failure(session: Session, job: Job, reason: str, *, now: dt.datetime,
                cancelled: bool = False) -> list[Job]:
     """Apply the terminal state of a failed or cancelled job to its resources.
@@ -167,10 +174,16 @@ def on_failure(session: Session, job: Job, reason: str, *, now: dt.datetime,
     reason = truncate_reason(reason)
     p = job.params
     op = job.op
+    if op in _FAILED_STATUS:
+        # The common case: the job's own resource goes from its transient status to an
+        # error status (backups also record why).
+        model, transient, failed = _FAILED_STATUS[op]
+        values = {"status": failed, "updated_at": now}
+        if model is Backup:
+            values["fail_reason"] = reason
+        session.execute(update(model).where(model.id == job.resource_id,
+                                            model.status == transient).values(**values))
     if op == "backup_create":
-        session.execute(update(Backup).where(Backup.id == job.resource_id,
-                                             Backup.status == "creating")
-                        .values(status="error", fail_reason=reason, updated_at=now))
         _restore_source(session, job, now)
     elif op == "backup_restore":
         session.execute(update(Backup).where(Backup.id == job.resource_id,
@@ -181,35 +194,11 @@ def on_failure(session: Session, job: Job, reason: str, *, now: dt.datetime,
         session.execute(update(Volume).where(Volume.id == p["volume_id"],
                                              Volume.status.in_(("restoring-backup", "creating")))
                         .values(status=target_status, updated_at=now))
-    elif op == "backup_delete":
-        session.execute(update(Backup).where(Backup.id == job.resource_id,
-                                             Backup.status == "deleting")
-                        .values(status="error_deleting", fail_reason=reason, updated_at=now))
-    elif op == "backup_import":
-        session.execute(update(Backup).where(Backup.id == job.resource_id,
-                                             Backup.status == "creating")
-                        .values(status="error", fail_reason=reason, updated_at=now))
     elif op == "backup_verify":
         session.execute(update(Backup).where(Backup.id == job.resource_id,
                                              Backup.verify_status == "verifying")
                         .values(verify_status="cancelled" if cancelled else "error",
                                 verify_message=reason, verified_at=now))
-    elif op == "volume_create":
-        session.execute(update(Volume).where(Volume.id == job.resource_id,
-                                             Volume.status == "creating")
-                        .values(status="error", updated_at=now))
-    elif op == "volume_delete":
-        session.execute(update(Volume).where(Volume.id == job.resource_id,
-                                             Volume.status == "deleting")
-                        .values(status="error_deleting", updated_at=now))
-    elif op == "snapshot_create":
-        session.execute(update(Snapshot).where(Snapshot.id == job.resource_id,
-                                               Snapshot.status == "creating")
-                        .values(status="error", updated_at=now))
-    elif op == "snapshot_delete":
-        session.execute(update(Snapshot).where(Snapshot.id == job.resource_id,
-                                               Snapshot.status == "deleting")
-                        .values(status="error_deleting", updated_at=now))
     # The next job in the chain: a force delete still runs after a cancelled backup;
     # anything else that depended on this job fails with it.
     to_dispatch: list[Job] = []
