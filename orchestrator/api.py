@@ -15,10 +15,14 @@ import json
 import re
 
 from dateutil import parser as dateparser
+from sqlalchemy import String
+from sqlalchemy import any_
 from sqlalchemy import bindparam
 from sqlalchemy import false
+from sqlalchemy import func
 from sqlalchemy import select
 from sqlalchemy import update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from orchestrator import errors
@@ -96,10 +100,25 @@ def _show_statement(scoped: bool):
 
 
 @functools.lru_cache(maxsize=None)
-def _metadata_statement():
+def _metadata_statement(dialect: str, single: bool):
+    """Metadata of one backup or of a page of them, with one bound parameter.
+
+    A page's ids travel as one array (PostgreSQL) or one JSON text (SQLite),
+    not as an expanding IN: that would render and parse a new statement of
+    100 placeholders on every request instead of reusing a cached one.
+    """
     table = BackupMetadata.__table__
+    if single:
+        cond = table.c.backup_id == bindparam("ids")
+    elif dialect == "postgresql":
+        cond = table.c.backup_id == any_(bindparam("ids", type_=ARRAY(String)))
+    elif dialect == "sqlite":
+        ids = func.json_each(bindparam("ids")).table_valued("value")
+        cond = table.c.backup_id.in_(select(ids.c.value))
+    else:
+        cond = table.c.backup_id.in_(bindparam("ids", expanding=True))
     return select(table.c.backup_id, table.c.key, table.c.value).where(
-        table.c.backup_id.in_(bindparam("ids", expanding=True)), table.c.deleted.is_(False))
+        cond, table.c.deleted.is_(False))
 
 
 def backup_view_rows(session, ctx: RequestContext, *, all_tenants: bool = False,
@@ -132,7 +151,12 @@ def backup_view_row(session, ctx: RequestContext, backup_id: str, *,
 
 def _metadata_of(session, ids: list[str]) -> dict[str, dict[str, str]]:
     out: dict[str, dict[str, str]] = {}
-    for backup_id, key, value in session.execute(_metadata_statement(), {"ids": ids}):
+    dialect = session.get_bind().dialect.name if isinstance(session, Session) \
+        else session.dialect.name
+    single = len(ids) == 1
+    param = ids[0] if single else (json.dumps(ids) if dialect == "sqlite" else ids)
+    for backup_id, key, value in session.execute(_metadata_statement(dialect, single),
+                                                 {"ids": param}):
         out.setdefault(backup_id, {})[key] = value
     return out
 

@@ -6,21 +6,30 @@ worker processes queue on the database lock (bounded by ``busy_timeout``)
 instead of failing with "database is locked" when a reader upgrades to a
 writer. Reads run in autocommit mode, so WAL readers never wait and never
 hold a lock.
+
+On PostgreSQL reads run in autocommit mode too (no BEGIN/ROLLBACK round trips
+around a request's SELECTs), and a pooled connection is pinged only when it
+sat idle for a while: a connection in steady use proves itself with every
+statement, and one that broke anyway fails its statement, which invalidates
+the pool (the request gets a 503 and the next one a fresh connection).
 """
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import time
 from pathlib import Path
 from typing import Iterator
 
 from sqlalchemy import create_engine
 from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 from sqlalchemy.orm import sessionmaker
 
 SQLITE_BUSY_TIMEOUT_MS = 60_000
+PING_AFTER_IDLE_S = 5.0
 
 
 def utcnow() -> dt.datetime:
@@ -58,6 +67,33 @@ def _sqlite_engine(url: str, *, immediate: bool) -> Engine:
     return engine
 
 
+def _server_engine(url: str, *, echo: bool) -> Engine:
+    """A pooled engine for a database server, pinging connections that sat idle."""
+    engine = create_engine(url, pool_size=10, max_overflow=20, pool_recycle=3600, echo=echo)
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_conn, record):
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_conn, record, _proxy):
+        since = record.info.get("idle_since")
+        if since is None or time.monotonic() - since < PING_AFTER_IDLE_S:
+            return
+        try:
+            cur = dbapi_conn.cursor()
+            try:
+                cur.execute("SELECT 1")
+            finally:
+                cur.close()
+            if not getattr(dbapi_conn, "autocommit", True):
+                dbapi_conn.rollback()
+        except Exception as exc:  # the pool discards this connection and takes another
+            raise sa_exc.DisconnectionError(str(exc)) from exc
+
+    return engine
+
+
 class Database:
     """The engines and session factories of one database URL."""
 
@@ -68,9 +104,9 @@ class Database:
             self.engine = _sqlite_engine(url, immediate=False)
             self.write_engine = _sqlite_engine(url, immediate=True)
         else:
-            self.engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20,
-                                        echo=echo)
-            self.write_engine = self.engine
+            self.write_engine = _server_engine(url, echo=echo)
+            # Same pool; reads check connections out in autocommit mode.
+            self.engine = self.write_engine.execution_options(isolation_level="AUTOCOMMIT")
         self._read = sessionmaker(self.engine, expire_on_commit=False)
         self._write = sessionmaker(self.write_engine, expire_on_commit=False)
 

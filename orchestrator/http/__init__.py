@@ -18,6 +18,7 @@ from orchestrator.http.auth import MODES
 from orchestrator.http.auth import authenticate
 from orchestrator.http.common import COLLECTIONS
 from orchestrator.http.common import check_request_text
+from orchestrator.http.jsonio import FastJSONProvider
 from orchestrator.http.microversion import negotiate
 
 log = logging.getLogger(__name__)
@@ -50,10 +51,9 @@ def create_app(settings: Settings | None = None, *, celery_app=None) -> Flask:
     if settings.auth not in MODES:
         raise ValueError(f"ORCH_AUTH must be one of {', '.join(MODES)}, not {settings.auth!r}")
     app = Flask("orchestrator")
+    app.json = FastJSONProvider(app)
     app.config["ORCH_SETTINGS"] = settings
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    app.config["JSON_SORT_KEYS"] = False
-    app.json.sort_keys = False
     app.url_map.converters["project"] = ProjectConverter
     app.url_map.strict_slashes = False
     app.extensions["orch_db"] = get_database(settings.database_url)

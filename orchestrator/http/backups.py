@@ -20,6 +20,8 @@ from orchestrator.http.common import reader
 from orchestrator.http.common import session
 from orchestrator.http.common import settings
 from orchestrator.http.views import backup_detail
+from orchestrator.http.views import backup_details
+from orchestrator.http.views import backup_summaries
 from orchestrator.http.views import backup_summary
 
 bp = Blueprint("backups", __name__)
@@ -72,8 +74,7 @@ def _list(detail: bool):
         reader(), ctx(), all_tenants=p["all_tenants"], filters=p["filters"],
         like_filters=p["like_filters"], sort=p["sort"], marker=p["marker"], limit=p["limit"],
         offset=p["offset"], with_count=p["with_count"], with_metadata=with_metadata)
-    rendered = [backup_detail(b, b.has_dependents, metadata.get(b.id, {})) for b in items] \
-        if detail else [backup_summary(b) for b in items]
+    rendered = backup_details(items, metadata) if detail else backup_summaries(items)
     return list_response("backups", rendered, items, p["limit"], count)
 
 

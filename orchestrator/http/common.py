@@ -155,13 +155,21 @@ def base_url() -> str:
     return configured.rstrip("/") if configured else request.host_url.rstrip("/")
 
 
-def resource_links(collection: str, resource_id: str) -> list[dict]:
+def link_prefixes() -> tuple[str, str]:
+    """The self and bookmark URL prefixes of this request (computed once per request)."""
     prefixes = g.get("link_prefixes")
-    if prefixes is None:  # once per request: a list page renders hundreds of links
+    if prefixes is None:
         base = base_url()
         project = g.get("url_project")
         tail = f"/{project}" if project else ""
         prefixes = g.link_prefixes = (f"{base}/v3{tail}/", f"{base}{tail}/")
+    return prefixes
+
+
+def resource_links(collection: str, resource_id: str,
+                   prefixes: tuple[str, str] | None = None) -> list[dict]:
+    """Cinder's self/bookmark links; a list page passes ``link_prefixes()`` in once."""
+    prefixes = prefixes or link_prefixes()
     return [{"rel": "self", "href": f"{prefixes[0]}{collection}/{resource_id}"},
             {"rel": "bookmark", "href": f"{prefixes[1]}{collection}/{resource_id}"}]
 

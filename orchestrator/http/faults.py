@@ -7,6 +7,7 @@ from flask import Flask
 from flask import current_app
 from flask import jsonify
 from flask import request
+from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException
 
 from orchestrator import errors
@@ -53,6 +54,14 @@ def init_app(app: Flask) -> None:
         keep = {k: v for k, v in exc.get_headers() if k.lower() not in
                 ("content-type", "content-length")}
         return fault_response(code, messages.get(code, exc.description or exc.name), keep)
+
+    @app.errorhandler(DBAPIError)
+    def _database(exc: DBAPIError):
+        if exc.connection_invalidated:  # the database went away (restart, failover)
+            log.warning("database connection lost serving a request: %s", exc.orig)
+            return fault_response(503, "The database is unavailable; the request was not "
+                                       "completed, retry later.", {"Retry-After": "1"})
+        return _unexpected(exc)
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):

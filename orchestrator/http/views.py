@@ -6,6 +6,7 @@ from sqlalchemy import func
 from sqlalchemy import select
 
 from orchestrator.http.common import ctx
+from orchestrator.http.common import link_prefixes
 from orchestrator.http.common import mv
 from orchestrator.http.common import resource_links
 from orchestrator.http.common import timestamp
@@ -30,7 +31,23 @@ def _backup_fields() -> tuple[bool, bool, bool, bool, bool]:
 
 def backup_detail(backup, has_dependents: bool, metadata: dict | None = None) -> dict:
     """Detail view of a backup row (see api.backup_view_row/backup_view_rows)."""
-    with_metadata, with_project, with_user, with_key, _admin = _backup_fields()
+    return _detail(backup, has_dependents, metadata, _backup_fields(), link_prefixes())
+
+
+def backup_details(rows, metadata: dict[str, dict]) -> list[dict]:
+    """Detail views of a page of rows, with the per-request flags looked up once."""
+    flags, prefixes = _backup_fields(), link_prefixes()
+    return [_detail(b, b.has_dependents, metadata.get(b.id), flags, prefixes) for b in rows]
+
+
+def backup_summaries(rows) -> list[dict]:
+    prefixes = link_prefixes()
+    return [{"id": b.id, "name": b.display_name,
+             "links": resource_links("backups", b.id, prefixes)} for b in rows]
+
+
+def _detail(backup, has_dependents: bool, metadata: dict | None, flags, prefixes) -> dict:
+    with_metadata, with_project, with_user, with_key, _admin = flags
     out = {
         "id": backup.id,
         "status": backup.status,
@@ -44,7 +61,7 @@ def backup_detail(backup, has_dependents: bool, metadata: dict | None = None) ->
         "description": backup.display_description,
         "fail_reason": backup.fail_reason,
         "volume_id": backup.volume_id,
-        "links": resource_links("backups", backup.id),
+        "links": resource_links("backups", backup.id, prefixes),
         "is_incremental": bool(backup.parent_id),
         "has_dependent_backups": bool(has_dependents),
         "snapshot_id": backup.snapshot_id,
