@@ -20,6 +20,7 @@ from sqlalchemy import any_
 from sqlalchemy import bindparam
 from sqlalchemy import false
 from sqlalchemy import func
+from sqlalchemy import insert
 from sqlalchemy import select
 from sqlalchemy import update
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -170,6 +171,9 @@ def active_operation(session: Session, backup: Backup) -> Job | None:
 
 # ----------------------------------------------------------------------------- create
 
+_INSERT_BACKUP = insert(Backup.__table__)
+_INSERT_METADATA = insert(BackupMetadata.__table__)
+
 
 def _choose_parent(session: Session, ctx: RequestContext, volume_id: str,
                    snapshot_created_at: dt.datetime | None) -> Backup:
@@ -199,7 +203,7 @@ def create_backup(session: Session, ctx: RequestContext, settings: Settings, *, 
         InvalidBackup, OverQuota, NoLiveHost:
     """
     container = validate_container(container)
-    volume = volumes.get_volume(session, ctx, volume_id)
+    volume = volumes.volume_row(session, ctx, volume_id)
     snapshot = None
     if snapshot_id:
         snapshot = volumes.get_snapshot(session, ctx, snapshot_id)
@@ -238,7 +242,7 @@ def create_backup(session: Session, ctx: RequestContext, settings: Settings, *, 
                                          "status concurrently; try again.")
         params.update(snapshot_id=snapshot.id, snapshot_previous_status="available")
     else:
-        previous = volume.status  # read before the CAS: the ORM syncs the object after it
+        previous = volume.status
         if session.execute(update(Volume).where(Volume.id == volume.id,
                                                 Volume.status == previous)
                            .values(status="backing-up", previous_status=previous,
@@ -247,21 +251,24 @@ def create_backup(session: Session, ctx: RequestContext, settings: Settings, *, 
             raise errors.InvalidVolume(f"Invalid volume: Volume {volume.id} changed status "
                                        "concurrently; try again.")
         params["previous_status"] = previous
-    backup = Backup(
+    values = dict(
         id=new_id(), user_id=ctx.user_id, project_id=ctx.project_id, volume_id=volume.id,
         snapshot_id=snapshot.id if snapshot else None, status="creating", container=container,
         display_name=name, display_description=description, availability_zone=az, host=host,
         size=volume.size, parent_id=parent.id if parent else None, created_at=now,
-        data_timestamp=snapshot.created_at if snapshot else now, object_count=0)
-    backup.metadata_items = [BackupMetadata(key=k, value=v, created_at=now)
-                             for k, v in (metadata or {}).items()]
-    session.add(backup)
-    session.flush()
+        data_timestamp=snapshot.created_at if snapshot else now, object_count=0,
+        num_dependent_backups=0, progress_bytes=0, progress_total=0, deleted=False)
+    # Plain INSERTs: the hottest write of the API skips the unit-of-work flush.
+    session.execute(_INSERT_BACKUP, values)
+    if metadata:
+        session.execute(_INSERT_METADATA, [
+            {"backup_id": values["id"], "key": k, "value": v, "created_at": now,
+             "deleted": False} for k, v in metadata.items()])
     if parent is not None:
         params["parent_id"] = parent.id
-    job = jobs.create(session, "backup_create", resource_type="backup", resource_id=backup.id,
+    job = jobs.insert(session, "backup_create", resource_type="backup", resource_id=values["id"],
                       host=host, kind="backup", project_id=ctx.project_id, params=params, now=now)
-    return backup, [job]
+    return Backup(**values), [job]
 
 
 # ----------------------------------------------------------------------------- update

@@ -7,8 +7,10 @@ most ``service_down_time`` old, and only enabled, up hosts get new work.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import random
 
+from sqlalchemy import bindparam
 from sqlalchemy import insert
 from sqlalchemy import select
 from sqlalchemy import update
@@ -84,6 +86,19 @@ def live_hosts(session: Session, binary: str, *, now: dt.datetime, down_time: fl
     return list(session.scalars(query.order_by(Service.host)))
 
 
+@functools.lru_cache(maxsize=None)
+def _host_choice_statement(by_zone: bool, same_host: bool):
+    """Names of the live enabled hosts of a binary (built once per shape)."""
+    query = select(Service.host).where(Service.binary == bindparam("binary"),
+                                       Service.disabled.is_(False),
+                                       Service.updated_at >= bindparam("cutoff"))
+    if by_zone:
+        query = query.where(Service.availability_zone == bindparam("az"))
+    if same_host:
+        query = query.where(Service.host == bindparam("host"))
+    return query
+
+
 def select_host(session: Session, binary: str, *, now: dt.datetime, down_time: float,
                 az: str | None = None, preferred: str | None = None,
                 use_same_host: bool = False, rng: random.Random | None = None) -> str:
@@ -96,14 +111,13 @@ def select_host(session: Session, binary: str, *, now: dt.datetime, down_time: f
 
     :raises NoLiveHost: when no enabled host in the zone has a fresh heartbeat.
     """
-    cutoff = now - dt.timedelta(seconds=down_time)
-    query = select(Service.host).where(Service.binary == binary, Service.disabled.is_(False),
-                                       Service.updated_at >= cutoff)
+    same_host = bool(use_same_host and preferred)
+    params = {"binary": binary, "cutoff": now - dt.timedelta(seconds=down_time)}
     if az:
-        query = query.where(Service.availability_zone == az)
-    if use_same_host and preferred:
-        query = query.where(Service.host == preferred)
-    candidates = list(session.scalars(query))
+        params["az"] = az
+    if same_host:
+        params["host"] = preferred
+    candidates = list(session.scalars(_host_choice_statement(bool(az), same_host), params))
     if not candidates:
         raise errors.NoLiveHost(binary, az)
     return (rng or random).choice(candidates)

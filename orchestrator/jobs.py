@@ -17,6 +17,7 @@ import logging
 from typing import Iterable
 
 from sqlalchemy import delete
+from sqlalchemy import insert as insert_
 from sqlalchemy import or_
 from sqlalchemy import select
 from sqlalchemy import update
@@ -43,6 +44,7 @@ ROUTABLE = frozenset({"backup_create", "backup_restore", "backup_delete", "backu
 RESUMABLE_ATTEMPTS = 3
 TERMINAL_STATES = ("succeeded", "failed", "cancelled")
 FAIL_REASON_MAX = 255
+_INSERT_JOB = insert_(Job.__table__)
 
 
 def queue_for(kind: str, host: str) -> str:
@@ -50,18 +52,43 @@ def queue_for(kind: str, host: str) -> str:
     return f"{kind}.{host}"
 
 
+def _job_values(op: str, *, resource_type: str, resource_id: str, host: str, kind: str,
+                project_id: str | None, params: dict | None, state: str,
+                now: dt.datetime) -> dict:
+    return dict(id=new_id(), op=op, resource_type=resource_type, resource_id=resource_id,
+                host=host, queue=queue_for(kind, host), project_id=project_id,
+                params=params or {}, state=state, created_at=now, attempt=0,
+                max_attempts=RESUMABLE_ATTEMPTS if op in RESUMABLE else 1,
+                cancel_requested=False, dispatch_count=0,
+                dispatched_at=now if state == "queued" else None)
+
+
 def create(session: Session, op: str, *, resource_type: str, resource_id: str, host: str,
            kind: str, project_id: str | None, params: dict | None = None,
            state: str = "queued", now: dt.datetime) -> Job:
     """Insert a job (flushes so its id is usable at once)."""
-    job = Job(id=new_id(), op=op, resource_type=resource_type, resource_id=resource_id,
-              host=host, queue=queue_for(kind, host), project_id=project_id,
-              params=params or {}, state=state, created_at=now,
-              max_attempts=RESUMABLE_ATTEMPTS if op in RESUMABLE else 1,
-              dispatched_at=now if state == "queued" else None)
+    job = Job(**_job_values(op, resource_type=resource_type, resource_id=resource_id, host=host,
+                            kind=kind, project_id=project_id, params=params, state=state,
+                            now=now))
     session.add(job)
     session.flush()
     return job
+
+
+def insert(session: Session, op: str, *, resource_type: str, resource_id: str, host: str,
+           kind: str, project_id: str | None, params: dict | None = None,
+           now: dt.datetime) -> Job:
+    """Insert a queued job with one plain INSERT (no unit-of-work flush): for hot paths.
+
+    Returns a detached Job carrying the row's values, good for dispatch and
+    views. It is not tracked: change the row with UPDATE statements, not by
+    setting attributes (use ``create`` for jobs that get chained).
+    """
+    values = _job_values(op, resource_type=resource_type, resource_id=resource_id, host=host,
+                         kind=kind, project_id=project_id, params=params, state="queued",
+                         now=now)
+    session.execute(_INSERT_JOB, values)
+    return Job(**values)
 
 
 def chain(first: Job, then: Job) -> None:

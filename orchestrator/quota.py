@@ -228,19 +228,12 @@ def _charge_statement(limited: bool):
     """UPDATE usage by a positive delta only while it stays within the limit (built once)."""
     t = QuotaUsage.__table__
     total = t.c.in_use + t.c.reserved + bindparam("delta")
-    cond = [t.c.id == bindparam("usage_id"), total <= MAX_USAGE]
+    cond = [t.c.project_id == bindparam("b_project"), t.c.resource == bindparam("b_resource"),
+            total <= MAX_USAGE]
     if limited:
         cond.append(total <= bindparam("limit"))
     return update(t).where(*cond).values(in_use=t.c.in_use + bindparam("delta"),
                                          updated_at=bindparam("now"))
-
-
-@functools.lru_cache(maxsize=None)
-def _usage_ids_statement():
-    t = QuotaUsage.__table__
-    return select(t.c.resource, t.c.id).where(
-        t.c.project_id == bindparam("project_id"),
-        t.c.resource.in_(bindparam("resources", expanding=True)))
 
 
 def charge(session: Session, project_id: str, deltas: dict[str, int], settings: Settings, *,
@@ -248,26 +241,27 @@ def charge(session: Session, project_id: str, deltas: dict[str, int], settings: 
     """Check and add usage in one step, in the transaction that creates the counted rows.
 
     The same rule as reserve() + commit(), as one conditional UPDATE per
-    resource and no reservation row: the transaction that inserts the counted
-    rows is the reservation. Call it before inserting those rows: a usage row
-    created on first use starts from a recount of the tables, which must not
-    already see them. Deltas must not be negative (release() gives back).
+    resource (keyed by project and resource: no id lookup) and no reservation
+    row: the transaction that inserts the counted rows is the reservation.
+    Call it before inserting those rows: a usage row created on first use
+    starts from a recount of the tables, which must not already see them. Deltas must not be negative (release() gives back).
 
     :raises OverQuota:
     """
     limits = get_limits(session, project_id, settings)
-    resources = sorted(deltas)
-    ids = dict(session.execute(_usage_ids_statement(),
-                               {"project_id": project_id, "resources": resources}).all())
-    for resource in resources:
+    for resource in sorted(deltas):  # one lock order for every request: no deadlocks
         delta = int(deltas[resource])
         if delta < 0:
             raise ValueError("charge() takes positive deltas; use release()")
-        usage_id = ids.get(resource) or _usage_id(session, project_id, resource)
         limit = limits.get(resource, -1)
-        result = session.execute(_charge_statement(limit >= 0), {
-            "usage_id": usage_id, "delta": delta, "limit": limit, "now": now})
-        if result.rowcount != 1:
+        statement = _charge_statement(limit >= 0)
+        params = {"b_project": project_id, "b_resource": resource, "delta": delta,
+                  "limit": limit, "now": now}
+        if session.execute(statement, params).rowcount == 1:
+            continue
+        # No row changed: the usage row does not exist yet (first use) or the limit is hit.
+        usage_id = _usage_id(session, project_id, resource)
+        if session.execute(statement, params).rowcount != 1:
             usage = session.get(QuotaUsage, usage_id, populate_existing=True)
             raise _over_quota(resource, delta, limit, usage.in_use + usage.reserved)
 
