@@ -136,9 +136,9 @@ def run_job(settings: Settings, job_id: str, *, owner: str) -> str:
             log.exception("job %s %s failed", job.id, job.op)
         with db.scope() as session:
             follow_ups = []
+            # finish refreshes job.next_job_id: a force delete may have chained a job
+            # after this one meanwhile.
             if jobs.finish(session, job, state, now=utcnow(), error=reason, owner=owner):
-                # Re-read: a force delete may have chained a job after this one meanwhile.
-                job = session.get(Job, job.id, populate_existing=True)
                 follow_ups = jobs.on_failure(session, job, reason, now=utcnow(),
                                              cancelled=cancelled)
     finally:
@@ -178,9 +178,9 @@ def _complete(run: JobRun, effects) -> list[Job]:
                         run.job.id)
             return []
         effects(session, now)
-        # Re-read: a force delete may have chained a job after this one meanwhile.
-        job = session.get(Job, run.job.id, populate_existing=True)
-        nxt = jobs.promote_next(session, job, now=now)
+        # finish refreshed run.job.next_job_id: a force delete may have chained a job
+        # after this one meanwhile.
+        nxt = jobs.promote_next(session, run.job, now=now)
         return [nxt] if nxt else []
 
 
