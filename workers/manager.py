@@ -9,6 +9,7 @@ same failure handling the reaper applies to a dead worker's jobs.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -91,12 +92,42 @@ class JobRun:
             raise JobCancelled("cancelled")
 
 
+# Drivers and volume backends hold no per-job state: one per configuration and process
+# (an S3 store builds a boto3 client). Forgotten in a forked child, like the engines.
+_drivers: dict = {}
+_volume_backends: dict = {}
+
+
+def _forget_cached() -> None:
+    _drivers.clear()
+    _volume_backends.clear()
+
+
+os.register_at_fork(after_in_child=_forget_cached)
+
+
 def volume_backend(settings: Settings) -> FileVolumeBackend:
-    return FileVolumeBackend(settings.volume_path)
+    vb = _volume_backends.get(settings.volume_path)
+    if vb is None:
+        vb = _volume_backends[settings.volume_path] = FileVolumeBackend(settings.volume_path)
+    return vb
 
 
 def backup_driver(settings: Settings):
     """The chunked driver on the configured store."""
+    if settings.backup_store == "s3":
+        key = ("s3", settings.s3_endpoint_url or None, settings.s3_bucket,
+               settings.s3_access_key, settings.s3_secret_key, settings.s3_region,
+               settings.backup_compression)
+    else:
+        key = ("posix", settings.backup_path, settings.backup_compression)
+    driver = _drivers.get(key)
+    if driver is None:
+        driver = _drivers[key] = _make_backup_driver(settings)
+    return driver
+
+
+def _make_backup_driver(settings: Settings):
     from workers.drivers import ChunkedDriver
     from workers.drivers import make_store
     if settings.backup_store == "s3":
