@@ -13,6 +13,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from dataclasses import field
 
 from sqlalchemy import select
 from sqlalchemy import update
@@ -35,6 +36,9 @@ log = logging.getLogger(__name__)
 
 GiB = 1024 ** 3
 PROGRESS_EVERY_S = 1.0
+# How often the data path's cancellation check reads the job row (the lease thread
+# also reads it at each renewal, and what it finds counts at once).
+CANCEL_POLL_S = 1.0
 
 
 class JobCancelled(Exception):
@@ -77,14 +81,28 @@ class JobRun:
     job: Job
     owner: str
     lease: Lease
+    _next_poll: float = field(default=0.0, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # The claim has just seen cancel_requested false: the first read can wait.
+        self._next_poll = time.monotonic() + CANCEL_POLL_S
 
     def cancelled(self) -> bool:
-        """Checked by the data path at least every 64 MiB: one cheap read."""
+        """Checked by the data path at least every 64 MiB.
+
+        A lost lease or a cancellation the lease thread saw counts at once; the job
+        row itself is read at most once per CANCEL_POLL_S.
+        """
         if self.lease.lost or self.lease.cancel_requested:
             return True
+        now = time.monotonic()
+        if now < self._next_poll:
+            return False
+        self._next_poll = now + CANCEL_POLL_S
         with self.db.scope(write=False) as session:
             cancel = session.scalar(select(Job.cancel_requested).where(Job.id == self.job.id))
-        self.lease.cancel_requested = bool(cancel)
+        if cancel:
+            self.lease.cancel_requested = True
         return self.lease.cancel_requested
 
     def check_cancelled(self) -> None:
