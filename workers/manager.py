@@ -233,19 +233,36 @@ def _complete(run: JobRun, effects) -> list[Job]:
         return [nxt] if nxt else []
 
 
-def _progress_recorder(run: JobRun, backup_id: str):
-    state = {"last": 0.0, "start": time.monotonic()}
+class _ProgressRecorder:
+    """Writes the data path's progress to the backup row, at most once per PROGRESS_EVERY_S
+    and always at done == total.
 
-    def progress(done: int, total: int) -> None:
+    With ``write_first=False`` the first report (0 bytes, at the start) is not written, and
+    with ``write_last=False`` neither is the one at done == total: for a caller that has
+    already written the start (prepare_backup_create) and writes the end itself on
+    completion (``final_rate`` is the rate that report carried).
+    """
+
+    def __init__(self, run: JobRun, backup_id: str, *, write_first: bool = True,
+                 write_last: bool = True):
+        self.db, self.backup_id, self.write_last = run.db, backup_id, write_last
+        self.start = time.monotonic()
+        self.last = 0.0 if write_first else self.start
+        self.final_rate: float | None = None
+
+    def __call__(self, done: int, total: int) -> None:
         t = time.monotonic()
-        if t - state["last"] < PROGRESS_EVERY_S and done < total:
+        if t - self.last < PROGRESS_EVERY_S and done < total:
             return
-        state["last"] = t
-        rate = done / max(t - state["start"], 1e-6)
-        with run.db.scope() as session:
-            session.execute(update(Backup).where(Backup.id == backup_id).values(
+        rate = done / max(t - self.start, 1e-6)
+        if done >= total:
+            self.final_rate = rate
+            if not self.write_last:
+                return
+        self.last = t
+        with self.db.scope() as session:
+            session.execute(update(Backup).where(Backup.id == self.backup_id).values(
                 progress_bytes=done, progress_total=total, progress_rate=rate))
-    return progress
 
 
 # ----------------------------------------------------------------------------- handlers
@@ -270,10 +287,12 @@ def backup_create(run: JobRun) -> list[Job]:
                    "display_description": volume.display_description if volume else None,
                    "metadata": volume.metadata_ if volume else {},
                    "bootable": volume.bootable if volume else False}
+    # prepare_backup_create wrote the start (0 of the size); the completion writes the end.
+    progress = _ProgressRecorder(run, backup.id, write_first=False, write_last=False)
     result = driver.backup(source, backup_id=backup.id, volume_id=backup.volume_id,
                            size_bytes=(backup.size or 0) * GiB, container=backup.container,
                            parent=parent_ref, volume_meta=volume_meta,
-                           progress=_progress_recorder(run, backup.id), cancelled=run.cancelled)
+                           progress=progress, cancelled=run.cancelled)
 
     def effects(session, now):
         is_incremental = bool(result.incremental and parent)
@@ -282,6 +301,8 @@ def backup_create(run: JobRun) -> list[Job]:
                       object_count=result.object_count, stored_bytes=result.stored_bytes,
                       progress_bytes=result.logical_bytes, progress_total=result.logical_bytes,
                       updated_at=now)
+        if progress.final_rate is not None:
+            values["progress_rate"] = progress.final_rate
         if not is_incremental:
             values["parent_id"] = None
         if result.message:
@@ -336,7 +357,7 @@ def backup_restore(run: JobRun) -> list[Job]:
     driver = backup_driver(run.settings)
     driver.restore(BackupRef(backup.container, backup.service_metadata), target,
                    target_is_zeroed=bool(p.get("volume_is_new")),
-                   progress=_progress_recorder(run, backup.id), cancelled=run.cancelled)
+                   progress=_ProgressRecorder(run, backup.id), cancelled=run.cancelled)
 
     def effects(session, now):
         session.execute(update(Backup).where(Backup.id == backup.id, Backup.status == "restoring")
@@ -426,7 +447,7 @@ def backup_verify(run: JobRun) -> list[Job]:
         raise RuntimeError(f"backup {run.job.resource_id} has no data to verify")
     result = backup_driver(run.settings).verify(
         BackupRef(backup.container, backup.service_metadata),
-        progress=_progress_recorder(run, backup.id), cancelled=run.cancelled)
+        progress=_ProgressRecorder(run, backup.id), cancelled=run.cancelled)
     if result.ok:
         message = (f"verified {result.objects_checked} objects, {result.blocks_checked} blocks "
                    f"({result.stored_bytes_checked} stored bytes) of a chain of "

@@ -7,13 +7,20 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy import update
 
+from orchestrator import api
 from orchestrator import db as dbmod
+from orchestrator import hosts
 from orchestrator import jobs
 from orchestrator.config import Settings
+from orchestrator.context import RequestContext
 from orchestrator.db import utcnow
 from orchestrator.migrate import upgrade
+from orchestrator.models import Backup
 from orchestrator.models import Job
+from orchestrator.models import Volume
 from workers import manager
+from workers.drivers import ChunkedDriver
+from workers.volumes import FileVolumeBackend
 
 
 @pytest.fixture
@@ -110,3 +117,81 @@ def test_cancelled_sees_what_the_lease_found_at_once(settings, database, clock):
     assert lease.cancel_requested
     del seen[:]
     assert run.cancelled() is True and seen == []
+
+
+# ----------------------------------------------------------------------------- run_job
+
+GiB = 1024 ** 3
+DEMO = RequestContext("demo", "demo")
+
+
+@pytest.fixture
+def node(settings, database):
+    with database.scope() as s:
+        hosts.record_heartbeat(s, "node1", [hosts.BACKUP_BINARY, hosts.VOLUME_BINARY],
+                               zone="nova", now=utcnow())
+
+
+def _volume(settings, database, *, image: bool) -> str:
+    with database.scope() as s:
+        vol = Volume(project_id="demo", user_id="demo", host="node1", availability_zone="nova",
+                     size=1, status="available", display_name="src", created_at=utcnow())
+        s.add(vol)
+        s.flush()
+        volume_id = vol.id
+    if image:
+        FileVolumeBackend(settings.volume_path).create_volume(volume_id, 1)  # sparse 1 GiB
+    return volume_id
+
+
+def _backup(settings, database, volume_id: str, **kw) -> tuple[str, str]:
+    with database.scope() as s:
+        backup, (job,) = api.create_backup(s, DEMO, settings, volume_id=volume_id,
+                                           now=utcnow(), **kw)
+        return backup.id, job.id
+
+
+def test_backup_create_succeeds_and_records_progress(settings, database, node):
+    volume_id = _volume(settings, database, image=True)
+    backup_id, job_id = _backup(settings, database, volume_id)
+    seen = _statements(database)
+    assert manager.run_job(settings, job_id, owner="w1") == "succeeded"
+    statements = len(seen)
+    with database.scope(write=False) as s:
+        b = s.get(Backup, backup_id)
+        assert b.status == "available" and b.object_count >= 1
+        assert (b.container, b.service_metadata) == \
+            (ChunkedDriver.default_container(backup_id), f"backup_{backup_id}")
+        assert b.progress_bytes == b.progress_total == GiB
+        assert b.progress_rate and b.progress_rate > 0  # the rate of the final report
+        assert s.get(Volume, volume_id).status == "available"
+        assert s.get(Job, job_id).state == "succeeded"
+    assert statements <= 8, seen
+
+    # An incremental one: the parent is read with the backup and counts its dependent.
+    incr_id, job_id = _backup(settings, database, volume_id, incremental=True)
+    assert manager.run_job(settings, job_id, owner="w1") == "succeeded"
+    with database.scope(write=False) as s:
+        incr = s.get(Backup, incr_id)
+        assert (incr.status, incr.parent_id) == ("available", backup_id)
+        assert s.get(Backup, backup_id).num_dependent_backups == 1
+
+
+def test_backup_create_fails_without_the_volume_image(settings, database, node):
+    volume_id = _volume(settings, database, image=False)
+    backup_id, job_id = _backup(settings, database, volume_id)
+    seen = _statements(database)
+    assert manager.run_job(settings, job_id, owner="w1") == "failed"
+    statements = len(seen)
+    with database.scope(write=False) as s:
+        b = s.get(Backup, backup_id)
+        assert b.status == "error" and "VolumeIOError" in b.fail_reason
+        # Where the objects would have gone is recorded before the data path starts.
+        assert b.service_metadata == f"backup_{backup_id}"
+        assert (b.progress_bytes, b.progress_total) == (0, GiB)
+        assert s.get(Volume, volume_id).status == "available"
+        job = s.get(Job, job_id)
+        assert job.state == "failed" and "VolumeIOError" in job.error
+    assert statements <= 8, seen
+    # A second delivery of the same job finds it taken.
+    assert manager.run_job(settings, job_id, owner="w1") == "skipped"
