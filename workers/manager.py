@@ -14,9 +14,11 @@ import threading
 import time
 from dataclasses import dataclass
 from dataclasses import field
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy import update
+from sqlalchemy.orm import aliased
 
 from orchestrator import jobs
 from orchestrator import quota
@@ -81,6 +83,8 @@ class JobRun:
     job: Job
     owner: str
     lease: Lease
+    # What PREPARE[job.op] returned in the claim's transaction (None without one).
+    prepared: Any = None
     _next_poll: float = field(default=0.0, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -160,16 +164,19 @@ def _make_backup_driver(settings: Settings):
 def run_job(settings: Settings, job_id: str, *, owner: str) -> str:
     """Execute one job to a terminal state; returns that state (or 'skipped')."""
     db = get_database(settings.database_url)
+    prepared = None
     with db.scope() as session:
         job = jobs.claim(session, job_id, owner, now=utcnow(), ttl=settings.lease_ttl)
         if job is not None and job.op in PREPARE:
-            PREPARE[job.op](session, job)  # in the claim's transaction: one commit fewer
+            # In the claim's transaction: one commit fewer, and what it reads the handler
+            # does not read again.
+            prepared = PREPARE[job.op](session, job)
     if job is None:
         log.info("job %s is not queued (duplicate delivery, cancelled or done): skipped", job_id)
         return "skipped"
     lease = Lease(db, job.id, owner, settings.lease_ttl)
     lease.start()
-    run = JobRun(settings, db, job, owner, lease)
+    run = JobRun(settings, db, job, owner, lease, prepared)
     handler = HANDLERS[job.op]
     log.info("job %s %s on %s: started (attempt %d)", job.id, job.op, job.resource_id,
              job.attempt)
@@ -271,10 +278,8 @@ class _ProgressRecorder:
 def backup_create(run: JobRun) -> list[Job]:
     from workers.drivers import BackupRef
     p = run.job.params
-    with run.db.scope(write=False) as session:
-        backup = session.get(Backup, run.job.resource_id)
-        parent = session.get(Backup, p["parent_id"]) if p.get("parent_id") else None
-        volume = session.get(Volume, p["volume_id"])
+    # Read (and the object location recorded) by prepare_backup_create at the claim.
+    backup, parent, volume = run.prepared
     if backup is None or backup.status != "creating":
         raise RuntimeError(f"backup {run.job.resource_id} is "
                            f"{backup.status if backup else 'gone'}, not creating")
@@ -318,17 +323,35 @@ def backup_create(run: JobRun) -> list[Job]:
     return _complete(run, effects)
 
 
-def prepare_backup_create(session, job: Job) -> None:
+def prepare_backup_create(session, job: Job
+                          ) -> tuple[Backup | None, Backup | None, Volume | None]:
     """Record where the objects will go before any is written, so that whatever happens
-    to this worker, deleting the backup later finds and removes them."""
+    to this worker, deleting the backup later finds and removes them.
+
+    Returns (backup, parent, volume) for the handler, read in one statement.
+    """
     from workers.drivers import ChunkedDriver
-    backup = session.get(Backup, job.resource_id)
-    if backup is None or backup.status != "creating":
-        return  # the handler reports it
+    p = job.params
+    parent_id = p.get("parent_id")
+    stmt = (select(Backup, Volume).select_from(Backup)
+            .outerjoin(Volume, Volume.id == p["volume_id"])
+            .where(Backup.id == job.resource_id))
+    if parent_id:
+        parent = aliased(Backup, name="parent")
+        stmt = stmt.add_columns(parent).outerjoin(parent, parent.id == parent_id)
+    row = session.execute(stmt).first()
+    if row is None:
+        return None, None, None  # the handler reports it
+    backup, volume = row[0], row[1]
+    inputs = (backup, row[2] if parent_id else None, volume)
+    if backup.status != "creating":
+        return inputs  # the handler reports it
     ref = ChunkedDriver.ref_for(backup.id, backup.container)
+    # (Also updates ``backup`` itself: the session synchronizes it.)
     session.execute(update(Backup).where(Backup.id == backup.id).values(
         container=ref.container, service_metadata=ref.prefix, service=ChunkedDriver.DRIVER_ID,
         progress_bytes=0, progress_total=(backup.size or 0) * GiB))
+    return inputs
 
 
 def count_dependents(session, parent_id: str) -> None:

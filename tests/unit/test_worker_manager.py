@@ -166,7 +166,7 @@ def test_backup_create_succeeds_and_records_progress(settings, database, node):
         assert b.progress_rate and b.progress_rate > 0  # the rate of the final report
         assert s.get(Volume, volume_id).status == "available"
         assert s.get(Job, job_id).state == "succeeded"
-    assert statements <= 8, seen
+    assert statements <= 6, seen
 
     # An incremental one: the parent is read with the backup and counts its dependent.
     incr_id, job_id = _backup(settings, database, volume_id, incremental=True)
@@ -192,6 +192,6 @@ def test_backup_create_fails_without_the_volume_image(settings, database, node):
         assert s.get(Volume, volume_id).status == "available"
         job = s.get(Job, job_id)
         assert job.state == "failed" and "VolumeIOError" in job.error
-    assert statements <= 8, seen
+    assert statements <= 6, seen
     # A second delivery of the same job finds it taken.
     assert manager.run_job(settings, job_id, owner="w1") == "skipped"
