@@ -83,9 +83,9 @@ def claim(session: Session, job_id: str, owner: str, *, now: dt.datetime,
             .values(state="running", attempt=Job.attempt + 1, lease_owner=owner,
                     lease_expires_at=now + dt.timedelta(seconds=ttl), started_at=now,
                     updated_at=now))
-    if _returning(session):  # the claimed row in the same round trip
-        return session.scalars(stmt.returning(Job),
-                               execution_options={"populate_existing": True}).one_or_none()
+    if _returning(session):  # the claimed row in the same round trip, loaded afresh
+        return session.scalars(stmt.returning(Job), execution_options={
+            "populate_existing": True, "synchronize_session": False}).one_or_none()
     if session.execute(stmt).rowcount != 1:
         return None
     return session.get(Job, job_id, populate_existing=True)

@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy import update
 from sqlalchemy.orm import aliased
+from sqlalchemy.orm.attributes import set_committed_value
 
 from orchestrator import jobs
 from orchestrator import quota
@@ -35,6 +36,8 @@ from orchestrator.models import Volume
 from workers.volumes import FileVolumeBackend
 
 log = logging.getLogger(__name__)
+
+BACKUPS = Backup.__table__
 
 GiB = 1024 ** 3
 PROGRESS_EVERY_S = 1.0
@@ -312,8 +315,9 @@ def backup_create(run: JobRun) -> list[Job]:
             values["parent_id"] = None
         if result.message:
             values["fail_reason"] = jobs.truncate_reason(result.message)
-        done = session.execute(update(Backup).where(Backup.id == backup.id,
-                                                    Backup.status == "creating")
+        # Core, not ORM: nothing in this session to keep in step with the row.
+        done = session.execute(update(BACKUPS).where(BACKUPS.c.id == backup.id,
+                                                     BACKUPS.c.status == "creating")
                                .values(**values)).rowcount
         if parent is not None:
             count_dependents(session, parent.id)
@@ -347,10 +351,13 @@ def prepare_backup_create(session, job: Job
     if backup.status != "creating":
         return inputs  # the handler reports it
     ref = ChunkedDriver.ref_for(backup.id, backup.container)
-    # (Also updates ``backup`` itself: the session synchronizes it.)
-    session.execute(update(Backup).where(Backup.id == backup.id).values(
-        container=ref.container, service_metadata=ref.prefix, service=ChunkedDriver.DRIVER_ID,
-        progress_bytes=0, progress_total=(backup.size or 0) * GiB))
+    values = dict(container=ref.container, service_metadata=ref.prefix,
+                  service=ChunkedDriver.DRIVER_ID, progress_bytes=0,
+                  progress_total=(backup.size or 0) * GiB)
+    # Core (cheaper than an ORM UPDATE), and ``backup`` kept in step by hand.
+    session.execute(update(BACKUPS).where(BACKUPS.c.id == backup.id).values(**values))
+    for key, value in values.items():
+        set_committed_value(backup, key, value)
     return inputs
 
 
