@@ -16,6 +16,7 @@ import datetime as dt
 import logging
 from typing import Iterable
 
+from sqlalchemy import bindparam
 from sqlalchemy import delete
 from sqlalchemy import or_
 from sqlalchemy import select
@@ -75,18 +76,26 @@ def _returning(session: Session) -> bool:
     return session.get_bind().dialect.update_returning
 
 
+# Built once (every job runs it). Bound parameters rule out the session's in-Python
+# synchronization: the claimed row is loaded afresh instead.
+_CLAIM = (update(Job)
+          .where(Job.id == bindparam("job_id"), Job.state == "queued",
+                 Job.cancel_requested.is_(False))
+          .values(state="running", attempt=Job.attempt + 1, lease_owner=bindparam("owner"),
+                  lease_expires_at=bindparam("expires"), started_at=bindparam("now"),
+                  updated_at=bindparam("now"))
+          .execution_options(synchronize_session=False))
+_CLAIM_RETURNING = _CLAIM.returning(Job).execution_options(populate_existing=True)
+
+
 def claim(session: Session, job_id: str, owner: str, *, now: dt.datetime,
           ttl: float) -> Job | None:
     """Take a queued job with a lease; None if it is taken, finished or cancelled."""
-    stmt = (update(Job)
-            .where(Job.id == job_id, Job.state == "queued", Job.cancel_requested.is_(False))
-            .values(state="running", attempt=Job.attempt + 1, lease_owner=owner,
-                    lease_expires_at=now + dt.timedelta(seconds=ttl), started_at=now,
-                    updated_at=now))
-    if _returning(session):  # the claimed row in the same round trip, loaded afresh
-        return session.scalars(stmt.returning(Job), execution_options={
-            "populate_existing": True, "synchronize_session": False}).one_or_none()
-    if session.execute(stmt).rowcount != 1:
+    params = {"job_id": job_id, "owner": owner, "now": now,
+              "expires": now + dt.timedelta(seconds=ttl)}
+    if _returning(session):  # the claimed row in the same round trip
+        return session.scalars(_CLAIM_RETURNING, params).one_or_none()
+    if session.execute(_CLAIM, params).rowcount != 1:
         return None
     return session.get(Job, job_id, populate_existing=True)
 

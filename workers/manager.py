@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
 
+from sqlalchemy import bindparam
 from sqlalchemy import select
 from sqlalchemy import update
 from sqlalchemy.orm import aliased
@@ -327,6 +328,15 @@ def backup_create(run: JobRun) -> list[Job]:
     return _complete(run, effects)
 
 
+# The backup, its volume (and its parent): one statement, built once.
+_BACKUP_VOLUME = (select(Backup, Volume).select_from(Backup)
+                  .outerjoin(Volume, Volume.id == bindparam("volume_id"))
+                  .where(Backup.id == bindparam("backup_id")))
+_PARENT = aliased(Backup, name="parent")
+_BACKUP_PARENT_VOLUME = (_BACKUP_VOLUME.add_columns(_PARENT)
+                         .outerjoin(_PARENT, _PARENT.id == bindparam("parent_id")))
+
+
 def prepare_backup_create(session, job: Job
                           ) -> tuple[Backup | None, Backup | None, Volume | None]:
     """Record where the objects will go before any is written, so that whatever happens
@@ -337,13 +347,10 @@ def prepare_backup_create(session, job: Job
     from workers.drivers import ChunkedDriver
     p = job.params
     parent_id = p.get("parent_id")
-    stmt = (select(Backup, Volume).select_from(Backup)
-            .outerjoin(Volume, Volume.id == p["volume_id"])
-            .where(Backup.id == job.resource_id))
-    if parent_id:
-        parent = aliased(Backup, name="parent")
-        stmt = stmt.add_columns(parent).outerjoin(parent, parent.id == parent_id)
-    row = session.execute(stmt).first()
+    row = session.execute(
+        _BACKUP_PARENT_VOLUME if parent_id else _BACKUP_VOLUME,
+        {"backup_id": job.resource_id, "volume_id": p["volume_id"], "parent_id": parent_id}
+    ).first()
     if row is None:
         return None, None, None  # the handler reports it
     backup, volume = row[0], row[1]
