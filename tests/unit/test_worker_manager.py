@@ -7,6 +7,8 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy import update
 
+from orch_testlib import ThrowawayPostgres
+from orch_testlib import postgres_admin_dsn
 from orchestrator import api
 from orchestrator import db as dbmod
 from orchestrator import hosts
@@ -23,9 +25,17 @@ from workers.drivers import ChunkedDriver
 from workers.volumes import FileVolumeBackend
 
 
-@pytest.fixture
-def settings(tmp_path):
-    s = Settings(state_dir=str(tmp_path), broker_url="memory://")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def settings(request, tmp_path):
+    url = ""  # the default: SQLite in state_dir
+    if request.param == "postgresql":
+        dsn = postgres_admin_dsn()
+        if dsn is None:
+            pytest.skip("PostgreSQL leg skipped: nothing answers on 127.0.0.1:5432")
+        pg = ThrowawayPostgres(dsn)
+        request.addfinalizer(pg.close)
+        url = pg.url
+    s = Settings(state_dir=str(tmp_path), broker_url="memory://", database_url=url)
     upgrade(s.database_url)
     return s
 
@@ -195,3 +205,40 @@ def test_backup_create_fails_without_the_volume_image(settings, database, node):
     assert statements <= 6, seen
     # A second delivery of the same job finds it taken.
     assert manager.run_job(settings, job_id, owner="w1") == "skipped"
+
+
+@pytest.mark.parametrize("outcome", ["succeeded", "cancelled"])
+def test_a_job_chained_while_running_is_queued_when_it_ends(settings, database, monkeypatch,
+                                                             outcome):
+    """What a force delete does to a running job: chain a job after it. Whether the job
+    succeeds or is cancelled, the worker queues the chained one (finish hands it the
+    row's next_job_id; nothing re-reads the job)."""
+    sent: list[str] = []
+    monkeypatch.setattr("orchestrator.tasks.dispatch",
+                        lambda db, publisher, to_send, undo_on_failure: sent.extend(
+                            j.id for j in to_send))
+    monkeypatch.setattr(manager, "_celery", lambda settings: None)
+    chained: list[str] = []
+
+    def handler(run):
+        with database.scope() as s:
+            then = jobs.create(s, "snapshot_delete", resource_type="snapshot",
+                               resource_id="s" * 36, host="h1", kind="volume",
+                               project_id="p", params={"run_after_failure": True},
+                               state="waiting", now=utcnow())
+            chained.append(then.id)
+            s.execute(update(Job).where(Job.id == run.job.id)
+                      .values(next_job_id=then.id, cancel_requested=outcome == "cancelled"))
+        if outcome == "cancelled":
+            raise manager.JobCancelled("cancelled")
+        return manager._complete(run, lambda session, now: None)
+    monkeypatch.setitem(manager.HANDLERS, "snapshot_create", handler)
+    with database.scope() as s:
+        job_id = jobs.create(s, "snapshot_create", resource_type="snapshot",
+                             resource_id="s" * 36, host="h1", kind="volume", project_id="p",
+                             params={"volume_id": "v" * 36}, now=utcnow()).id
+    assert manager.run_job(settings, job_id, owner="w1") == outcome
+    assert sent == chained
+    with database.scope(write=False) as s:
+        assert s.get(Job, job_id).state == outcome
+        assert s.get(Job, chained[0]).state == "queued"
