@@ -16,12 +16,14 @@ import datetime as dt
 import logging
 from typing import Iterable
 
+from sqlalchemy import bindparam
 from sqlalchemy import delete
 from sqlalchemy import insert as insert_
 from sqlalchemy import or_
 from sqlalchemy import select
 from sqlalchemy import update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from orchestrator import quota
 from orchestrator.models import Backup
@@ -96,17 +98,31 @@ def chain(first: Job, then: Job) -> None:
     first.next_job_id = then.id
 
 
+def _returning(session: Session) -> bool:
+    """Whether UPDATE ... RETURNING is available (PostgreSQL; SQLite 3.35 and later)."""
+    return session.get_bind().dialect.update_returning
+
+
+# Built once (every job runs it). Bound parameters rule out the session's in-Python
+# synchronization: the claimed row is loaded afresh instead.
+_CLAIM = (update(Job)
+          .where(Job.id == bindparam("job_id"), Job.state == "queued",
+                 Job.cancel_requested.is_(False))
+          .values(state="running", attempt=Job.attempt + 1, lease_owner=bindparam("owner"),
+                  lease_expires_at=bindparam("expires"), started_at=bindparam("now"),
+                  updated_at=bindparam("now"))
+          .execution_options(synchronize_session=False))
+_CLAIM_RETURNING = _CLAIM.returning(Job).execution_options(populate_existing=True)
+
+
 def claim(session: Session, job_id: str, owner: str, *, now: dt.datetime,
           ttl: float) -> Job | None:
     """Take a queued job with a lease; None if it is taken, finished or cancelled."""
-    result = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.state == "queued", Job.cancel_requested.is_(False))
-        .values(state="running", attempt=Job.attempt + 1, lease_owner=owner,
-                lease_expires_at=now + dt.timedelta(seconds=ttl), started_at=now,
-                updated_at=now)
-    )
-    if result.rowcount != 1:
+    params = {"job_id": job_id, "owner": owner, "now": now,
+              "expires": now + dt.timedelta(seconds=ttl)}
+    if _returning(session):  # the claimed row in the same round trip
+        return session.scalars(_CLAIM_RETURNING, params).one_or_none()
+    if session.execute(_CLAIM, params).rowcount != 1:
         return None
     return session.get(Job, job_id, populate_existing=True)
 
@@ -123,13 +139,29 @@ def renew(session: Session, job_id: str, owner: str, *, now: dt.datetime,
 
 def finish(session: Session, job: Job, state: str, *, now: dt.datetime,
            error: str | None = None, owner: str | None = None) -> bool:
-    """Move a running (or queued) job to a terminal state; False if someone else did."""
+    """Move a running (or queued) job to a terminal state; False if someone else did.
+
+    On success ``job.next_job_id`` is refreshed from the row as this update saw it: a
+    force delete may have chained a job after ``job`` was read, and whoever ends the job
+    must queue (or fail) that one too.
+    """
     cond = [Job.id == job.id, Job.state.in_(("queued", "running"))]
     if owner is not None:
         cond.append(Job.lease_owner == owner)
-    result = session.execute(update(Job).where(*cond).values(
-        state=state, error=error, finished_at=now, lease_expires_at=None, updated_at=now))
-    return result.rowcount == 1
+    stmt = update(Job).where(*cond).values(
+        state=state, error=error, finished_at=now, lease_expires_at=None, updated_at=now)
+    if _returning(session):
+        row = session.execute(stmt.returning(Job.next_job_id)).first()
+        if row is None:
+            return False
+        next_job_id = row[0]
+    else:
+        if session.execute(stmt).rowcount != 1:
+            return False
+        next_job_id = session.scalar(select(Job.next_job_id).where(Job.id == job.id))
+    # Without marking ``job`` dirty (it may be attached to this session, or detached).
+    set_committed_value(job, "next_job_id", next_job_id)
+    return True
 
 
 def promote_next(session: Session, job: Job, *, now: dt.datetime) -> Job | None:

@@ -160,8 +160,10 @@ class Backup(TimestampMixin, SoftDeleteMixin, Base):
     verified_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     verify_message: Mapped[str | None] = mapped_column(String(255))
 
+    # Loaded on first access (inside a session): the worker, which reads a backup row per
+    # job, never needs it, and the HTTP views read metadata with their own query.
     metadata_items: Mapped[list["BackupMetadata"]] = relationship(
-        back_populates="backup", lazy="selectin", cascade="all, delete-orphan",
+        back_populates="backup", lazy="select", cascade="all, delete-orphan",
         primaryjoin="and_(Backup.id == BackupMetadata.backup_id, BackupMetadata.deleted == False)",  # noqa: E712
     )
 

@@ -9,12 +9,18 @@ same failure handling the reaper applies to a dead worker's jobs.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
+from dataclasses import field
+from typing import Any
 
+from sqlalchemy import bindparam
 from sqlalchemy import select
 from sqlalchemy import update
+from sqlalchemy.orm import aliased
+from sqlalchemy.orm.attributes import set_committed_value
 
 from orchestrator import jobs
 from orchestrator import quota
@@ -32,8 +38,13 @@ from workers.volumes import FileVolumeBackend
 
 log = logging.getLogger(__name__)
 
+BACKUPS = Backup.__table__
+
 GiB = 1024 ** 3
 PROGRESS_EVERY_S = 1.0
+# How often the data path's cancellation check reads the job row (the lease thread
+# also reads it at each renewal, and what it finds counts at once).
+CANCEL_POLL_S = 1.0
 
 
 class JobCancelled(Exception):
@@ -76,14 +87,30 @@ class JobRun:
     job: Job
     owner: str
     lease: Lease
+    # What PREPARE[job.op] returned in the claim's transaction (None without one).
+    prepared: Any = None
+    _next_poll: float = field(default=0.0, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # The claim has just seen cancel_requested false: the first read can wait.
+        self._next_poll = time.monotonic() + CANCEL_POLL_S
 
     def cancelled(self) -> bool:
-        """Checked by the data path at least every 64 MiB: one cheap read."""
+        """Checked by the data path at least every 64 MiB.
+
+        A lost lease or a cancellation the lease thread saw counts at once; the job
+        row itself is read at most once per CANCEL_POLL_S.
+        """
         if self.lease.lost or self.lease.cancel_requested:
             return True
+        now = time.monotonic()
+        if now < self._next_poll:
+            return False
+        self._next_poll = now + CANCEL_POLL_S
         with self.db.scope(write=False) as session:
             cancel = session.scalar(select(Job.cancel_requested).where(Job.id == self.job.id))
-        self.lease.cancel_requested = bool(cancel)
+        if cancel:
+            self.lease.cancel_requested = True
         return self.lease.cancel_requested
 
     def check_cancelled(self) -> None:
@@ -91,12 +118,42 @@ class JobRun:
             raise JobCancelled("cancelled")
 
 
+# Drivers and volume backends hold no per-job state: one per configuration and process
+# (an S3 store builds a boto3 client). Forgotten in a forked child, like the engines.
+_drivers: dict = {}
+_volume_backends: dict = {}
+
+
+def _forget_cached() -> None:
+    _drivers.clear()
+    _volume_backends.clear()
+
+
+os.register_at_fork(after_in_child=_forget_cached)
+
+
 def volume_backend(settings: Settings) -> FileVolumeBackend:
-    return FileVolumeBackend(settings.volume_path)
+    vb = _volume_backends.get(settings.volume_path)
+    if vb is None:
+        vb = _volume_backends[settings.volume_path] = FileVolumeBackend(settings.volume_path)
+    return vb
 
 
 def backup_driver(settings: Settings):
     """The chunked driver on the configured store."""
+    if settings.backup_store == "s3":
+        key = ("s3", settings.s3_endpoint_url or None, settings.s3_bucket,
+               settings.s3_access_key, settings.s3_secret_key, settings.s3_region,
+               settings.backup_compression)
+    else:
+        key = ("posix", settings.backup_path, settings.backup_compression)
+    driver = _drivers.get(key)
+    if driver is None:
+        driver = _drivers[key] = _make_backup_driver(settings)
+    return driver
+
+
+def _make_backup_driver(settings: Settings):
     from workers.drivers import ChunkedDriver
     from workers.drivers import make_store
     if settings.backup_store == "s3":
@@ -111,16 +168,19 @@ def backup_driver(settings: Settings):
 def run_job(settings: Settings, job_id: str, *, owner: str) -> str:
     """Execute one job to a terminal state; returns that state (or 'skipped')."""
     db = get_database(settings.database_url)
+    prepared = None
     with db.scope() as session:
         job = jobs.claim(session, job_id, owner, now=utcnow(), ttl=settings.lease_ttl)
         if job is not None and job.op in PREPARE:
-            PREPARE[job.op](session, job)  # in the claim's transaction: one commit fewer
+            # In the claim's transaction: one commit fewer, and what it reads the handler
+            # does not read again.
+            prepared = PREPARE[job.op](session, job)
     if job is None:
         log.info("job %s is not queued (duplicate delivery, cancelled or done): skipped", job_id)
         return "skipped"
     lease = Lease(db, job.id, owner, settings.lease_ttl)
     lease.start()
-    run = JobRun(settings, db, job, owner, lease)
+    run = JobRun(settings, db, job, owner, lease, prepared)
     handler = HANDLERS[job.op]
     log.info("job %s %s on %s: started (attempt %d)", job.id, job.op, job.resource_id,
              job.attempt)
@@ -136,9 +196,9 @@ def run_job(settings: Settings, job_id: str, *, owner: str) -> str:
             log.exception("job %s %s failed", job.id, job.op)
         with db.scope() as session:
             follow_ups = []
+            # finish refreshes job.next_job_id: a force delete may have chained a job
+            # after this one meanwhile.
             if jobs.finish(session, job, state, now=utcnow(), error=reason, owner=owner):
-                # Re-read: a force delete may have chained a job after this one meanwhile.
-                job = session.get(Job, job.id, populate_existing=True)
                 follow_ups = jobs.on_failure(session, job, reason, now=utcnow(),
                                              cancelled=cancelled)
     finally:
@@ -178,25 +238,42 @@ def _complete(run: JobRun, effects) -> list[Job]:
                         run.job.id)
             return []
         effects(session, now)
-        # Re-read: a force delete may have chained a job after this one meanwhile.
-        job = session.get(Job, run.job.id, populate_existing=True)
-        nxt = jobs.promote_next(session, job, now=now)
+        # finish refreshed run.job.next_job_id: a force delete may have chained a job
+        # after this one meanwhile.
+        nxt = jobs.promote_next(session, run.job, now=now)
         return [nxt] if nxt else []
 
 
-def _progress_recorder(run: JobRun, backup_id: str):
-    state = {"last": 0.0, "start": time.monotonic()}
+class _ProgressRecorder:
+    """Writes the data path's progress to the backup row, at most once per PROGRESS_EVERY_S
+    and always at done == total.
 
-    def progress(done: int, total: int) -> None:
+    With ``write_first=False`` the first report (0 bytes, at the start) is not written, and
+    with ``write_last=False`` neither is the one at done == total: for a caller that has
+    already written the start (prepare_backup_create) and writes the end itself on
+    completion (``final_rate`` is the rate that report carried).
+    """
+
+    def __init__(self, run: JobRun, backup_id: str, *, write_first: bool = True,
+                 write_last: bool = True):
+        self.db, self.backup_id, self.write_last = run.db, backup_id, write_last
+        self.start = time.monotonic()
+        self.last = 0.0 if write_first else self.start
+        self.final_rate: float | None = None
+
+    def __call__(self, done: int, total: int) -> None:
         t = time.monotonic()
-        if t - state["last"] < PROGRESS_EVERY_S and done < total:
+        if t - self.last < PROGRESS_EVERY_S and done < total:
             return
-        state["last"] = t
-        rate = done / max(t - state["start"], 1e-6)
-        with run.db.scope() as session:
-            session.execute(update(Backup).where(Backup.id == backup_id).values(
+        rate = done / max(t - self.start, 1e-6)
+        if done >= total:
+            self.final_rate = rate
+            if not self.write_last:
+                return
+        self.last = t
+        with self.db.scope() as session:
+            session.execute(update(Backup).where(Backup.id == self.backup_id).values(
                 progress_bytes=done, progress_total=total, progress_rate=rate))
-    return progress
 
 
 # ----------------------------------------------------------------------------- handlers
@@ -205,10 +282,8 @@ def _progress_recorder(run: JobRun, backup_id: str):
 def backup_create(run: JobRun) -> list[Job]:
     from workers.drivers import BackupRef
     p = run.job.params
-    with run.db.scope(write=False) as session:
-        backup = session.get(Backup, run.job.resource_id)
-        parent = session.get(Backup, p["parent_id"]) if p.get("parent_id") else None
-        volume = session.get(Volume, p["volume_id"])
+    # Read (and the object location recorded) by prepare_backup_create at the claim.
+    backup, parent, volume = run.prepared
     if backup is None or backup.status != "creating":
         raise RuntimeError(f"backup {run.job.resource_id} is "
                            f"{backup.status if backup else 'gone'}, not creating")
@@ -221,10 +296,12 @@ def backup_create(run: JobRun) -> list[Job]:
                    "display_description": volume.display_description if volume else None,
                    "metadata": volume.metadata_ if volume else {},
                    "bootable": volume.bootable if volume else False}
+    # prepare_backup_create wrote the start (0 of the size); the completion writes the end.
+    progress = _ProgressRecorder(run, backup.id, write_first=False, write_last=False)
     result = driver.backup(source, backup_id=backup.id, volume_id=backup.volume_id,
                            size_bytes=(backup.size or 0) * GiB, container=backup.container,
                            parent=parent_ref, volume_meta=volume_meta,
-                           progress=_progress_recorder(run, backup.id), cancelled=run.cancelled)
+                           progress=progress, cancelled=run.cancelled)
 
     def effects(session, now):
         is_incremental = bool(result.incremental and parent)
@@ -233,12 +310,15 @@ def backup_create(run: JobRun) -> list[Job]:
                       object_count=result.object_count, stored_bytes=result.stored_bytes,
                       progress_bytes=result.logical_bytes, progress_total=result.logical_bytes,
                       updated_at=now)
+        if progress.final_rate is not None:
+            values["progress_rate"] = progress.final_rate
         if not is_incremental:
             values["parent_id"] = None
         if result.message:
             values["fail_reason"] = jobs.truncate_reason(result.message)
-        done = session.execute(update(Backup).where(Backup.id == backup.id,
-                                                    Backup.status == "creating")
+        # Core, not ORM: nothing in this session to keep in step with the row.
+        done = session.execute(update(BACKUPS).where(BACKUPS.c.id == backup.id,
+                                                     BACKUPS.c.status == "creating")
                                .values(**values)).rowcount
         if parent is not None:
             count_dependents(session, parent.id)
@@ -248,17 +328,44 @@ def backup_create(run: JobRun) -> list[Job]:
     return _complete(run, effects)
 
 
-def prepare_backup_create(session, job: Job) -> None:
+# The backup, its volume (and its parent): one statement, built once.
+_BACKUP_VOLUME = (select(Backup, Volume).select_from(Backup)
+                  .outerjoin(Volume, Volume.id == bindparam("volume_id"))
+                  .where(Backup.id == bindparam("backup_id")))
+_PARENT = aliased(Backup, name="parent")
+_BACKUP_PARENT_VOLUME = (_BACKUP_VOLUME.add_columns(_PARENT)
+                         .outerjoin(_PARENT, _PARENT.id == bindparam("parent_id")))
+
+
+def prepare_backup_create(session, job: Job
+                          ) -> tuple[Backup | None, Backup | None, Volume | None]:
     """Record where the objects will go before any is written, so that whatever happens
-    to this worker, deleting the backup later finds and removes them."""
+    to this worker, deleting the backup later finds and removes them.
+
+    Returns (backup, parent, volume) for the handler, read in one statement.
+    """
     from workers.drivers import ChunkedDriver
-    backup = session.get(Backup, job.resource_id)
-    if backup is None or backup.status != "creating":
-        return  # the handler reports it
+    p = job.params
+    parent_id = p.get("parent_id")
+    row = session.execute(
+        _BACKUP_PARENT_VOLUME if parent_id else _BACKUP_VOLUME,
+        {"backup_id": job.resource_id, "volume_id": p["volume_id"], "parent_id": parent_id}
+    ).first()
+    if row is None:
+        return None, None, None  # the handler reports it
+    backup, volume = row[0], row[1]
+    inputs = (backup, row[2] if parent_id else None, volume)
+    if backup.status != "creating":
+        return inputs  # the handler reports it
     ref = ChunkedDriver.ref_for(backup.id, backup.container)
-    session.execute(update(Backup).where(Backup.id == backup.id).values(
-        container=ref.container, service_metadata=ref.prefix, service=ChunkedDriver.DRIVER_ID,
-        progress_bytes=0, progress_total=(backup.size or 0) * GiB))
+    values = dict(container=ref.container, service_metadata=ref.prefix,
+                  service=ChunkedDriver.DRIVER_ID, progress_bytes=0,
+                  progress_total=(backup.size or 0) * GiB)
+    # Core (cheaper than an ORM UPDATE), and ``backup`` kept in step by hand.
+    session.execute(update(BACKUPS).where(BACKUPS.c.id == backup.id).values(**values))
+    for key, value in values.items():
+        set_committed_value(backup, key, value)
+    return inputs
 
 
 def count_dependents(session, parent_id: str) -> None:
@@ -287,7 +394,7 @@ def backup_restore(run: JobRun) -> list[Job]:
     driver = backup_driver(run.settings)
     driver.restore(BackupRef(backup.container, backup.service_metadata), target,
                    target_is_zeroed=bool(p.get("volume_is_new")),
-                   progress=_progress_recorder(run, backup.id), cancelled=run.cancelled)
+                   progress=_ProgressRecorder(run, backup.id), cancelled=run.cancelled)
 
     def effects(session, now):
         session.execute(update(Backup).where(Backup.id == backup.id, Backup.status == "restoring")
@@ -377,7 +484,7 @@ def backup_verify(run: JobRun) -> list[Job]:
         raise RuntimeError(f"backup {run.job.resource_id} has no data to verify")
     result = backup_driver(run.settings).verify(
         BackupRef(backup.container, backup.service_metadata),
-        progress=_progress_recorder(run, backup.id), cancelled=run.cancelled)
+        progress=_ProgressRecorder(run, backup.id), cancelled=run.cancelled)
     if result.ok:
         message = (f"verified {result.objects_checked} objects, {result.blocks_checked} blocks "
                    f"({result.stored_bytes_checked} stored bytes) of a chain of "

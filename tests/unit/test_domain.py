@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from sqlalchemy import select
+from sqlalchemy import update
 
 from orchestrator import errors
 from orchestrator import hosts
@@ -123,6 +124,68 @@ def test_cancelled_job_cannot_be_claimed(database):
         job_id = job.id
     with database.scope() as s:
         assert jobs.claim(s, job_id, "w1", now=T0, ttl=30) is None
+
+
+@pytest.fixture(params=[True, False], ids=["returning", "no-returning"])
+def returning(request, monkeypatch):
+    """Both paths of claim/finish: UPDATE ... RETURNING, and the re-read fallback."""
+    if not request.param:
+        monkeypatch.setattr(jobs, "_returning", lambda session: False)
+    return request.param
+
+
+def test_claim_returns_the_fresh_row_even_over_a_stale_copy(database, returning):
+    with database.scope() as s:
+        job = jobs.create(s, "volume_create", resource_type="volume", resource_id="v" * 36,
+                          host="h1", kind="volume", project_id="p", now=T0)
+        job_id = job.id
+    with database.scope() as s:
+        stale = s.get(jobs.Job, job_id)  # already in the session, state queued
+        claimed = jobs.claim(s, job_id, "w1", now=T0, ttl=30)
+        assert claimed is stale
+        assert (claimed.state, claimed.attempt, claimed.lease_owner, claimed.started_at) == \
+            ("running", 1, "w1", T0)
+        assert claimed.lease_expires_at == T0 + dt.timedelta(seconds=30)
+        assert not s.dirty
+    with database.scope() as s:
+        assert jobs.claim(s, job_id, "w2", now=T0, ttl=30) is None
+
+
+def test_finish_refreshes_next_job_id_chained_meanwhile(database, returning):
+    """A force delete may chain a job after the worker read its job: finish returns the
+    row's next_job_id, without a write of its own and whether the job is attached or not."""
+    with database.scope() as s:
+        job = jobs.create(s, "backup_create", resource_type="backup", resource_id="b" * 36,
+                          host="h1", kind="backup", project_id="p", now=T0)
+        job_id = job.id
+    with database.scope() as s:
+        mine = jobs.claim(s, job_id, "w1", now=T0, ttl=30)
+    assert mine.next_job_id is None  # the detached copy the worker keeps while it runs
+    with database.scope() as s:
+        then = jobs.create(s, "backup_delete", resource_type="backup", resource_id="b" * 36,
+                           host="h1", kind="backup", project_id="p", state="waiting", now=T0)
+        then_id = then.id
+        s.execute(update(jobs.Job).where(jobs.Job.id == job_id)
+                  .values(cancel_requested=True, next_job_id=then_id))
+    with database.scope() as s:
+        assert jobs.finish(s, mine, "cancelled", now=T0, owner="w1") is True
+        assert mine.next_job_id == then_id
+        assert jobs.promote_next(s, mine, now=T0).id == then_id
+    with database.scope() as s:
+        assert s.get(jobs.Job, job_id).state == "cancelled"
+    # Someone else already ended it: False, and the caller's copy is left as it was.
+    late = jobs.Job(id=job_id, next_job_id=None)
+    with database.scope() as s:
+        assert jobs.finish(s, late, "failed", now=T0) is False
+    assert late.next_job_id is None
+    with database.scope() as s:  # attached and stale: refreshed, not dirtied
+        attached = s.get(jobs.Job, then_id)
+        assert attached.next_job_id is None
+        s.execute(update(jobs.Job).where(jobs.Job.id == then_id).values(next_job_id=job_id)
+                  .execution_options(synchronize_session=False))
+        assert attached.next_job_id is None
+        assert jobs.finish(s, attached, "failed", now=T0) is True
+        assert attached.next_job_id == job_id and not s.dirty
 
 
 # ----------------------------------------------------------------------------- quota

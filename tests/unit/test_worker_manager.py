@@ -1,0 +1,244 @@
+"""Unit tests of the worker's job manager, in process against a real SQLite database."""
+from __future__ import annotations
+
+import types
+
+import pytest
+from sqlalchemy import event
+from sqlalchemy import update
+
+from orch_testlib import ThrowawayPostgres
+from orch_testlib import postgres_admin_dsn
+from orchestrator import api
+from orchestrator import db as dbmod
+from orchestrator import hosts
+from orchestrator import jobs
+from orchestrator.config import Settings
+from orchestrator.context import RequestContext
+from orchestrator.db import utcnow
+from orchestrator.migrate import upgrade
+from orchestrator.models import Backup
+from orchestrator.models import Job
+from orchestrator.models import Volume
+from workers import manager
+from workers.drivers import ChunkedDriver
+from workers.volumes import FileVolumeBackend
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def settings(request, tmp_path):
+    url = ""  # the default: SQLite in state_dir
+    if request.param == "postgresql":
+        dsn = postgres_admin_dsn()
+        if dsn is None:
+            pytest.skip("PostgreSQL leg skipped: nothing answers on 127.0.0.1:5432")
+        pg = ThrowawayPostgres(dsn)
+        request.addfinalizer(pg.close)
+        url = pg.url
+    s = Settings(state_dir=str(tmp_path), broker_url="memory://", database_url=url)
+    upgrade(s.database_url)
+    return s
+
+
+@pytest.fixture
+def database(settings):
+    d = dbmod.get_database(settings.database_url)  # the one run_job uses
+    yield d
+    dbmod._databases.pop(settings.database_url, None)
+    d.dispose()
+
+
+def _statements(database) -> list[str]:
+    """SQL statements run from now on (not BEGIN/PRAGMA), on both engines."""
+    seen: list[str] = []
+
+    def record(_conn, _cursor, statement, *_args):
+        if not statement.lstrip().upper().startswith(("BEGIN", "PRAGMA")):
+            seen.append(statement)
+    for engine in {database.engine, database.write_engine}:
+        event.listen(engine, "before_cursor_execute", record)
+    return seen
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """manager's monotonic clock, moved by hand."""
+    now = [1000.0]
+    monkeypatch.setattr(manager, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+    return now
+
+
+def _running_job(database) -> Job:
+    with database.scope() as s:
+        job_id = jobs.create(s, "volume_create", resource_type="volume", resource_id="v" * 36,
+                             host="h1", kind="volume", project_id="p", now=utcnow()).id
+    with database.scope() as s:
+        return jobs.claim(s, job_id, "w1", now=utcnow(), ttl=30)
+
+
+def _request_cancel(database, job_id: str) -> None:
+    with database.scope() as s:
+        s.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True))
+
+
+def test_cancelled_reads_the_job_row_at_most_once_a_second(settings, database, clock):
+    job = _running_job(database)
+    lease = manager.Lease(database, job.id, "w1", ttl=30)  # not started: no renewals
+    run = manager.JobRun(settings, database, job, "w1", lease)
+    seen = _statements(database)
+    # The claim has just checked: no read during the first second.
+    _request_cancel(database, job.id)
+    del seen[:]
+    clock[0] += 0.9
+    assert run.cancelled() is False and seen == []
+    clock[0] += 0.1
+    assert run.cancelled() is True and len(seen) == 1
+    assert lease.cancel_requested  # remembered: no further reads
+    assert run.cancelled() is True and len(seen) == 1
+
+
+def test_cancelled_polls_again_a_second_after_the_last_read(settings, database, clock):
+    job = _running_job(database)
+    lease = manager.Lease(database, job.id, "w1", ttl=30)
+    run = manager.JobRun(settings, database, job, "w1", lease)
+    seen = _statements(database)
+    clock[0] += 1.0
+    assert run.cancelled() is False and len(seen) == 1
+    _request_cancel(database, job.id)
+    del seen[:]
+    clock[0] += 0.5
+    assert run.cancelled() is False and seen == []
+    clock[0] += 0.5
+    assert run.cancelled() is True and len(seen) == 1
+
+
+def test_cancelled_sees_what_the_lease_found_at_once(settings, database, clock):
+    """Lease renewal (its own thread) finds cancellation or loss: no waiting for a poll."""
+    job = _running_job(database)
+    lease = manager.Lease(database, job.id, "w1", ttl=30)
+    run = manager.JobRun(settings, database, job, "w1", lease)
+    seen = _statements(database)
+    assert run.cancelled() is False
+    lease.lost = True
+    assert run.cancelled() is True
+    lease.lost = False
+    _request_cancel(database, job.id)
+    lease.renew()  # what the lease thread does every interval
+    assert lease.cancel_requested
+    del seen[:]
+    assert run.cancelled() is True and seen == []
+
+
+# ----------------------------------------------------------------------------- run_job
+
+GiB = 1024 ** 3
+DEMO = RequestContext("demo", "demo")
+
+
+@pytest.fixture
+def node(settings, database):
+    with database.scope() as s:
+        hosts.record_heartbeat(s, "node1", [hosts.BACKUP_BINARY, hosts.VOLUME_BINARY],
+                               zone="nova", now=utcnow())
+
+
+def _volume(settings, database, *, image: bool) -> str:
+    with database.scope() as s:
+        vol = Volume(project_id="demo", user_id="demo", host="node1", availability_zone="nova",
+                     size=1, status="available", display_name="src", created_at=utcnow())
+        s.add(vol)
+        s.flush()
+        volume_id = vol.id
+    if image:
+        FileVolumeBackend(settings.volume_path).create_volume(volume_id, 1)  # sparse 1 GiB
+    return volume_id
+
+
+def _backup(settings, database, volume_id: str, **kw) -> tuple[str, str]:
+    with database.scope() as s:
+        backup, (job,) = api.create_backup(s, DEMO, settings, volume_id=volume_id,
+                                           now=utcnow(), **kw)
+        return backup.id, job.id
+
+
+def test_backup_create_succeeds_and_records_progress(settings, database, node):
+    volume_id = _volume(settings, database, image=True)
+    backup_id, job_id = _backup(settings, database, volume_id)
+    seen = _statements(database)
+    assert manager.run_job(settings, job_id, owner="w1") == "succeeded"
+    statements = len(seen)
+    with database.scope(write=False) as s:
+        b = s.get(Backup, backup_id)
+        assert b.status == "available" and b.object_count >= 1
+        assert (b.container, b.service_metadata) == \
+            (ChunkedDriver.default_container(backup_id), f"backup_{backup_id}")
+        assert b.progress_bytes == b.progress_total == GiB
+        assert b.progress_rate and b.progress_rate > 0  # the rate of the final report
+        assert s.get(Volume, volume_id).status == "available"
+        assert s.get(Job, job_id).state == "succeeded"
+    assert statements <= 6, seen
+
+    # An incremental one: the parent is read with the backup and counts its dependent.
+    incr_id, job_id = _backup(settings, database, volume_id, incremental=True)
+    assert manager.run_job(settings, job_id, owner="w1") == "succeeded"
+    with database.scope(write=False) as s:
+        incr = s.get(Backup, incr_id)
+        assert (incr.status, incr.parent_id) == ("available", backup_id)
+        assert s.get(Backup, backup_id).num_dependent_backups == 1
+
+
+def test_backup_create_fails_without_the_volume_image(settings, database, node):
+    volume_id = _volume(settings, database, image=False)
+    backup_id, job_id = _backup(settings, database, volume_id)
+    seen = _statements(database)
+    assert manager.run_job(settings, job_id, owner="w1") == "failed"
+    statements = len(seen)
+    with database.scope(write=False) as s:
+        b = s.get(Backup, backup_id)
+        assert b.status == "error" and "VolumeIOError" in b.fail_reason
+        # Where the objects would have gone is recorded before the data path starts.
+        assert b.service_metadata == f"backup_{backup_id}"
+        assert (b.progress_bytes, b.progress_total) == (0, GiB)
+        assert s.get(Volume, volume_id).status == "available"
+        job = s.get(Job, job_id)
+        assert job.state == "failed" and "VolumeIOError" in job.error
+    assert statements <= 6, seen
+    # A second delivery of the same job finds it taken.
+    assert manager.run_job(settings, job_id, owner="w1") == "skipped"
+
+
+@pytest.mark.parametrize("outcome", ["succeeded", "cancelled"])
+def test_a_job_chained_while_running_is_queued_when_it_ends(settings, database, monkeypatch,
+                                                             outcome):
+    """What a force delete does to a running job: chain a job after it. Whether the job
+    succeeds or is cancelled, the worker queues the chained one (finish hands it the
+    row's next_job_id; nothing re-reads the job)."""
+    sent: list[str] = []
+    monkeypatch.setattr("orchestrator.tasks.dispatch",
+                        lambda db, publisher, to_send, undo_on_failure: sent.extend(
+                            j.id for j in to_send))
+    monkeypatch.setattr(manager, "_celery", lambda settings: None)
+    chained: list[str] = []
+
+    def handler(run):
+        with database.scope() as s:
+            then = jobs.create(s, "snapshot_delete", resource_type="snapshot",
+                               resource_id="s" * 36, host="h1", kind="volume",
+                               project_id="p", params={"run_after_failure": True},
+                               state="waiting", now=utcnow())
+            chained.append(then.id)
+            s.execute(update(Job).where(Job.id == run.job.id)
+                      .values(next_job_id=then.id, cancel_requested=outcome == "cancelled"))
+        if outcome == "cancelled":
+            raise manager.JobCancelled("cancelled")
+        return manager._complete(run, lambda session, now: None)
+    monkeypatch.setitem(manager.HANDLERS, "snapshot_create", handler)
+    with database.scope() as s:
+        job_id = jobs.create(s, "snapshot_create", resource_type="snapshot",
+                             resource_id="s" * 36, host="h1", kind="volume", project_id="p",
+                             params={"volume_id": "v" * 36}, now=utcnow()).id
+    assert manager.run_job(settings, job_id, owner="w1") == outcome
+    assert sent == chained
+    with database.scope(write=False) as s:
+        assert s.get(Job, job_id).state == outcome
+        assert s.get(Job, chained[0]).state == "queued"
