@@ -55,7 +55,10 @@ def _statements(database) -> list[str]:
     def record(_conn, _cursor, statement, *_args):
         if not statement.lstrip().upper().startswith(("BEGIN", "PRAGMA")):
             seen.append(statement)
-    for engine in {database.engine, database.write_engine}:
+    # On PostgreSQL the read engine is a view of the write engine (same pool and events).
+    engines = {database.engine, database.write_engine} if database.is_sqlite \
+        else {database.write_engine}
+    for engine in engines:
         event.listen(engine, "before_cursor_execute", record)
     return seen
 
