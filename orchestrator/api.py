@@ -230,8 +230,6 @@ def create_backup(session: Session, ctx: RequestContext, settings: Settings, *, 
     if incremental:
         parent = _choose_parent(session, ctx, volume.id,
                                 snapshot.created_at if snapshot else None)
-    quota.charge(session, ctx.project_id, {"backups": 1, "backup_gigabytes": volume.size},
-                 settings, now=now)
     params: dict = {"volume_id": volume.id, "volume_host": volume.host}
     if snapshot is not None:
         if session.execute(update(Snapshot).where(
@@ -268,6 +266,9 @@ def create_backup(session: Session, ctx: RequestContext, settings: Settings, *, 
         params["parent_id"] = parent.id
     job = jobs.insert(session, "backup_create", resource_type="backup", resource_id=values["id"],
                       host=host, kind="backup", project_id=ctx.project_id, params=params, now=now)
+    # Last, so that the project's usage rows stay locked only until the commit that follows.
+    quota.charge(session, ctx.project_id, {"backups": 1, "backup_gigabytes": volume.size},
+                 settings, now=now, counted=True)
     return Backup(**values), [job]
 
 

@@ -110,7 +110,8 @@ def recount(session: Session, project_id: str, resource: str) -> int:
     return int(session.scalar(q) or 0)
 
 
-def _usage_id(session: Session, project_id: str, resource: str) -> int:
+def _usage_id(session: Session, project_id: str, resource: str, *, minus: int = 0) -> int:
+    """The id of a project's usage row, created from a recount (less ``minus``) if missing."""
     usage_id = session.scalar(select(QuotaUsage.id).where(
         QuotaUsage.project_id == project_id, QuotaUsage.resource == resource))
     if usage_id is not None:
@@ -119,7 +120,7 @@ def _usage_id(session: Session, project_id: str, resource: str) -> int:
         with session.begin_nested():
             session.execute(insert(QuotaUsage).values(
                 project_id=project_id, resource=resource,
-                in_use=recount(session, project_id, resource), reserved=0))
+                in_use=max(0, recount(session, project_id, resource) - minus), reserved=0))
     except IntegrityError:
         pass  # a concurrent request created it; use theirs
     return session.scalar(select(QuotaUsage.id).where(
@@ -237,14 +238,18 @@ def _charge_statement(limited: bool):
 
 
 def charge(session: Session, project_id: str, deltas: dict[str, int], settings: Settings, *,
-           now: dt.datetime) -> None:
+           now: dt.datetime, counted: bool = False) -> None:
     """Check and add usage in one step, in the transaction that creates the counted rows.
 
     The same rule as reserve() + commit(), as one conditional UPDATE per
     resource (keyed by project and resource: no id lookup) and no reservation
     row: the transaction that inserts the counted rows is the reservation.
-    Call it before inserting those rows: a usage row created on first use
-    starts from a recount of the tables, which must not already see them. Deltas must not be negative (release() gives back).
+    A usage row created on first use starts from a recount of the tables:
+    pass ``counted=True`` when this transaction already wrote the counted rows
+    (the recount then leaves them out). Charging last, just before the
+    commit, holds the project's usage row locks for the shortest time: every
+    create of a project queues on them. Deltas must not be negative
+    (release() gives back).
 
     :raises OverQuota:
     """
@@ -260,7 +265,7 @@ def charge(session: Session, project_id: str, deltas: dict[str, int], settings: 
         if session.execute(statement, params).rowcount == 1:
             continue
         # No row changed: the usage row does not exist yet (first use) or the limit is hit.
-        usage_id = _usage_id(session, project_id, resource)
+        usage_id = _usage_id(session, project_id, resource, minus=delta if counted else 0)
         if session.execute(statement, params).rowcount != 1:
             usage = session.get(QuotaUsage, usage_id, populate_existing=True)
             raise _over_quota(resource, delta, limit, usage.in_use + usage.reserved)

@@ -256,6 +256,35 @@ def test_reconcile_repairs_drift(database, cfg):
         assert quota.reconcile(s, now=T0) == []
 
 
+def test_charge_after_the_counted_rows_on_first_use(database, cfg):
+    """The API charges last (counted=True): a first-use recount must not count the new row twice."""
+    def create(backup_id: str, size: int) -> None:
+        with database.scope() as s:
+            s.add(Backup(id=backup_id, user_id="u", project_id="p", volume_id="v",
+                         status="creating", size=size, created_at=T0))
+            s.flush()
+            quota.charge(s, "p", {"backups": 1, "backup_gigabytes": size}, cfg, now=T0,
+                         counted=True)
+    # One backup exists from before the project's usage rows did.
+    with database.scope() as s:
+        s.add(Backup(id="a" * 8 + "-0000-0000-0000-000000000000", user_id="u", project_id="p",
+                     volume_id="v", status="available", size=2, created_at=T0))
+    create("b" * 8 + "-0000-0000-0000-000000000000", 3)  # first use: recount, then charge
+    create("c" * 8 + "-0000-0000-0000-000000000000", 4)  # usual path: one UPDATE each
+    with database.scope() as s:
+        assert quota.usage(s, "p")["backups"] == (3, 0)
+        assert quota.usage(s, "p")["backup_gigabytes"] == (9, 0)
+        assert quota.reconcile(s, now=T0) == []
+    # Over the limit: the whole transaction goes, the row it wrote included.
+    with database.scope() as s:
+        quota.set_limits(s, "p", {"backups": 3}, cfg)
+    with pytest.raises(errors.OverQuota):
+        create("d" * 8 + "-0000-0000-0000-000000000000", 1)
+    with database.scope() as s:
+        assert quota.usage(s, "p")["backups"] == (3, 0)
+        assert s.get(Backup, "d" * 8 + "-0000-0000-0000-000000000000") is None
+
+
 # ----------------------------------------------------------------------------- paging
 
 
