@@ -318,8 +318,11 @@ def heartbeat_cost(settings: Settings, n_hosts: int = 1000, interval: float = 10
     backends = None
     if not db.is_sqlite:
         with db.scope(write=False) as s:
+            # Client backends only: an autovacuum worker busy with the million-row table
+            # of the list runs is not heartbeat cost.
             backends = list(s.connection().exec_driver_sql(
-                "select pid from pg_stat_activity where datname = current_database()").scalars())
+                "select pid from pg_stat_activity where datname = current_database() "
+                "and backend_type = 'client backend'").scalars())
     in_db = [0.0]
     if db.is_sqlite:
         from sqlalchemy import event
@@ -417,16 +420,27 @@ def run_suite(kind: str, url: str, args, workdir: Path) -> dict:
             scenarios = args.scenarios if size == sizes[0] else ["list", "show"]
             for scenario in scenarios:
                 for c in args.concurrency:
-                    drain(settings)
-                    res = run_load(stack, scenario, c, args.duration, files, offset)
-                    if res.get("pool"):
-                        offset = res["pool"]["next_offset"]
+                    # The list at the top concurrency feeds list_1m_over_1k: a ratio of two
+                    # single runs on this noisy machine swings ±10 %, so take medians.
+                    rounds = args.list_rounds if (scenario == "list" and
+                                                  c == max(args.concurrency)) else 1
+                    runs = []
+                    for _ in range(rounds):
+                        drain(settings)
+                        res = run_load(stack, scenario, c, args.duration, files, offset)
+                        if res.get("pool"):
+                            offset = res["pool"]["next_offset"]
+                        runs.append(res)
+                    med = sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
                     results[f"{scenario}_{tag}_{c}"] = {
-                        "rps": round(res["rps"], 1),
-                        "p50_ms": res["latency_ms"].get("p50"),
-                        "p99_ms": res["latency_ms"].get("p99"),
-                        "errors": res["error_count"],
-                        "statuses": res.get("statuses")}
+                        "rps": round(med["rps"], 1),
+                        "p50_ms": med["latency_ms"].get("p50"),
+                        "p99_ms": med["latency_ms"].get("p99"),
+                        "errors": sum(r["error_count"] for r in runs),
+                        "statuses": med.get("statuses")}
+                    if rounds > 1:
+                        results[f"{scenario}_{tag}_{c}"]["rps_runs"] = [
+                            round(r["rps"], 1) for r in runs]
         finally:
             stack.stop()
     reset_databases()
@@ -446,6 +460,8 @@ def main() -> None:
     parser.add_argument("--scenarios", default="show,list,create,mixed",
                         type=lambda v: v.split(","))
     parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--list-rounds", type=int, default=3,
+                        help="runs of the list at the top concurrency per size (median kept)")
     parser.add_argument("--db", choices=["sqlite", "postgres", "both"], default="both")
     parser.add_argument("--api-workers", type=int, default=Settings.from_env().api_workers)
     parser.add_argument("--workdir", default=None)

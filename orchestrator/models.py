@@ -15,6 +15,7 @@ from sqlalchemy import MetaData
 from sqlalchemy import String
 from sqlalchemy import Text
 from sqlalchemy import UniqueConstraint
+from sqlalchemy import text
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.orm import Mapped
 from sqlalchemy.orm import mapped_column
@@ -124,7 +125,10 @@ class Backup(TimestampMixin, SoftDeleteMixin, Base):
         Index("ix_backups_deleted_project_id", "deleted", "project_id", "created_at", "id"),
         Index("ix_backups_deleted_created", "deleted", "created_at", "id"),
         Index("ix_backups_volume_id", "volume_id"),
-        Index("ix_backups_parent_id", "parent_id"),
+        # Children by parent (has_dependent_backups, dependents count): only incremental
+        # backups have a parent, so the index stays small however many backups exist.
+        Index("ix_backups_parent_id", "parent_id", postgresql_where=text("parent_id IS NOT NULL"),
+              sqlite_where=text("parent_id IS NOT NULL")),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
