@@ -10,6 +10,9 @@ concurrency 1, 8 and 32, and measures dispatch latency (create accepted →
 job started on the worker), the database cost of 1,000 hosts heartbeating
 every 10 s, and host choice time. The last stdout line is one JSON object.
 
+list_1m_over_1k compares a 1,000-backup database with the grown one side by
+side (both APIs up, list runs alternating, medians).
+
     bench/api.py                      # everything (long: about 25 minutes)
     bench/api.py --sizes 1000 --concurrency 32 --duration 10 --db sqlite   # quick look
 """
@@ -386,7 +389,48 @@ def _cpu(pids) -> float:
 # ----------------------------------------------------------------------------- main
 
 
-def run_suite(kind: str, url: str, args, workdir: Path) -> dict:
+def compare_scale(big: Settings, small_url: str, redis: RedisServer, args, workdir: Path,
+                  files_big: dict, host: str) -> dict:
+    """list_1m_over_1k measured side by side: a 1,000-backup database and the grown one,
+    each behind its own API, list runs alternating between them (medians).
+
+    Measured one after the other, minutes apart, the ratio on this shared machine
+    follows the neighbours' load more than the table size.
+    """
+    small = Settings(state_dir=str(workdir / "small-state"), database_url=small_url,
+                     broker_url=redis.url[:-1] + "1", api_port=free_port(),
+                     api_workers=big.api_workers, api_threads=big.api_threads,
+                     api_keepalive=big.api_keepalive, log_level="WARNING")
+    upgrade(small.database_url)
+    seed(small, args.sizes[0], 10, host)
+    (workdir / "small").mkdir(exist_ok=True)
+    files_small = {"backups": workdir / "small" / "backups.txt",
+                   "volumes": workdir / "small" / "volumes.txt"}
+    backup_ids(small, files_small["backups"])
+    pool_ids(small, files_small["volumes"])
+    c = max(args.concurrency)
+    stacks = []
+    try:
+        stacks.append(Stack(small, workdir / "small", host).start())
+        stacks.append(Stack(big, workdir, host).start())
+        for stack, files in ((stacks[0], files_small), (stacks[1], files_big)):
+            run_load(stack, "list", c, 3, files, 0)  # warm both APIs up; not counted
+        runs: dict[str, list[float]] = {"small": [], "big": []}
+        for _ in range(args.scale_rounds):
+            for tag, stack, files in (("small", stacks[0], files_small),
+                                      ("big", stacks[1], files_big)):
+                runs[tag].append(round(run_load(stack, "list", c, args.duration, files, 0)["rps"],
+                                       1))
+    finally:
+        for stack in stacks:
+            stack.stop()
+    med = {tag: statistics.median(v) for tag, v in runs.items()}
+    return {"concurrency": c, "small_rows": args.sizes[0], "big_rows": max(args.sizes),
+            "small_rps_runs": runs["small"], "big_rps_runs": runs["big"],
+            "ratio": round(med["big"] / med["small"], 3)}
+
+
+def run_suite(kind: str, url: str, args, workdir: Path, small_url: str | None = None) -> dict:
     redis = RedisServer(str(workdir / "redis"), port=free_port(), persist=False).start()
     settings = Settings(state_dir=str(workdir / "state"), broker_url=redis.url,
                         database_url=url, api_port=free_port(), api_workers=args.api_workers,
@@ -443,6 +487,10 @@ def run_suite(kind: str, url: str, args, workdir: Path) -> dict:
                             round(r["rps"], 1) for r in runs]
         finally:
             stack.stop()
+    if small_url and len(sizes) > 1:
+        reset_databases()
+        log(f"[{kind}] list at {sizes[0]} vs {sizes[-1]} rows, side by side")
+        results["scale"] = compare_scale(settings, small_url, redis, args, workdir, files, host)
     reset_databases()
     (results["heartbeat_core_pct"], results["host_choice_ms"],
      results["heartbeat_process_core_pct"]) = heartbeat_cost(settings)
@@ -460,8 +508,10 @@ def main() -> None:
     parser.add_argument("--scenarios", default="show,list,create,mixed",
                         type=lambda v: v.split(","))
     parser.add_argument("--duration", type=float, default=10.0)
-    parser.add_argument("--list-rounds", type=int, default=3,
+    parser.add_argument("--list-rounds", type=int, default=1,
                         help="runs of the list at the top concurrency per size (median kept)")
+    parser.add_argument("--scale-rounds", type=int, default=3,
+                        help="alternating list runs per database for list_1m_over_1k")
     parser.add_argument("--db", choices=["sqlite", "postgres", "both"], default="both")
     parser.add_argument("--api-workers", type=int, default=Settings.from_env().api_workers)
     parser.add_argument("--workdir", default=None)
@@ -474,7 +524,8 @@ def main() -> None:
         if args.db in ("sqlite", "both"):
             d = base / "sqlite"
             d.mkdir(parents=True, exist_ok=True)
-            out["sqlite"] = run_suite("sqlite", f"sqlite:///{d / 'orchestrator.db'}", args, d)
+            out["sqlite"] = run_suite("sqlite", f"sqlite:///{d / 'orchestrator.db'}", args, d,
+                                      small_url=f"sqlite:///{d / 'small.db'}")
         if args.db in ("postgres", "both"):
             sys.path.insert(0, str(ROOT / "tests"))
             from orch_testlib import ThrowawayPostgres
@@ -483,13 +534,15 @@ def main() -> None:
             if dsn is None:
                 log("PostgreSQL leg skipped: nothing answers on 127.0.0.1:5432")
             else:
-                pg = ThrowawayPostgres(dsn)
+                pg, pg_small = ThrowawayPostgres(dsn), ThrowawayPostgres(dsn)
                 try:
                     d = base / "postgres"
                     d.mkdir(parents=True, exist_ok=True)
-                    out["postgres"] = run_suite("postgres", pg.url, args, d)
+                    out["postgres"] = run_suite("postgres", pg.url, args, d,
+                                                small_url=pg_small.url)
                 finally:
                     pg.close()
+                    pg_small.close()
     finally:
         if not args.workdir:
             shutil.rmtree(base, ignore_errors=True)
@@ -504,8 +557,7 @@ def main() -> None:
         "create_32_rps": get(f"create_{small}_32"), "mixed_32_rps": get(f"mixed_{small}_32"),
         "errors_total": sum(v.get("errors", 0) for db_ in ("sqlite", "postgres")
                             for v in (out.get(db_) or {}).values() if isinstance(v, dict)),
-        "list_1m_over_1k": (round(get("list_1m_32") / get("list_1k_32"), 3)
-                            if get("list_1m_32") and get("list_1k_32") else None),
+        "list_1m_over_1k": (s.get("scale") or {}).get("ratio"),
         "dispatch_p50_ms": s.get("dispatch_p50_ms"),
         "heartbeat_core_pct": s.get("heartbeat_core_pct"),
         "host_choice_ms": s.get("host_choice_ms"),
