@@ -34,6 +34,7 @@ from orchestrator import quota
 from orchestrator import volumes
 from orchestrator.config import Settings
 from orchestrator.context import RequestContext
+from orchestrator.db import dialect_of
 from orchestrator.models import NULL_VOLUME_ID
 from orchestrator.models import Backup
 from orchestrator.models import BackupMetadata
@@ -152,8 +153,7 @@ def backup_view_row(session, ctx: RequestContext, backup_id: str, *,
 
 def _metadata_of(session, ids: list[str]) -> dict[str, dict[str, str]]:
     out: dict[str, dict[str, str]] = {}
-    dialect = session.get_bind().dialect.name if isinstance(session, Session) \
-        else session.dialect.name
+    dialect = dialect_of(session).name
     single = len(ids) == 1
     param = ids[0] if single else (json.dumps(ids) if dialect == "sqlite" else ids)
     for backup_id, key, value in session.execute(_metadata_statement(dialect, single),

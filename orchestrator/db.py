@@ -94,6 +94,11 @@ def _server_engine(url: str, *, echo: bool) -> Engine:
     return engine
 
 
+def dialect_of(bind):
+    """The SQLAlchemy dialect behind a Session or a Core Connection."""
+    return bind.get_bind().dialect if isinstance(bind, Session) else bind.dialect
+
+
 class Database:
     """The engines and session factories of one database URL."""
 

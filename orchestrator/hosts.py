@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from orchestrator import errors
+from orchestrator.db import dialect_of
 from orchestrator.models import Service
 
 BACKUP_BINARY = "cinder-backup"
@@ -39,8 +40,7 @@ def record_heartbeat(session: Session | Connection, host: str, binaries: str | l
     Takes a Session or, cheaper for the heartbeat loop, a Core Connection.
     """
     binaries = [binaries] if isinstance(binaries, str) else list(binaries)
-    if session.get_bind().dialect.name == "postgresql" if isinstance(session, Session) \
-            else session.dialect.name == "postgresql":
+    if dialect_of(session).name == "postgresql":
         # A heartbeat lost in a database crash is replaced by the next one: commit it
         # without waiting for the WAL flush (the flush is most of its cost).
         session.execute(_ASYNC_COMMIT)

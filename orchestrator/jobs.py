@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from orchestrator import quota
+from orchestrator.db import dialect_of
 from orchestrator.models import Backup
 from orchestrator.models import BackupMetadata
 from orchestrator.models import Job
@@ -100,7 +101,7 @@ def chain(first: Job, then: Job) -> None:
 
 def _returning(session: Session) -> bool:
     """Whether UPDATE ... RETURNING is available (PostgreSQL; SQLite 3.35 and later)."""
-    return session.get_bind().dialect.update_returning
+    return dialect_of(session).update_returning
 
 
 # Built once (every job runs it). Bound parameters rule out the session's in-Python

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from orchestrator import errors
 from orchestrator.config import Settings
+from orchestrator.db import dialect_of
 from orchestrator.models import Backup
 from orchestrator.models import Quota
 from orchestrator.models import QuotaClass
@@ -209,7 +210,7 @@ def _finish(session: Session, reservation_ids: list[str], *, apply: bool, now: d
 
 
 def _clamped(session: Session, expr):
-    if session.bind.dialect.name == "sqlite":
+    if dialect_of(session).name == "sqlite":
         return func.max(expr, 0)
     return func.greatest(expr, 0)
 
