@@ -464,27 +464,16 @@ def run_suite(kind: str, url: str, args, workdir: Path, small_url: str | None = 
             scenarios = args.scenarios if size == sizes[0] else ["list", "show"]
             for scenario in scenarios:
                 for c in args.concurrency:
-                    # The list at the top concurrency feeds list_1m_over_1k: a ratio of two
-                    # single runs on this noisy machine swings ±10 %, so take medians.
-                    rounds = args.list_rounds if (scenario == "list" and
-                                                  c == max(args.concurrency)) else 1
-                    runs = []
-                    for _ in range(rounds):
-                        drain(settings)
-                        res = run_load(stack, scenario, c, args.duration, files, offset)
-                        if res.get("pool"):
-                            offset = res["pool"]["next_offset"]
-                        runs.append(res)
-                    med = sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
+                    drain(settings)
+                    res = run_load(stack, scenario, c, args.duration, files, offset)
+                    if res.get("pool"):
+                        offset = res["pool"]["next_offset"]
                     results[f"{scenario}_{tag}_{c}"] = {
-                        "rps": round(med["rps"], 1),
-                        "p50_ms": med["latency_ms"].get("p50"),
-                        "p99_ms": med["latency_ms"].get("p99"),
-                        "errors": sum(r["error_count"] for r in runs),
-                        "statuses": med.get("statuses")}
-                    if rounds > 1:
-                        results[f"{scenario}_{tag}_{c}"]["rps_runs"] = [
-                            round(r["rps"], 1) for r in runs]
+                        "rps": round(res["rps"], 1),
+                        "p50_ms": res["latency_ms"].get("p50"),
+                        "p99_ms": res["latency_ms"].get("p99"),
+                        "errors": res["error_count"],
+                        "statuses": res.get("statuses")}
         finally:
             stack.stop()
     if small_url and len(sizes) > 1:
@@ -508,8 +497,6 @@ def main() -> None:
     parser.add_argument("--scenarios", default="show,list,create,mixed",
                         type=lambda v: v.split(","))
     parser.add_argument("--duration", type=float, default=10.0)
-    parser.add_argument("--list-rounds", type=int, default=1,
-                        help="runs of the list at the top concurrency per size (median kept)")
     parser.add_argument("--scale-rounds", type=int, default=3,
                         help="alternating list runs per database for list_1m_over_1k")
     parser.add_argument("--db", choices=["sqlite", "postgres", "both"], default="both")
