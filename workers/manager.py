@@ -139,30 +139,26 @@ def volume_backend(settings: Settings) -> FileVolumeBackend:
     return vb
 
 
-def backup_driver(settings: Settings):
-    """The chunked driver on the configured store."""
+def _store_args(settings: Settings) -> tuple[str, dict]:
+    """The configured store: its kind and make_store's arguments."""
     if settings.backup_store == "s3":
-        key = ("s3", settings.s3_endpoint_url or None, settings.s3_bucket,
-               settings.s3_access_key, settings.s3_secret_key, settings.s3_region,
-               settings.backup_compression)
-    else:
-        key = ("posix", settings.backup_path, settings.backup_compression)
-    driver = _drivers.get(key)
-    if driver is None:
-        driver = _drivers[key] = _make_backup_driver(settings)
-    return driver
+        return "s3", dict(endpoint_url=settings.s3_endpoint_url or None,
+                          bucket=settings.s3_bucket, access_key=settings.s3_access_key,
+                          secret_key=settings.s3_secret_key, region=settings.s3_region)
+    return "posix", dict(path=settings.backup_path)
 
 
-def _make_backup_driver(settings: Settings):
+def backup_driver(settings: Settings):
+    """The chunked driver on the configured store (one per configuration and process)."""
     from workers.drivers import ChunkedDriver
     from workers.drivers import make_store
-    if settings.backup_store == "s3":
-        store = make_store("s3", endpoint_url=settings.s3_endpoint_url or None,
-                           bucket=settings.s3_bucket, access_key=settings.s3_access_key,
-                           secret_key=settings.s3_secret_key, region=settings.s3_region)
-    else:
-        store = make_store("posix", path=settings.backup_path)
-    return ChunkedDriver(store, compression=settings.backup_compression)
+    kind, args = _store_args(settings)
+    key = (kind, tuple(sorted(args.items())), settings.backup_compression)
+    driver = _drivers.get(key)
+    if driver is None:
+        driver = _drivers[key] = ChunkedDriver(make_store(kind, **args),
+                                               compression=settings.backup_compression)
+    return driver
 
 
 def run_job(settings: Settings, job_id: str, *, owner: str) -> str:
