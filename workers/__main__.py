@@ -12,6 +12,7 @@ import argparse
 import logging
 import sys
 import threading
+import time
 import uuid
 
 from celery import signals
@@ -38,6 +39,7 @@ class Heartbeat(threading.Thread):
         self.settings, self.host, self.zone, self.binaries = settings, host, zone, binaries
         self.boot_id = str(uuid.uuid4())
         self._halt = threading.Event()
+        self._last: float | None = None  # monotonic time of the last beat that landed
 
     def beat(self) -> None:
         db = get_database(self.settings.database_url)
@@ -45,14 +47,29 @@ class Heartbeat(threading.Thread):
             hosts.record_heartbeat(conn, self.host, self.binaries, self.zone, now=utcnow(),
                                    boot_id=self.boot_id, version=__version__)
 
+    def start(self) -> None:
+        """Beat once before returning, so a node is never 'ready' before it is choosable."""
+        self._beat_logged()
+        super().start()
+
     def run(self) -> None:
-        while True:
-            try:
-                self.beat()
-            except Exception:
-                log.exception("heartbeat failed; retrying in %ss", self.settings.heartbeat_interval)
-            if self._halt.wait(self.settings.heartbeat_interval):
-                return
+        while not self._halt.wait(self.settings.heartbeat_interval):
+            self._beat_logged()
+
+    def _beat_logged(self) -> None:
+        started = time.monotonic()
+        try:
+            self.beat()
+        except Exception:
+            log.exception("heartbeat failed; retrying in %ss", self.settings.heartbeat_interval)
+            return
+        done = time.monotonic()
+        # A gap near service_down_time makes the API think this node is down: say why.
+        if self._last is not None and done - self._last > self.settings.service_down_time / 2:
+            log.warning("heartbeat late: %.1f s since the last one (this beat took %.1f s; "
+                        "service_down_time is %.0f s)", done - self._last, done - started,
+                        self.settings.service_down_time)
+        self._last = done
 
     def stop(self) -> None:
         self._halt.set()

@@ -32,7 +32,7 @@ LIMIT = 10
 
 def race(settings, start_worker) -> None:
     db = get_database(settings.database_url)
-    start_worker("race-node", "nova")
+    worker = start_worker("race-node", "nova")
     backend = FileVolumeBackend(settings.volume_path)
     with db.scope() as s:
         quota.set_limits(s, "demo", {"backups": LIMIT}, settings)
@@ -56,7 +56,8 @@ def race(settings, start_worker) -> None:
     finally:
         api.stop()
     codes = Counter(code for code, _ in results)
-    assert codes == {202: LIMIT, 413: N_REQUESTS - LIMIT}, results
+    # A 503 here means the node looked down: its log says whether a heartbeat was late.
+    assert codes == {202: LIMIT, 413: N_REQUESTS - LIMIT}, (results, worker.log[-3000:])
     assert all("BackupLimitExceeded" in text for code, text in results if code == 413)
     with db.scope(write=False) as s:
         assert s.scalar(select(func.count()).select_from(Backup).where(
