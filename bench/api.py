@@ -84,6 +84,18 @@ def ensure_wrk() -> None:
 # ----------------------------------------------------------------------------- seeding
 
 
+def creation_times(n: int) -> list:
+    """``n`` distinct creation times, one millisecond apart, the last one now.
+
+    Real backups are created one after another, each with its own time, so the
+    newest rows sit together at the end of the table. Stamping a whole batch with
+    one time would order the first list page by random UUIDs across the table.
+    """
+    import datetime as dt
+    now = utcnow()
+    return [now - dt.timedelta(milliseconds=n - 1 - i) for i in range(n)]
+
+
 def seed(settings: Settings, n_backups: int, n_volumes: int, host: str) -> None:
     """Insert volumes and backups in bulk through the models (no HTTP, no jobs)."""
     db = get_database(settings.database_url)
@@ -100,6 +112,7 @@ def seed(settings: Settings, n_backups: int, n_volumes: int, host: str) -> None:
                 "volume_type": "__DEFAULT__", "bootable": False, "metadata": {},
                 "deleted": False, "created_at": now}])
         done = 0
+        stamps = creation_times(n_backups)
         while done < n_backups:
             rows = []
             for i in range(done, min(n_backups, done + batch)):
@@ -109,8 +122,8 @@ def seed(settings: Settings, n_backups: int, n_volumes: int, host: str) -> None:
                              "container": None, "availability_zone": "nova", "size": 1,
                              "object_count": 1, "num_dependent_backups": 0,
                              "progress_bytes": 0, "progress_total": 0, "deleted": False,
-                             "created_at": now, "data_timestamp": now, "host": host,
-                             "service": "orchestrator.drivers.chunked"})
+                             "created_at": stamps[i], "data_timestamp": stamps[i],
+                             "host": host, "service": "orchestrator.drivers.chunked"})
             with db.scope() as s:
                 s.execute(insert(Backup), rows)
             done += len(rows)
@@ -134,7 +147,8 @@ def top_up(settings: Settings, n_backups: int) -> None:
         from sqlalchemy import func
         have = s.scalar(select(func.count()).select_from(Backup))
         vol = s.scalar(select(Backup.volume_id).limit(1))
-    now = utcnow()
+    stamps = creation_times(n_backups - have)
+    first = have
     batch = 20000
     while have < n_backups:
         k = min(batch, n_backups - have)
@@ -142,8 +156,8 @@ def top_up(settings: Settings, n_backups: int) -> None:
                  "status": "available", "display_name": f"seed-{have + i}",
                  "display_description": "seeded", "availability_zone": "nova", "size": 1,
                  "object_count": 1, "num_dependent_backups": 0, "progress_bytes": 0,
-                 "progress_total": 0, "deleted": False, "created_at": now,
-                 "data_timestamp": now, "host": "bench-node",
+                 "progress_total": 0, "deleted": False, "created_at": stamps[have - first + i],
+                 "data_timestamp": stamps[have - first + i], "host": "bench-node",
                  "service": "orchestrator.drivers.chunked"} for i in range(k)]
         with db.scope() as s:
             s.execute(insert(Backup), rows)
@@ -416,9 +430,10 @@ def compare_scale(big: Settings, small_url: str, redis: RedisServer, args, workd
         for stack, files in ((stacks[0], files_small), (stacks[1], files_big)):
             run_load(stack, "list", c, 3, files, 0)  # warm both APIs up; not counted
         runs: dict[str, list[float]] = {"small": [], "big": []}
-        for _ in range(args.scale_rounds):
-            for tag, stack, files in (("small", stacks[0], files_small),
-                                      ("big", stacks[1], files_big)):
+        pair = (("small", stacks[0], files_small), ("big", stacks[1], files_big))
+        for round_no in range(args.scale_rounds):
+            # small, big, big, small, ...: a drift of the machine's speed weighs on both.
+            for tag, stack, files in (pair if round_no % 2 == 0 else pair[::-1]):
                 runs[tag].append(round(run_load(stack, "list", c, args.duration, files, 0)["rps"],
                                        1))
     finally:
@@ -497,7 +512,7 @@ def main() -> None:
     parser.add_argument("--scenarios", default="show,list,create,mixed",
                         type=lambda v: v.split(","))
     parser.add_argument("--duration", type=float, default=10.0)
-    parser.add_argument("--scale-rounds", type=int, default=3,
+    parser.add_argument("--scale-rounds", type=int, default=4,
                         help="alternating list runs per database for list_1m_over_1k")
     parser.add_argument("--db", choices=["sqlite", "postgres", "both"], default="both")
     parser.add_argument("--api-workers", type=int, default=Settings.from_env().api_workers)
