@@ -10,8 +10,10 @@ import pytest
 
 from orch_testlib import ApiServer
 from orch_testlib import Client
+from orch_testlib import ThrowawayPostgres
 from orch_testlib import WorkerProcess
 from orch_testlib import make_settings
+from orch_testlib import postgres_admin_dsn
 from orchestrator.db import get_database
 from orchestrator.embedded import RedisServer
 from orchestrator.embedded import free_port
@@ -117,3 +119,14 @@ def broker_settings(tmp_path, broker):
     s = make_settings(tmp_path / "state", broker.url)
     upgrade(s.database_url)
     return s
+
+
+@pytest.fixture
+def postgres():
+    """A throwaway database on the local PostgreSQL (dropped afterwards), or a visible skip."""
+    dsn = postgres_admin_dsn()
+    if dsn is None:
+        pytest.skip("PostgreSQL leg skipped: nothing answers on 127.0.0.1:5432")
+    pg = ThrowawayPostgres(dsn)
+    yield pg
+    pg.close()

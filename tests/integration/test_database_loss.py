@@ -11,26 +11,20 @@ from orch_testlib import ApiServer
 from orch_testlib import Client
 from orch_testlib import ThrowawayPostgres
 from orch_testlib import make_settings
-from orch_testlib import postgres_admin_dsn
 from orchestrator import db as db_module
 from orchestrator.migrate import upgrade
 
 
 @pytest.fixture
-def pg_api(tmp_path, redis_server):
-    dsn = postgres_admin_dsn()
-    if dsn is None:
-        pytest.skip("PostgreSQL leg skipped: nothing answers on 127.0.0.1:5432")
-    pg = ThrowawayPostgres(dsn)
+def pg_api(tmp_path, redis_server, postgres):
     settings = make_settings(tmp_path / "state", f"{redis_server.url[:-1]}3",
-                             database_url=pg.url)
+                             database_url=postgres.url)
     upgrade(settings.database_url)
     server = ApiServer(settings).start()
     try:
-        yield pg, Client(server.url)
+        yield postgres, Client(server.url)
     finally:
         server.stop()
-        pg.close()
 
 
 def _kill_connections(pg: ThrowawayPostgres) -> int:

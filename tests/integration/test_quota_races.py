@@ -13,9 +13,7 @@ from sqlalchemy import func
 from sqlalchemy import select
 
 from orch_testlib import ApiProcess
-from orch_testlib import ThrowawayPostgres
 from orch_testlib import make_settings
-from orch_testlib import postgres_admin_dsn
 from orchestrator import hosts
 from orchestrator import quota
 from orchestrator.db import get_database
@@ -69,18 +67,11 @@ def race(settings, start_worker) -> None:
         assert busy <= LIMIT  # only accepted requests touched a volume
 
 
-def test_concurrent_creates_on_postgres(tmp_path, redis_server, start_worker_factory):
-    dsn = postgres_admin_dsn()
-    if dsn is None:
-        pytest.skip("PostgreSQL leg skipped: nothing answers on 127.0.0.1:5432")
-    pg = ThrowawayPostgres(dsn)
-    try:
-        settings = make_settings(tmp_path / "state", f"{redis_server.url[:-1]}2",
-                                 database_url=pg.url)
-        upgrade(settings.database_url)
-        race(settings, start_worker_factory(settings))
-    finally:
-        pg.close()
+def test_concurrent_creates_on_postgres(tmp_path, redis_server, start_worker_factory, postgres):
+    settings = make_settings(tmp_path / "state", f"{redis_server.url[:-1]}2",
+                             database_url=postgres.url)
+    upgrade(settings.database_url)
+    race(settings, start_worker_factory(settings))
 
 
 def test_concurrent_creates_on_sqlite_with_several_api_processes(settings, start_worker):

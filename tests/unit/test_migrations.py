@@ -1,14 +1,11 @@
 """`alembic upgrade head` builds the schema, and the models agree with it."""
 from __future__ import annotations
 
-import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine
 from sqlalchemy import inspect
 
-from orch_testlib import ThrowawayPostgres
-from orch_testlib import postgres_admin_dsn
 from orchestrator.migrate import upgrade
 from orchestrator.models import Base
 
@@ -32,15 +29,8 @@ def test_sqlite_migrations_match_models(tmp_path):
     assert_models_match(f"sqlite:///{tmp_path / 'm.db'}")
 
 
-def test_postgres_migrations_match_models():
-    dsn = postgres_admin_dsn()
-    if dsn is None:
-        pytest.skip("PostgreSQL leg skipped: nothing answers on 127.0.0.1:5432")
-    pg = ThrowawayPostgres(dsn)
-    try:
-        assert_models_match(pg.url)
-    finally:
-        pg.close()
+def test_postgres_migrations_match_models(postgres):
+    assert_models_match(postgres.url)
 
 
 def test_upgrade_is_idempotent(tmp_path):

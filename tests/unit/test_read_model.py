@@ -1,10 +1,6 @@
 """The backup read model: a page's metadata in one query, right per backup, on both databases."""
 from __future__ import annotations
 
-import pytest
-
-from orch_testlib import ThrowawayPostgres
-from orch_testlib import postgres_admin_dsn
 from orchestrator import api
 from orchestrator.context import RequestContext
 from orchestrator.db import get_database
@@ -67,12 +63,5 @@ def test_page_metadata_on_sqlite(tmp_path):
     _check(f"sqlite:///{tmp_path / 'r.db'}")
 
 
-def test_page_metadata_on_postgres():
-    dsn = postgres_admin_dsn()
-    if dsn is None:
-        pytest.skip("PostgreSQL leg skipped: nothing answers on 127.0.0.1:5432")
-    pg = ThrowawayPostgres(dsn)
-    try:
-        _check(pg.url)
-    finally:
-        pg.close()
+def test_page_metadata_on_postgres(postgres):
+    _check(postgres.url)

@@ -7,8 +7,6 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy import update
 
-from orch_testlib import ThrowawayPostgres
-from orch_testlib import postgres_admin_dsn
 from orchestrator import api
 from orchestrator import db as dbmod
 from orchestrator import hosts
@@ -29,12 +27,7 @@ from workers.volumes import FileVolumeBackend
 def settings(request, tmp_path):
     url = ""  # the default: SQLite in state_dir
     if request.param == "postgresql":
-        dsn = postgres_admin_dsn()
-        if dsn is None:
-            pytest.skip("PostgreSQL leg skipped: nothing answers on 127.0.0.1:5432")
-        pg = ThrowawayPostgres(dsn)
-        request.addfinalizer(pg.close)
-        url = pg.url
+        url = request.getfixturevalue("postgres").url
     s = Settings(state_dir=str(tmp_path), broker_url="memory://", database_url=url)
     upgrade(s.database_url)
     return s
