@@ -238,6 +238,14 @@ def _charge_statement(limited: bool):
                                          updated_at=bindparam("now"))
 
 
+@functools.lru_cache(maxsize=None)
+def _consumed_statement():
+    """in_use + reserved of a project's resource (no row: None), built once."""
+    t = QuotaUsage.__table__
+    return select(t.c.in_use + t.c.reserved).where(t.c.project_id == bindparam("b_project"),
+                                                   t.c.resource == bindparam("b_resource"))
+
+
 def charge(session: Session, project_id: str, deltas: dict[str, int], settings: Settings, *,
            now: dt.datetime, counted: bool = False) -> None:
     """Check and add usage in one step, in the transaction that creates the counted rows.
@@ -265,11 +273,14 @@ def charge(session: Session, project_id: str, deltas: dict[str, int], settings: 
                   "limit": limit, "now": now}
         if session.execute(statement, params).rowcount == 1:
             continue
-        # No row changed: the usage row does not exist yet (first use) or the limit is hit.
-        usage_id = _usage_id(session, project_id, resource, minus=delta if counted else 0)
-        if session.execute(statement, params).rowcount != 1:
-            usage = session.get(QuotaUsage, usage_id, populate_existing=True)
-            raise _over_quota(resource, delta, limit, usage.in_use + usage.reserved)
+        # No row changed: the limit is hit, or the usage row does not exist yet (first use).
+        consumed = session.execute(_consumed_statement(), params).scalar()
+        if consumed is None:
+            _usage_id(session, project_id, resource, minus=delta if counted else 0)
+            if session.execute(statement, params).rowcount == 1:
+                continue
+            consumed = session.execute(_consumed_statement(), params).scalar()
+        raise _over_quota(resource, delta, limit, consumed)
 
 
 def release(session: Session, project_id: str, deltas: dict[str, int], *, now: dt.datetime) -> None:

@@ -285,6 +285,22 @@ def test_charge_after_the_counted_rows_on_first_use(database, cfg):
         assert s.get(Backup, "d" * 8 + "-0000-0000-0000-000000000000") is None
 
 
+def test_refusal_on_first_use_reports_the_recounted_usage(database, cfg):
+    """No usage row yet and the project already at its limit: refused, with the recount."""
+    with database.scope() as s:
+        s.add(Backup(id="a" * 8 + "-0000-0000-0000-000000000000", user_id="u", project_id="p",
+                     volume_id="v", status="available", size=6, created_at=T0))
+    cfg.quota_backups = 1
+    cfg.quota_backup_gigabytes = 8
+    with database.scope() as s:
+        with pytest.raises(errors.OverQuota, match="Requested 3G, quota is 8G and 6G has been"):
+            quota.charge(s, "p", {"backups": 1, "backup_gigabytes": 3}, cfg, now=T0)
+    with database.scope() as s:
+        with pytest.raises(errors.OverQuota, match=r"allowed \(1\) exceeded"):
+            quota.charge(s, "p", {"backups": 1}, cfg, now=T0)
+        assert quota.usage(s, "p")["backups"] == (1, 0)
+
+
 # ----------------------------------------------------------------------------- paging
 
 
