@@ -28,10 +28,16 @@ from orchestrator.models import new_id
 VOLUME_DELETABLE = ("available", "error", "error_restoring", "error_extending")
 
 
+def _visible(row, ctx: RequestContext) -> bool:
+    """A volume or snapshot (ORM object or row) exists, is not deleted, and ctx may see it."""
+    return row is not None and not row.deleted and \
+        (ctx.is_admin or row.project_id == ctx.project_id)
+
+
 def get_volume(session: Session, ctx: RequestContext, volume_id: str) -> Volume:
     """A visible volume. :raises VolumeNotFound:"""
     vol = session.get(Volume, volume_id)
-    if vol is None or vol.deleted or (not ctx.is_admin and vol.project_id != ctx.project_id):
+    if not _visible(vol, ctx):
         raise errors.VolumeNotFound(volume_id)
     return vol
 
@@ -39,14 +45,14 @@ def get_volume(session: Session, ctx: RequestContext, volume_id: str) -> Volume:
 @functools.lru_cache(maxsize=None)
 def _volume_row_statement():
     table = Volume.__table__
-    return select(table).where(table.c.id == bindparam("id"), table.c.deleted.is_(False))
+    return select(table).where(table.c.id == bindparam("id"))
 
 
 def volume_row(session, ctx: RequestContext, volume_id: str):
     """A visible volume as a plain row, for paths that only read it (cheaper than an ORM
     object). :raises VolumeNotFound:"""
     row = session.execute(_volume_row_statement(), {"id": volume_id}).first()
-    if row is None or (not ctx.is_admin and row.project_id != ctx.project_id):
+    if not _visible(row, ctx):
         raise errors.VolumeNotFound(volume_id)
     return row
 
@@ -54,7 +60,7 @@ def volume_row(session, ctx: RequestContext, volume_id: str):
 def get_snapshot(session: Session, ctx: RequestContext, snapshot_id: str) -> Snapshot:
     """A visible snapshot. :raises SnapshotNotFound:"""
     snap = session.get(Snapshot, snapshot_id)
-    if snap is None or snap.deleted or (not ctx.is_admin and snap.project_id != ctx.project_id):
+    if not _visible(snap, ctx):
         raise errors.SnapshotNotFound(snapshot_id)
     return snap
 
