@@ -15,15 +15,14 @@ import json
 import re
 
 from dateutil import parser as dateparser
-from sqlalchemy import String
-from sqlalchemy import any_
+from sqlalchemy import JSON
 from sqlalchemy import bindparam
 from sqlalchemy import false
 from sqlalchemy import func
 from sqlalchemy import insert
 from sqlalchemy import select
+from sqlalchemy import type_coerce
 from sqlalchemy import update
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from orchestrator import errors
@@ -91,51 +90,50 @@ def _has_dependents_column():
 
 
 @functools.lru_cache(maxsize=None)
-def _show_statement(scoped: bool):
+def _metadata_column(dialect: str):
+    """A backup's live metadata as one JSON object column, built once per dialect.
+
+    Aggregated in the row's own statement (one probe of the metadata index per
+    row shown), so a show or a list page is one round trip to the database.
+    None or {} when the backup has no metadata.
+    """
+    table, md = Backup.__table__, BackupMetadata.__table__
+    aggregate = func.json_object_agg if dialect == "postgresql" else func.json_group_object
+    items = select(aggregate(md.c.key, md.c.value)).where(
+        md.c.backup_id == table.c.id, md.c.deleted == false()).scalar_subquery()
+    return type_coerce(items, JSON).label("metadata_items")
+
+
+def _view_columns(dialect: str, with_metadata: bool) -> tuple:
+    """Columns a backup view reads beside the table's own."""
+    return (_has_dependents_column(),) + ((_metadata_column(dialect),) if with_metadata else ())
+
+
+@functools.lru_cache(maxsize=None)
+def _show_statement(scoped: bool, dialect: str, with_metadata: bool):
     """The one-row read of a backup, built once (statements cost more to build than to run)."""
     table = Backup.__table__
-    query = select(*table.c, _has_dependents_column()).where(
+    query = select(*table.c, *_view_columns(dialect, with_metadata)).where(
         table.c.id == bindparam("backup_id"), table.c.deleted.is_(False))
     if scoped:
         query = query.where(table.c.project_id == bindparam("project_id"))
     return query
 
 
-@functools.lru_cache(maxsize=None)
-def _metadata_statement(dialect: str, single: bool):
-    """Metadata of one backup or of a page of them, with one bound parameter.
-
-    A page's ids travel as one array (PostgreSQL) or one JSON text (SQLite),
-    not as an expanding IN: that would render and parse a new statement of
-    100 placeholders on every request instead of reusing a cached one.
-    """
-    table = BackupMetadata.__table__
-    if single:
-        cond = table.c.backup_id == bindparam("ids")
-    elif dialect == "postgresql":
-        cond = table.c.backup_id == any_(bindparam("ids", type_=ARRAY(String)))
-    elif dialect == "sqlite":
-        ids = func.json_each(bindparam("ids")).table_valued("value")
-        cond = table.c.backup_id.in_(select(ids.c.value))
-    else:
-        cond = table.c.backup_id.in_(bindparam("ids", expanding=True))
-    return select(table.c.backup_id, table.c.key, table.c.value).where(
-        cond, table.c.deleted.is_(False))
-
-
 def backup_view_rows(session, ctx: RequestContext, *, all_tenants: bool = False,
                      with_metadata: bool = False, **kw) -> tuple[list, dict, int | None]:
     """The read model of a backup list: (rows with has_dependents, metadata by id, count).
 
-    Two queries per page whatever its size (the page, then its metadata when
-    asked for): no ORM objects, no N+1.
+    One query per page whatever its size (the count only when asked for): no
+    ORM objects, no N+1.
 
     :raises MarkerNotFound, InvalidInput:
     """
     scope = None if (ctx.is_admin and all_tenants) else ctx.project_id
+    columns = _view_columns(dialect_of(session).name, with_metadata)
     rows, count = paging.list_rows(session, Backup, scope_project=scope, sort_keys=SORT_KEYS,
-                                   extra_columns=(_has_dependents_column(),), as_rows=True, **kw)
-    metadata = _metadata_of(session, [r.id for r in rows]) if with_metadata and rows else {}
+                                   extra_columns=columns, as_rows=True, **kw)
+    metadata = {r.id: r.metadata_items or {} for r in rows} if with_metadata else {}
     return rows, metadata, count
 
 
@@ -145,21 +143,11 @@ def backup_view_row(session, ctx: RequestContext, backup_id: str, *,
     params = {"backup_id": backup_id}
     if not ctx.is_admin:
         params["project_id"] = ctx.project_id
-    row = session.execute(_show_statement(not ctx.is_admin), params).first()
+    statement = _show_statement(not ctx.is_admin, dialect_of(session).name, with_metadata)
+    row = session.execute(statement, params).first()
     if row is None:
         raise errors.BackupNotFound(backup_id)
-    return row, (_metadata_of(session, [row.id]).get(row.id, {}) if with_metadata else {})
-
-
-def _metadata_of(session, ids: list[str]) -> dict[str, dict[str, str]]:
-    out: dict[str, dict[str, str]] = {}
-    dialect = dialect_of(session).name
-    single = len(ids) == 1
-    param = ids[0] if single else (json.dumps(ids) if dialect == "sqlite" else ids)
-    for backup_id, key, value in session.execute(_metadata_statement(dialect, single),
-                                                 {"ids": param}):
-        out.setdefault(backup_id, {})[key] = value
-    return out
+    return row, ((row.metadata_items or {}) if with_metadata else {})
 
 
 def active_operation(session: Session, backup: Backup) -> Job | None:

@@ -1,5 +1,10 @@
-"""The backup read model: a page's metadata in one query, right per backup, on both databases."""
+"""The backup read model: a page with its metadata in one query, right per backup, on both
+databases."""
 from __future__ import annotations
+
+import contextlib
+
+from sqlalchemy import event
 
 from orchestrator import api
 from orchestrator.context import RequestContext
@@ -27,6 +32,9 @@ def _check(url: str) -> None:
             for k in range(i % 3):
                 s.add(BackupMetadata(backup_id=bid, key=f"k{k}", value=f"{bid[:4]}-{k}",
                                      created_at=now))
+        # Text that JSON must escape survives the aggregation as it was written.
+        s.add(BackupMetadata(backup_id=ids[5], key='quote"back\\slash', value="ünï\n{}",
+                             created_at=now))
         # A deleted item and another project's backup with metadata stay out.
         s.add(BackupMetadata(backup_id=ids[1], key="gone", value="x", created_at=now,
                              deleted=True))
@@ -40,23 +48,41 @@ def _check(url: str) -> None:
                 with_count=False)
     expected = {bid: {f"k{k}": f"{bid[:4]}-{k}" for k in range(i % 3)}
                 for i, bid in enumerate(ids[:5])}
-    expected = {k: v for k, v in expected.items() if v}
-    with db.engine.connect() as conn:
+    expected[ids[5]] = {'quote"back\\slash': "ünï\n{}"}
+    expected = {bid: expected.get(bid, {}) for bid in ids}
+    with db.engine.connect() as conn, _statements(db.engine) as sent:
         rows, metadata, count = api.backup_view_rows(conn, ctx, with_metadata=True, limit=100,
                                                      **page)
+        assert len(sent) == 1  # the page and its metadata: one round trip
         assert count is None
         assert sorted(r.id for r in rows) == sorted(ids)
         assert metadata == expected
-        for bid in ids:  # the one-backup read (show) agrees
+        for bid in ids:  # the one-backup read (show) agrees, in one statement too
+            del sent[:]
             row, meta = api.backup_view_row(conn, ctx, bid, with_metadata=True)
+            assert len(sent) == 1
             assert row.id == bid
-            assert meta == expected.get(bid, {})
-        # A page of one backup takes the single-id statement; of two, the page statement.
-        _, meta_one, _ = api.backup_view_rows(conn, ctx, with_metadata=True, limit=1,
-                                              **page)
-        assert set(meta_one) <= set(expected)
+            assert meta == expected[bid]
+        # Without metadata (before microversion 3.43) nothing is aggregated.
+        _, none, _ = api.backup_view_rows(conn, ctx, with_metadata=False, limit=100, **page)
+        assert none == {}
+        assert api.backup_view_row(conn, ctx, ids[1], with_metadata=False)[1] == {}
     with db.session(write=False) as session:  # an ORM session works as well as a connection
-        assert api._metadata_of(session, ids) == expected
+        assert api.backup_view_rows(session, ctx, with_metadata=True, limit=100,
+                                    **page)[1] == expected
+
+
+@contextlib.contextmanager
+def _statements(engine):
+    sent: list[str] = []
+
+    def record(_conn, _cursor, statement, *_args):
+        sent.append(statement)
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield sent
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
 
 
 def test_page_metadata_on_sqlite(tmp_path):
