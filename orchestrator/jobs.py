@@ -13,6 +13,7 @@ this job succeeds and failed (with its own clean-up) when this job fails.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 from typing import Iterable
 
@@ -23,6 +24,7 @@ from sqlalchemy import or_
 from sqlalchemy import select
 from sqlalchemy import update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.util import identity_key
 from sqlalchemy.orm.attributes import set_committed_value
 
 from orchestrator import quota
@@ -138,30 +140,45 @@ def renew(session: Session, job_id: str, owner: str, *, now: dt.datetime,
     return result.rowcount == 1, cancel
 
 
+@functools.lru_cache(maxsize=None)
+def _finish_statement(owned: bool, returning: bool):
+    """UPDATE a job to a terminal state (built once per shape; see _CLAIM on synchronization)."""
+    cond = [Job.id == bindparam("b_job_id"), Job.state.in_(("queued", "running"))]
+    if owned:
+        cond.append(Job.lease_owner == bindparam("b_owner"))
+    stmt = update(Job).where(*cond).values(
+        state=bindparam("b_state"), error=bindparam("b_error"), finished_at=bindparam("b_now"),
+        lease_expires_at=None, updated_at=bindparam("b_now")).execution_options(
+        synchronize_session=False)
+    return stmt.returning(Job.next_job_id) if returning else stmt
+
+
 def finish(session: Session, job: Job, state: str, *, now: dt.datetime,
            error: str | None = None, owner: str | None = None) -> bool:
     """Move a running (or queued) job to a terminal state; False if someone else did.
 
-    On success ``job.next_job_id`` is refreshed from the row as this update saw it: a
-    force delete may have chained a job after ``job`` was read, and whoever ends the job
-    must queue (or fail) that one too.
+    On success ``job`` carries the new state, and ``job.next_job_id`` is refreshed
+    from the row as this update saw it: a force delete may have chained a job after
+    ``job`` was read, and whoever ends the job must queue (or fail) that one too.
     """
-    cond = [Job.id == job.id, Job.state.in_(("queued", "running"))]
-    if owner is not None:
-        cond.append(Job.lease_owner == owner)
-    stmt = update(Job).where(*cond).values(
-        state=state, error=error, finished_at=now, lease_expires_at=None, updated_at=now)
-    if _returning(session):
-        row = session.execute(stmt.returning(Job.next_job_id)).first()
+    params = {"b_job_id": job.id, "b_owner": owner, "b_state": state, "b_error": error,
+              "b_now": now}
+    returning = _returning(session)
+    result = session.execute(_finish_statement(owner is not None, returning), params)
+    if returning:
+        row = result.first()
         if row is None:
             return False
         next_job_id = row[0]
     else:
-        if session.execute(stmt).rowcount != 1:
+        if result.rowcount != 1:
             return False
         next_job_id = session.scalar(select(Job.next_job_id).where(Job.id == job.id))
-    # Without marking ``job`` dirty (it may be attached to this session, or detached).
-    set_committed_value(job, "next_job_id", next_job_id)
+    # As the row now is, without marking ``job`` dirty (it may be attached or detached).
+    for key, value in (("state", state), ("error", error), ("finished_at", now),
+                       ("lease_expires_at", None), ("updated_at", now),
+                       ("next_job_id", next_job_id)):
+        set_committed_value(job, key, value)
     return True
 
 
@@ -184,19 +201,46 @@ def truncate_reason(reason: str) -> str:
 # reaper (expired lease), and by the API (a job that could not be queued).
 
 
+@functools.lru_cache(maxsize=None)
+def _status_statement(model, with_reason: bool = False, previous: bool = False):
+    """UPDATE a resource from one status to another, only if it is still in the first.
+
+    Built once per shape (the failure path of every job runs one): bound
+    parameters rule out the session's in-Python synchronization, so
+    ``_set_status`` expires a loaded copy of the row instead.
+    """
+    values = {"status": bindparam("b_status"), "updated_at": bindparam("b_now")}
+    if with_reason:
+        values["fail_reason"] = bindparam("b_reason")
+    if previous:
+        values["previous_status"] = bindparam("b_previous")
+    return (update(model).where(model.id == bindparam("b_id"),
+                                model.status == bindparam("b_from"))
+            .values(**values).execution_options(synchronize_session=False))
+
+
+def _set_status(session: Session, model, ident: str, from_status: str, to_status: str, *,
+                now: dt.datetime, reason: str | None = None, previous: str | None = None) -> int:
+    """Compare-and-swap a resource's status; returns the rows changed (0 or 1)."""
+    params = {"b_id": ident, "b_from": from_status, "b_status": to_status, "b_now": now,
+              "b_reason": reason, "b_previous": previous}
+    changed = session.execute(_status_statement(model, reason is not None, previous is not None),
+                              params).rowcount
+    loaded = session.identity_map.get(identity_key(model, ident)) if changed else None
+    if loaded is not None:
+        session.expire(loaded)
+    return changed
+
+
 def _restore_source(session: Session, job: Job, now: dt.datetime) -> None:
     """Put the backed-up volume or snapshot back exactly as it was."""
     p = job.params
     if p.get("snapshot_id"):
-        session.execute(update(Snapshot).where(Snapshot.id == p["snapshot_id"],
-                                               Snapshot.status == "backing-up")
-                        .values(status=p.get("snapshot_previous_status", "available"),
-                                updated_at=now))
+        _set_status(session, Snapshot, p["snapshot_id"], "backing-up",
+                    p.get("snapshot_previous_status", "available"), now=now)
     else:
-        session.execute(update(Volume).where(Volume.id == p["volume_id"],
-                                             Volume.status == "backing-up")
-                        .values(status=p.get("previous_status", "available"),
-                                previous_status="backing-up", updated_at=now))
+        _set_status(session, Volume, p["volume_id"], "backing-up",
+                    p.get("previous_status", "available"), now=now, previous="backing-up")
 
 
 def _purge_volume(session: Session, volume_id: str, now: dt.datetime) -> None:
@@ -238,11 +282,8 @@ def on_failure(session: Session, job: Job, reason: str, *, now: dt.datetime,
         # The common case: the job's own resource goes from its transient status to an
         # error status (backups also record why).
         model, transient, failed = _FAILED_STATUS[op]
-        values = {"status": failed, "updated_at": now}
-        if model is Backup:
-            values["fail_reason"] = reason
-        session.execute(update(model).where(model.id == job.resource_id,
-                                            model.status == transient).values(**values))
+        _set_status(session, model, job.resource_id, transient, failed, now=now,
+                    reason=reason if model is Backup else None)
     if op == "backup_create":
         _restore_source(session, job, now)
     elif op == "backup_restore":

@@ -189,7 +189,11 @@ def run_job(settings: Settings, job_id: str, *, owner: str) -> str:
         state = "cancelled" if cancelled else "failed"
         reason = _reason(job, exc, cancelled)
         if not cancelled:
-            log.exception("job %s %s failed", job.id, job.op)
+            from workers.drivers.errors import DataPathError
+            if isinstance(exc, DataPathError):  # a failure the data path names: its reason says it
+                log.error("job %s %s failed: %s", job.id, job.op, reason)
+            else:  # anything else may be a bug: keep the traceback
+                log.exception("job %s %s failed", job.id, job.op)
         with db.scope() as session:
             follow_ups = []
             # finish refreshes job.next_job_id: a force delete may have chained a job
