@@ -172,11 +172,10 @@ def settle(settings: Settings) -> None:
     dirty pages, so that their writeback does not land in a measured run either.
     """
     db = get_database(settings.database_url)
-    with db.write_engine.connect() as conn:
+    with db.engine.connect() as conn:  # no transaction: SQLite's read engine, PG in autocommit
         if db.is_sqlite:
             conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
         else:
-            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
             conn.exec_driver_sql("VACUUM (ANALYZE)")
             try:
                 conn.exec_driver_sql("CHECKPOINT")
