@@ -25,9 +25,7 @@ def keyset(query: Select, model, sort: list[tuple[str, str]], marker_row, *,
     column terms and a row-value comparison, so an index on those columns
     serves both and a page costs the same at any depth and any table size.
     """
-    keys = list(sort)
-    if not any(k == "id" for k, _ in keys):
-        keys.append(("id", keys[-1][1] if keys else "desc"))
+    keys = _with_id(sort)
     cols = [getattr(model, key) for key, _ in keys]
     nullable = [model.__table__.c[key].nullable for key, _ in keys]
     directions = {d for _, d in keys}
@@ -55,6 +53,14 @@ def keyset(query: Select, model, sort: list[tuple[str, str]], marker_row, *,
     if limit is not None:
         query = query.limit(limit)
     return query
+
+
+def _with_id(sort) -> list[tuple[str, str]]:
+    """The sort, ending with id (in the last key's direction) to make the order total."""
+    keys = list(sort)
+    if not any(k == "id" for k, _ in keys):
+        keys.append(("id", keys[-1][1] if keys else "desc"))
+    return keys
 
 
 def _eq(col, value):
@@ -89,7 +95,6 @@ def list_rows(session, model, *, scope_project: str | None, filters: dict | None
     :raises MarkerNotFound, InvalidInput:
     """
     from sqlalchemy import func
-    from sqlalchemy import select
 
     from orchestrator import errors
 
@@ -97,57 +102,55 @@ def list_rows(session, model, *, scope_project: str | None, filters: dict | None
     for key, _ in sort:
         if key not in sort_keys:
             raise errors.InvalidInput(f"Invalid input received: Invalid sort key {key}.")
-    base = (select(*model.__table__.c, *extra_columns) if as_rows else select(model)).where(
-        model.deleted.is_(False))
-    if scope_project is not None:
-        base = base.where(model.project_id == scope_project)
     columns = model.__table__.c
-    nothing = [], (0 if with_count else None)
-    for key, value in (filters or {}).items():
-        if key == "metadata" and isinstance(value, dict):
-            base = base.where(*_metadata_clauses(model, value))
-            continue
-        if key not in columns or key == "metadata":
-            return nothing
-        try:
-            base = base.where(getattr(model, key) == _coerce(columns[key], value))
-        except _NoMatch:
-            return nothing
-    for key, value in (like_filters or {}).items():
-        if key not in columns or key == "metadata":
-            return nothing
-        col = getattr(model, key)
-        if not isinstance(columns[key].type, String):
-            col = cast(col, String)
-        base = base.where(col.contains(value, autoescape=True))
+    # The dashboard's page (no filter, no count, NOT NULL sort keys): a statement built
+    # once, only its parameters change.
+    cacheable = as_rows and not filters and not like_filters and not offset and \
+        not with_count and limit is not None and not any(columns[key].nullable for key, _ in sort)
     count = None
-    if with_count:
-        count = session.scalar(select(func.count()).select_from(base.subquery()))
+    if not cacheable:
+        base = (select(*model.__table__.c, *extra_columns) if as_rows else select(model)).where(
+            model.deleted.is_(False))
+        if scope_project is not None:
+            base = base.where(model.project_id == scope_project)
+        nothing = [], (0 if with_count else None)
+        for key, value in (filters or {}).items():
+            if key == "metadata" and isinstance(value, dict):
+                base = base.where(*_metadata_clauses(model, value))
+                continue
+            if key not in columns or key == "metadata":
+                return nothing
+            try:
+                base = base.where(getattr(model, key) == _coerce(columns[key], value))
+            except _NoMatch:
+                return nothing
+        for key, value in (like_filters or {}).items():
+            if key not in columns or key == "metadata":
+                return nothing
+            col = getattr(model, key)
+            if not isinstance(columns[key].type, String):
+                col = cast(col, String)
+            base = base.where(col.contains(value, autoescape=True))
+        if with_count:
+            count = session.scalar(select(func.count()).select_from(base.subquery()))
     marker_row = None
     if marker:
         marker_row = session.execute(select(model.__table__).where(model.id == marker)).first()
         if marker_row is None or marker_row.deleted or \
                 (scope_project is not None and marker_row.project_id != scope_project):
             raise errors.MarkerNotFound(marker)
-    cacheable = as_rows and not filters and not like_filters and not offset and \
-        limit is not None and not any(columns[key].nullable for key, _ in sort)
-    if cacheable:  # the dashboard's page: a statement built once, only parameters change
+    if cacheable:
         query = _page_statement(model, scope_project is not None, tuple(sort),
                                 marker_row is not None, extra_columns)
         params = {"b_project": scope_project, "b_limit": limit}
         if marker_row is not None:
             params.update({f"b_marker_{key}": getattr(marker_row, key)
-                           for key in _keys(sort)})
+                           for key, _ in _with_id(sort)})
         return session.execute(query, params).all(), count
     query = keyset(base, model, sort, marker_row, limit=limit, offset=offset)
     if as_rows:
         return session.execute(query).all(), count
     return list(session.scalars(query)), count
-
-
-def _keys(sort) -> list[str]:
-    keys = [k for k, _ in sort]
-    return keys if "id" in keys else keys + ["id"]
 
 
 class _BoundMarker:
