@@ -161,11 +161,6 @@ def active_operation(session: Session, backup: Backup) -> Job | None:
 
 _INSERT_BACKUP = insert(Backup.__table__)
 _INSERT_METADATA = insert(BackupMetadata.__table__)
-_VOLUMES = Volume.__table__
-# The volume read as a row is not in the session: a Core UPDATE, built once.
-_VOLUME_TO_BACKING_UP = update(_VOLUMES).where(
-    _VOLUMES.c.id == bindparam("b_id"), _VOLUMES.c.status == bindparam("b_previous")).values(
-    status="backing-up", previous_status=bindparam("b_previous"), updated_at=bindparam("b_now"))
 
 
 def _choose_parent(session: Session, ctx: RequestContext, volume_id: str,
@@ -234,8 +229,8 @@ def create_backup(session: Session, ctx: RequestContext, settings: Settings, *, 
         params.update(snapshot_id=snapshot.id, snapshot_previous_status="available")
     else:
         previous = volume.status
-        if session.execute(_VOLUME_TO_BACKING_UP, {"b_id": volume.id, "b_previous": previous,
-                                                   "b_now": now}).rowcount != 1:
+        if jobs.set_status(session, Volume, volume.id, previous, "backing-up", now=now,
+                           previous=previous) != 1:
             raise errors.InvalidVolume(f"Invalid volume: Volume {volume.id} changed status "
                                        "concurrently; try again.")
         params["previous_status"] = previous

@@ -205,21 +205,21 @@ def truncate_reason(reason: str) -> str:
 def _status_statement(model, with_reason: bool = False, previous: bool = False):
     """UPDATE a resource from one status to another, only if it is still in the first.
 
-    Built once per shape (the failure path of every job runs one): bound
-    parameters rule out the session's in-Python synchronization, so
-    ``_set_status`` expires a loaded copy of the row instead.
+    Built once per shape (every job's failure path and every backup create run
+    one), on the table: no ORM update machinery per call, so ``set_status``
+    expires a loaded copy of the row itself.
     """
+    table = model.__table__
     values = {"status": bindparam("b_status"), "updated_at": bindparam("b_now")}
     if with_reason:
         values["fail_reason"] = bindparam("b_reason")
     if previous:
         values["previous_status"] = bindparam("b_previous")
-    return (update(model).where(model.id == bindparam("b_id"),
-                                model.status == bindparam("b_from"))
-            .values(**values).execution_options(synchronize_session=False))
+    return update(table).where(table.c.id == bindparam("b_id"),
+                               table.c.status == bindparam("b_from")).values(**values)
 
 
-def _set_status(session: Session, model, ident: str, from_status: str, to_status: str, *,
+def set_status(session: Session, model, ident: str, from_status: str, to_status: str, *,
                 now: dt.datetime, reason: str | None = None, previous: str | None = None) -> int:
     """Compare-and-swap a resource's status; returns the rows changed (0 or 1)."""
     params = {"b_id": ident, "b_from": from_status, "b_status": to_status, "b_now": now,
@@ -236,10 +236,10 @@ def _restore_source(session: Session, job: Job, now: dt.datetime) -> None:
     """Put the backed-up volume or snapshot back exactly as it was."""
     p = job.params
     if p.get("snapshot_id"):
-        _set_status(session, Snapshot, p["snapshot_id"], "backing-up",
+        set_status(session, Snapshot, p["snapshot_id"], "backing-up",
                     p.get("snapshot_previous_status", "available"), now=now)
     else:
-        _set_status(session, Volume, p["volume_id"], "backing-up",
+        set_status(session, Volume, p["volume_id"], "backing-up",
                     p.get("previous_status", "available"), now=now, previous="backing-up")
 
 
@@ -282,7 +282,7 @@ def on_failure(session: Session, job: Job, reason: str, *, now: dt.datetime,
         # The common case: the job's own resource goes from its transient status to an
         # error status (backups also record why).
         model, transient, failed = _FAILED_STATUS[op]
-        _set_status(session, model, job.resource_id, transient, failed, now=now,
+        set_status(session, model, job.resource_id, transient, failed, now=now,
                     reason=reason if model is Backup else None)
     if op == "backup_create":
         _restore_source(session, job, now)
