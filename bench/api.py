@@ -4,7 +4,7 @@
 For each database (SQLite as `make run` uses it, and PostgreSQL when one
 answers on 127.0.0.1:5432) and each table size (1,000 / 10,000 / 1,000,000
 backups, seeded through the project's own models), it starts the stack
-(private Redis, gunicorn API, one storage worker), runs
+(private Redis, the API under granian, one storage worker), runs
 ../shared/bench/api_load.py (wrk engine) for show, list, create and mixed at
 concurrency 1, 8 and 32, and measures dispatch latency (create accepted →
 job started on the worker), the database cost of 1,000 hosts heartbeating
@@ -48,7 +48,7 @@ from orchestrator.models import Backup  # noqa: E402
 from orchestrator.models import Job  # noqa: E402
 from orchestrator.models import Volume  # noqa: E402
 from orchestrator.models import new_id  # noqa: E402
-from orchestrator.serve import gunicorn_command  # noqa: E402
+from orchestrator.serve import api_command  # noqa: E402
 
 PROJECT = "demo"
 LOAD = None  # path of api_load.py, found in main()
@@ -205,7 +205,7 @@ def backup_ids(settings: Settings, path: Path, limit: int = 20000) -> None:
 
 
 class Stack:
-    """Redis + gunicorn API + one storage worker, as `make run` starts them."""
+    """Redis + API + one storage worker, as `make run` starts them."""
 
     def __init__(self, settings: Settings, workdir: Path, host: str):
         self.settings, self.workdir, self.host = settings, workdir, host
@@ -213,7 +213,7 @@ class Stack:
 
     def start(self) -> "Stack":
         env = {**os.environ, **self.settings.as_env()}
-        self.procs.append(self._spawn(gunicorn_command(self.settings), env, "api.log"))
+        self.procs.append(self._spawn(api_command(self.settings), env, "api.log"))
         self.procs.append(self._spawn(
             [sys.executable, "-m", "workers", "--host", self.host, "-c", "1", "-l", "WARNING"],
             env, "worker.log"))

@@ -12,7 +12,7 @@ import click
 
 from orchestrator.config import Settings
 from orchestrator.config import default_host
-from orchestrator.serve import gunicorn_command
+from orchestrator.serve import api_command
 
 
 def _env(settings: Settings) -> dict:
@@ -43,11 +43,11 @@ def db_upgrade(revision: str) -> None:
 
 
 @main.command()
-@click.option("--workers", "-w", type=int, default=None, help="gunicorn worker processes")
+@click.option("--workers", "-w", type=int, default=None, help="API worker processes")
 def api(workers: int | None) -> None:
-    """Serve the HTTP API with gunicorn on ORCH_API_HOST:ORCH_API_PORT."""
+    """Serve the HTTP API with granian on ORCH_API_HOST:ORCH_API_PORT."""
     settings = Settings.from_env()
-    os.execvpe(sys.executable, gunicorn_command(settings, workers=workers), _env(settings))
+    os.execvpe(sys.executable, api_command(settings, workers=workers), _env(settings))
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
@@ -108,7 +108,7 @@ def run(host: str | None, zone: str) -> None:
         children[name] = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT,
                                           stdin=subprocess.DEVNULL, start_new_session=True)
 
-    spawn("api", gunicorn_command(settings))
+    spawn("api", api_command(settings))
     spawn("worker", [sys.executable, "-m", "workers", "--host", host, "--zone", zone])
     spawn("maintenance", [sys.executable, "-m", "workers", "--maintenance", "--host", host])
     spawn("beat", _beat_args(settings))

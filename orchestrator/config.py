@@ -45,7 +45,7 @@ class Settings:
     api_port: int = 8776
     api_workers: int = 2
     api_threads: int = 4
-    api_keepalive: int = 0          # seconds; 0 closes after each reply (see serve.py)
+    api_keepalive: bool = True      # HTTP/1.1 keep-alive (serve.py)
     public_endpoint: str = ""       # base URL for links; default: from the request
     backup_path: str = ""           # POSIX backup store; default: <state_dir>/backups
     volume_path: str = ""           # file volume backend root; default: <state_dir>/volumes

@@ -194,7 +194,7 @@ class ThrowawayPostgres:
 
 
 class ApiProcess:
-    """The API under gunicorn (several processes), as `orchestrator api` runs it."""
+    """The API under granian (several processes), as `orchestrator api` runs it."""
 
     def __init__(self, settings: Settings, workers: int = 4):
         self.port = free_port()
@@ -202,9 +202,9 @@ class ApiProcess:
         env = {**os.environ, **settings.as_env(), "ORCH_API_PORT": str(self.port)}
         self.log_path = Path(settings.state_dir) / f"api-{self.port}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        from orchestrator.serve import gunicorn_command
+        from orchestrator.serve import api_command
         self.proc = subprocess.Popen(
-            gunicorn_command(settings, workers=workers, bind=f"127.0.0.1:{self.port}"),
+            api_command(settings, workers=workers, bind=f"127.0.0.1:{self.port}"),
             cwd=str(ROOT), env=env,
             stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -219,7 +219,7 @@ class ApiProcess:
             except requests.RequestException:
                 pass
             time.sleep(0.1)
-        raise AssertionError("gunicorn did not start")
+        raise AssertionError("the API did not start")
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -1,6 +1,6 @@
 """50 concurrent creates against a quota of 10: exactly 10 accepted, usage exact.
 
-On PostgreSQL (row locks) and on SQLite with several API processes (gunicorn).
+On PostgreSQL (row locks) and on SQLite with several API processes (granian).
 """
 from __future__ import annotations
 
