@@ -335,7 +335,7 @@ def dispatch_latency(stack: Stack, files: dict, offset: int, n: int = 100) -> tu
 
 
 def heartbeat_cost(settings: Settings, n_hosts: int = 1000, interval: float = 10.0,
-                   seconds: float = 10.0) -> tuple[float, float]:
+                   seconds: float = 20.0) -> tuple[float, float]:
     """Database CPU of 1,000 hosts heartbeating every 10 s (% of one core), host choice ms.
 
     PostgreSQL: the CPU of the server backends of the database, read from
@@ -535,7 +535,7 @@ def main() -> None:
     parser.add_argument("--scenarios", default="show,list,create,mixed",
                         type=lambda v: v.split(","))
     parser.add_argument("--duration", type=float, default=10.0)
-    parser.add_argument("--scale-rounds", type=int, default=4,
+    parser.add_argument("--scale-rounds", type=int, default=6,
                         help="alternating list runs per database for list_1m_over_1k")
     parser.add_argument("--db", choices=["sqlite", "postgres", "both"], default="both")
     parser.add_argument("--api-workers", type=int, default=Settings.from_env().api_workers)
