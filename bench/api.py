@@ -347,9 +347,9 @@ def heartbeat_cost(settings: Settings, n_hosts: int = 1000, interval: float = 10
     db = get_database(settings.database_url)
     hosts_ = [f"hb-{i:04d}" for i in range(n_hosts)]
     roles = [hosts.BACKUP_BINARY, hosts.VOLUME_BINARY]  # what each storage node reports
-    with db.scope() as s:
-        for h in hosts_:
-            hosts.record_heartbeat(s, h, roles, "nova", now=utcnow())
+    for h in hosts_:  # registration (the insert path), on the connection the beats reuse
+        with db.beat() as conn:
+            hosts.record_heartbeat(conn, h, roles, "nova", now=utcnow())
     rate = n_hosts / interval
     # PostgreSQL: every server backend of this database (the pool rotates connections).
     backends = None
@@ -385,7 +385,7 @@ def heartbeat_cost(settings: Settings, n_hosts: int = 1000, interval: float = 10
     t0 = time.monotonic()
     sent = 0
     while time.monotonic() - t0 < seconds:
-        with db.connect() as conn:
+        with db.beat() as conn:
             hosts.record_heartbeat(conn, hosts_[sent % n_hosts], roles, "nova", now=utcnow())
         sent += 1
         pause = t0 + sent / rate - time.monotonic()
@@ -455,8 +455,8 @@ def compare_scale(big: Settings, small_url: str, redis: RedisServer, args, workd
         for round_no in range(args.scale_rounds):
             # small, big, big, small, ...: a drift of the machine's speed weighs on both.
             for tag, stack, files in (pair if round_no % 2 == 0 else pair[::-1]):
-                runs[tag].append(round(run_load(stack, "list", c, args.duration, files, 0)["rps"],
-                                       1))
+                runs[tag].append(round(run_load(stack, "list", c, args.scale_duration, files,
+                                                0)["rps"], 1))
     finally:
         for stack in stacks:
             stack.stop()
@@ -535,8 +535,11 @@ def main() -> None:
     parser.add_argument("--scenarios", default="show,list,create,mixed",
                         type=lambda v: v.split(","))
     parser.add_argument("--duration", type=float, default=10.0)
-    parser.add_argument("--scale-rounds", type=int, default=6,
+    parser.add_argument("--scale-rounds", type=int, default=10,
                         help="alternating list runs per database for list_1m_over_1k")
+    parser.add_argument("--scale-duration", type=float, default=5.0,
+                        help="seconds of each of those runs (short runs, many rounds: the "
+                             "machine's drift weighs on both databases alike)")
     parser.add_argument("--db", choices=["sqlite", "postgres", "both"], default="both")
     parser.add_argument("--api-workers", type=int, default=Settings.from_env().api_workers)
     parser.add_argument("--workdir", default=None)

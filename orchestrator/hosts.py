@@ -11,12 +11,11 @@ import functools
 import random
 
 from sqlalchemy import bindparam
-from sqlalchemy import insert
 from sqlalchemy import select
-from sqlalchemy import text
 from sqlalchemy import update
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from orchestrator import errors
@@ -29,7 +28,6 @@ SCHEDULER_BINARY = "cinder-scheduler"
 TOPICS = {BACKUP_BINARY: "backup", VOLUME_BINARY: "volume", SCHEDULER_BINARY: "orchestrator"}
 
 
-_ASYNC_COMMIT = text("SET LOCAL synchronous_commit TO OFF")
 
 
 def record_heartbeat(session: Session | Connection, host: str, binaries: str | list[str],
@@ -37,13 +35,10 @@ def record_heartbeat(session: Session | Connection, host: str, binaries: str | l
                      version: str | None = None) -> None:
     """Insert or refresh the services rows of a host's roles (one UPDATE in the common case).
 
-    Takes a Session or, cheaper for the heartbeat loop, a Core Connection.
+    Takes a Session or, cheaper for the heartbeat loop, a Core Connection
+    (``Database.beat``: on PostgreSQL in autocommit, so a beat is one statement).
     """
     binaries = [binaries] if isinstance(binaries, str) else list(binaries)
-    if dialect_of(session).name == "postgresql":
-        # A heartbeat lost in a database crash is replaced by the next one: commit it
-        # without waiting for the WAL flush (the flush is most of its cost).
-        session.execute(_ASYNC_COMMIT)
     values = {"updated_at": now, "availability_zone": zone}
     if boot_id is not None:
         values["boot_id"] = boot_id
@@ -56,20 +51,15 @@ def record_heartbeat(session: Session | Connection, host: str, binaries: str | l
     )
     if result.rowcount == len(binaries):
         return
-    existing = set(session.scalars(select(Service.binary).where(
-        Service.host == host, Service.binary.in_(binaries))))
-    for binary in binaries:
-        if binary in existing:
-            continue
-        try:
-            with session.begin_nested():
-                session.execute(insert(Service).values(
-                    host=host, binary=binary, topic=TOPICS.get(binary, binary), created_at=now,
-                    report_count=1, disabled=False, **values))
-        except IntegrityError:
-            # Another process inserted the row first: refresh it instead.
-            session.execute(update(Service).where(Service.host == host, Service.binary == binary)
-                            .values(report_count=Service.report_count + 1, **values))
+    # A role seen for the first time: insert it, or refresh it if another process
+    # inserted it meanwhile (one statement, no savepoint: works in autocommit too).
+    dialect = dialect_of(session).name
+    upsert = (pg_insert if dialect == "postgresql" else sqlite_insert)(Service).values([
+        {"host": host, "binary": binary, "topic": TOPICS.get(binary, binary), "created_at": now,
+         "report_count": 1, "disabled": False, **values} for binary in binaries])
+    session.execute(upsert.on_conflict_do_update(
+        index_elements=[Service.host, Service.binary],
+        set_=values))
 
 
 def mark_stopped(session: Session, host: str, binaries: list[str]) -> None:

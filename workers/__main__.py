@@ -43,7 +43,7 @@ class Heartbeat(threading.Thread):
 
     def beat(self) -> None:
         db = get_database(self.settings.database_url)
-        with db.connect() as conn:
+        with db.beat() as conn:
             hosts.record_heartbeat(conn, self.host, self.binaries, self.zone, now=utcnow(),
                                    boot_id=self.boot_id, version=__version__)
 
