@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import fcntl
+import os
 import time
 from pathlib import Path
 from typing import Iterator
@@ -58,13 +60,76 @@ def _sqlite_engine(url: str, *, immediate: bool) -> Engine:
         cur.close()
 
     if immediate:
-        @event.listens_for(engine, "begin")
-        def _on_begin(conn):
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        _writers_queue(engine, f"{path}.writer" if path and path != ":memory:" else None)
     # Read connections run without BEGIN: each statement reads a consistent WAL
     # snapshot on its own, and a request saves the round trips of BEGIN/ROLLBACK.
 
     return engine
+
+
+def _writers_queue(engine: Engine, lock_path: str | None) -> None:
+    """Write transactions with ``BEGIN IMMEDIATE``, writers of every process in one queue.
+
+    SQLite lets one writer in. A ``BEGIN IMMEDIATE`` that finds the database locked
+    sleeps in SQLite's busy handler (1, 2, 5, … up to 100 ms a try) and tries again:
+    with a dozen API threads and a worker waiting, the lock is mostly taken by
+    whoever happens to be awake when it frees, and an unlucky create waited almost
+    a second. Writers first take an exclusive ``flock`` on a file beside the
+    database, each connection on its own descriptor: the kernel wakes a waiter the
+    moment the lock is given back (after COMMIT or ROLLBACK, the pool's rollback on
+    return included), and releases it if its process dies. SQLite's own lock and
+    busy timeout still guard the database against writers that do not queue here.
+    """
+    @event.listens_for(engine, "connect")
+    def _open_turn(dbapi_conn, record):
+        if lock_path is not None:
+            record.info["turn_fd"] = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+
+    @event.listens_for(engine, "close")
+    def _close_turn(dbapi_conn, record):
+        fd = record.info.pop("turn_fd", None)
+        if fd is not None:
+            os.close(fd)  # gives the lock back too
+
+    def _info_of(connection):
+        try:  # a pool's connection: its record's info; the dialect's first-connect probe: none
+            return connection.info
+        except (AttributeError, NotImplementedError):
+            return None
+
+    def _give_back(info) -> None:
+        if info is not None and info.pop("turn_held", False):
+            fcntl.flock(info["turn_fd"], fcntl.LOCK_UN)
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        info = conn.connection.info
+        fd = info.get("turn_fd")
+        if fd is not None and not info.get("turn_held"):
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            info["turn_held"] = True
+        try:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            _give_back(info)
+            raise
+
+    dialect = engine.dialect
+    plain_commit, plain_rollback = dialect.do_commit, dialect.do_rollback
+
+    def do_commit(dbapi_connection):
+        try:
+            plain_commit(dbapi_connection)
+        finally:
+            _give_back(_info_of(dbapi_connection))
+
+    def do_rollback(dbapi_connection):
+        try:
+            plain_rollback(dbapi_connection)
+        finally:
+            _give_back(_info_of(dbapi_connection))
+
+    dialect.do_commit, dialect.do_rollback = do_commit, do_rollback
 
 
 def _server_engine(url: str, *, echo: bool) -> Engine:
