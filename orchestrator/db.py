@@ -2,9 +2,9 @@
 
 SQLite is used by the one-machine stack and PostgreSQL by fleets. On SQLite a
 write transaction starts with ``BEGIN IMMEDIATE`` so that concurrent API and
-worker processes queue on the database lock (bounded by ``busy_timeout``)
+worker processes queue for the database lock (bounded by ``busy_timeout``)
 instead of failing with "database is locked" when a reader upgrades to a
-writer. Reads run in autocommit mode, so WAL readers never wait and never
+writer; they queue on a lock file first (``_writers_queue``). Reads run in autocommit mode, so WAL readers never wait and never
 hold a lock.
 
 On PostgreSQL reads run in autocommit mode too (no BEGIN/ROLLBACK round trips
