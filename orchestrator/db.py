@@ -4,8 +4,8 @@ SQLite is used by the one-machine stack and PostgreSQL by fleets. On SQLite a
 write transaction starts with ``BEGIN IMMEDIATE`` so that concurrent API and
 worker processes queue for the database lock (bounded by ``busy_timeout``)
 instead of failing with "database is locked" when a reader upgrades to a
-writer; they queue on a lock file first (``_writers_queue``). Reads run in autocommit mode, so WAL readers never wait and never
-hold a lock.
+writer; they queue on a lock file first (``_writers_queue``). Reads run in
+autocommit mode, so WAL readers never wait and never hold a lock.
 
 On PostgreSQL reads run in autocommit mode too (no BEGIN/ROLLBACK round trips
 around a request's SELECTs), and a pooled connection is pinged only when it
@@ -114,22 +114,17 @@ def _writers_queue(engine: Engine, lock_path: str | None) -> None:
             _give_back(info)
             raise
 
+    def _then_give_back(end):  # the dialect's COMMIT or ROLLBACK, then the turn
+        def call(dbapi_connection):
+            try:
+                end(dbapi_connection)
+            finally:
+                _give_back(_info_of(dbapi_connection))
+        return call
+
     dialect = engine.dialect
-    plain_commit, plain_rollback = dialect.do_commit, dialect.do_rollback
-
-    def do_commit(dbapi_connection):
-        try:
-            plain_commit(dbapi_connection)
-        finally:
-            _give_back(_info_of(dbapi_connection))
-
-    def do_rollback(dbapi_connection):
-        try:
-            plain_rollback(dbapi_connection)
-        finally:
-            _give_back(_info_of(dbapi_connection))
-
-    dialect.do_commit, dialect.do_rollback = do_commit, do_rollback
+    dialect.do_commit = _then_give_back(dialect.do_commit)
+    dialect.do_rollback = _then_give_back(dialect.do_rollback)
 
 
 def _server_engine(url: str, *, echo: bool) -> Engine:

@@ -28,8 +28,6 @@ SCHEDULER_BINARY = "cinder-scheduler"
 TOPICS = {BACKUP_BINARY: "backup", VOLUME_BINARY: "volume", SCHEDULER_BINARY: "orchestrator"}
 
 
-
-
 def record_heartbeat(session: Session | Connection, host: str, binaries: str | list[str],
                      zone: str, *, now: dt.datetime, boot_id: str | None = None,
                      version: str | None = None) -> None:

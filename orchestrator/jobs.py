@@ -220,7 +220,7 @@ def _status_statement(model, with_reason: bool = False, previous: bool = False):
 
 
 def set_status(session: Session, model, ident: str, from_status: str, to_status: str, *,
-                now: dt.datetime, reason: str | None = None, previous: str | None = None) -> int:
+               now: dt.datetime, reason: str | None = None, previous: str | None = None) -> int:
     """Compare-and-swap a resource's status; returns the rows changed (0 or 1)."""
     params = {"b_id": ident, "b_from": from_status, "b_status": to_status, "b_now": now,
               "b_reason": reason, "b_previous": previous}
@@ -237,10 +237,10 @@ def _restore_source(session: Session, job: Job, now: dt.datetime) -> None:
     p = job.params
     if p.get("snapshot_id"):
         set_status(session, Snapshot, p["snapshot_id"], "backing-up",
-                    p.get("snapshot_previous_status", "available"), now=now)
+                   p.get("snapshot_previous_status", "available"), now=now)
     else:
         set_status(session, Volume, p["volume_id"], "backing-up",
-                    p.get("previous_status", "available"), now=now, previous="backing-up")
+                   p.get("previous_status", "available"), now=now, previous="backing-up")
 
 
 def _purge_volume(session: Session, volume_id: str, now: dt.datetime) -> None:
@@ -283,7 +283,7 @@ def on_failure(session: Session, job: Job, reason: str, *, now: dt.datetime,
         # error status (backups also record why).
         model, transient, failed = _FAILED_STATUS[op]
         set_status(session, model, job.resource_id, transient, failed, now=now,
-                    reason=reason if model is Backup else None)
+                   reason=reason if model is Backup else None)
     if op == "backup_create":
         _restore_source(session, job, now)
     elif op == "backup_restore":

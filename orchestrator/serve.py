@@ -20,7 +20,8 @@ import sys
 from orchestrator.config import Settings
 
 GRACEFUL_S = 10
-ACCESS_FORMAT = '%(addr)s - - [%(time)s] "%(method)s %(path)s %(protocol)s" %(status)d %(dt_ms).3fms'
+ACCESS_FORMAT = ('%(addr)s - - [%(time)s] "%(method)s %(path)s %(protocol)s" %(status)d '
+                 '%(dt_ms).3fms')
 
 
 def _split_bind(bind: str) -> tuple[str, str]:
