@@ -20,6 +20,7 @@ from sqlalchemy import bindparam
 from sqlalchemy import false
 from sqlalchemy import func
 from sqlalchemy import insert
+from sqlalchemy import literal_column
 from sqlalchemy import select
 from sqlalchemy import type_coerce
 from sqlalchemy import update
@@ -85,7 +86,7 @@ def _has_dependents_column():
     # A LIMIT 1 scalar subquery rather than EXISTS: PostgreSQL would hash an EXISTS by
     # scanning every backup; this stays one probe of ix_backups_parent_id per row shown.
     first_child = select(child.c.id).where(child.c.parent_id == table.c.id,
-                                           child.c.deleted == false()).limit(1)
+                                           child.c.deleted == false()).limit(literal_column("1"))
     return first_child.scalar_subquery().is_not(None).label("has_dependents")
 
 

@@ -91,3 +91,41 @@ def test_page_metadata_on_sqlite(tmp_path):
 
 def test_page_metadata_on_postgres(postgres):
     _check(postgres.url)
+
+
+def test_list_page_is_planned_once_on_postgres(postgres):
+    """PostgreSQL keeps one generic plan for the dashboard's page however big the table.
+
+    psycopg prepares a statement on its fifth run; PostgreSQL then compares the
+    generic plan with the custom ones. With the LIMIT a parameter the generic plan
+    reckons on a tenth of the rows, which on a table of many pages looks dearer
+    than any custom plan, and every request was planned again (a million-row list
+    cost 0.2 ms more PostgreSQL CPU per request than a thousand-row one).
+    """
+    from sqlalchemy import insert
+    from sqlalchemy import text
+
+    upgrade(postgres.url)
+    db = get_database(postgres.url)
+    now = utcnow()
+    with db.scope() as s:
+        s.execute(insert(Backup), [
+            {"id": new_id(), "user_id": "u", "project_id": "p1", "volume_id": "v",
+             "status": "available", "size": 1, "created_at": now, "display_name": f"b{i}"}
+            for i in range(5000)])
+    with db.engine.connect() as conn:
+        conn.exec_driver_sql("ANALYZE backups")
+    ctx = RequestContext(user_id="u", project_id="p1")
+    with db.engine.connect() as conn:
+        for _ in range(20):  # prepared from the 5th; custom plans for its first 5 runs
+            rows, _, _ = api.backup_view_rows(conn, ctx, with_metadata=True, limit=10,
+                                              sort=None, marker=None, filters=None,
+                                              like_filters=None, offset=None,
+                                              with_count=False)
+            assert len(rows) == 10
+        plans = conn.execute(text(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+            "WHERE statement LIKE '%FROM backups%ORDER BY%'")).all()
+    assert len(plans) == 1
+    generic, custom = plans[0]
+    assert generic >= 5 and custom <= 5, plans
