@@ -179,8 +179,7 @@ def _page_statement(model, scoped: bool, sort: tuple, after_marker: bool, extra_
     if scoped:
         query = query.where(model.project_id == bindparam("b_project"))
     return keyset(query, model, list(sort), _BoundMarker(model) if after_marker else None,
-                  limit=bindparam("b_limit", type_=Integer,
-                                                          literal_execute=True), offset=None)
+                  limit=bindparam("b_limit", type_=Integer, literal_execute=True), offset=None)
 
 
 def _metadata_clauses(model, wanted: dict) -> list:
