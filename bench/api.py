@@ -256,10 +256,10 @@ class Stack:
 
 
 def run_load(stack: Stack, scenario: str, concurrency: int, duration: float, files: dict,
-             offset: int) -> dict:
+             offset: int, warmup: float = 2.0) -> dict:
     args = [sys.executable, LOAD, "--url", stack.url, "--project", PROJECT, "--url-style",
             "bare", "--scenario", scenario, "--concurrency", str(concurrency), "--duration",
-            str(duration), "--warmup", "2", "--engine", "wrk", "--no-check",
+            str(duration), "--warmup", str(warmup), "--engine", "wrk", "--no-check",
             "--backup-ids-file", str(files["backups"]), "--volume-ids-file",
             str(files["volumes"]), "--pool-offset", str(offset)]
     out = subprocess.run(args, capture_output=True, text=True, timeout=duration * 4 + 120)
@@ -433,7 +433,10 @@ def compare_scale(big: Settings, small_url: str, redis: RedisServer, args, workd
     each behind its own API, list runs alternating between them (medians).
 
     Measured one after the other, minutes apart, the ratio on this shared machine
-    follows the neighbours' load more than the table size.
+    follows the neighbours' load more than the table size. Even side by side,
+    req/s of one 5 s run swings by ±20 %; the CPU the stack spends per request
+    (the API's processes and, on PostgreSQL, the database's server backends) is
+    steadier, and is reported beside the ratio.
     """
     small = Settings(state_dir=str(workdir / "small-state"), database_url=small_url,
                      broker_url=redis.url[:-1] + "1", api_port=free_port(),
@@ -455,19 +458,50 @@ def compare_scale(big: Settings, small_url: str, redis: RedisServer, args, workd
         for stack, files in ((stacks[0], files_small), (stacks[1], files_big)):
             run_load(stack, "list", c, 3, files, 0)  # warm both APIs up; not counted
         runs: dict[str, list[float]] = {"small": [], "big": []}
+        cpu: dict[str, list[float]] = {"small": [], "big": []}
         pair = (("small", stacks[0], files_small), ("big", stacks[1], files_big))
         for round_no in range(args.scale_rounds):
             # small, big, big, small, ...: a drift of the machine's speed weighs on both.
             for tag, stack, files in (pair if round_no % 2 == 0 else pair[::-1]):
-                runs[tag].append(round(run_load(stack, "list", c, args.scale_duration, files,
-                                                0)["rps"], 1))
+                pids = _stack_pids(stack)
+                before = _cpu(pids)
+                res = run_load(stack, "list", c, args.scale_duration, files, 0, warmup=0)
+                used = _cpu(pids) - before
+                runs[tag].append(round(res["rps"], 1))
+                cpu[tag].append(round(1000 * used / max(res["requests"], 1), 3))
     finally:
         for stack in stacks:
             stack.stop()
     med = {tag: statistics.median(v) for tag, v in runs.items()}
+    cpu_med = {tag: statistics.median(v) for tag, v in cpu.items()}
     return {"concurrency": c, "small_rows": args.sizes[0], "big_rows": max(args.sizes),
             "small_rps_runs": runs["small"], "big_rps_runs": runs["big"],
-            "ratio": round(med["big"] / med["small"], 3)}
+            "ratio": round(med["big"] / med["small"], 3),
+            "small_cpu_ms_per_request": cpu_med["small"],
+            "big_cpu_ms_per_request": cpu_med["big"],
+            "cpu_ratio": round(cpu_med["big"] / cpu_med["small"], 3)}
+
+
+def _stack_pids(stack: Stack) -> list[int]:
+    """The API's processes (its session: the server and its workers) and, on PostgreSQL,
+    the server backends of the stack's database."""
+    api = stack.procs[0].pid
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == api:  # session id
+                pids.append(int(entry))
+    db = get_database(stack.settings.database_url)
+    if not db.is_sqlite:
+        with db.scope(write=False) as s:
+            pids += list(s.connection().exec_driver_sql(
+                "select pid from pg_stat_activity where datname = current_database() "
+                "and backend_type = 'client backend'").scalars())
+    return pids
 
 
 def run_suite(kind: str, url: str, args, workdir: Path, small_url: str | None = None) -> dict:
@@ -590,6 +624,11 @@ def main() -> None:
         "errors_total": sum(v.get("errors", 0) for db_ in ("sqlite", "postgres")
                             for v in (out.get(db_) or {}).values() if isinstance(v, dict)),
         "list_1m_over_1k": (s.get("scale") or {}).get("ratio"),
+        # CPU per list request at 1M rows over 1k (steadier than req/s on a shared machine)
+        "list_1m_over_1k_cpu": (s.get("scale") or {}).get("cpu_ratio"),
+        "pg_list_1m_over_1k": ((out.get("postgres") or {}).get("scale") or {}).get("ratio"),
+        "pg_list_1m_over_1k_cpu": ((out.get("postgres") or {}).get("scale") or {}).get(
+            "cpu_ratio"),
         "dispatch_p50_ms": s.get("dispatch_p50_ms"),
         "heartbeat_core_pct": s.get("heartbeat_core_pct"),
         "host_choice_ms": s.get("host_choice_ms"),
