@@ -356,14 +356,7 @@ def heartbeat_cost(settings: Settings, n_hosts: int = 1000, interval: float = 10
     settle(settings)
     rate = n_hosts / interval
     # PostgreSQL: every server backend of this database (the pool rotates connections).
-    backends = None
-    if not db.is_sqlite:
-        with db.scope(write=False) as s:
-            # Client backends only: an autovacuum worker busy with the million-row table
-            # of the list runs is not heartbeat cost.
-            backends = list(s.connection().exec_driver_sql(
-                "select pid from pg_stat_activity where datname = current_database() "
-                "and backend_type = 'client backend'").scalars())
+    backends = None if db.is_sqlite else _client_backends(db)
     in_db = [0.0]
     if db.is_sqlite:
         from sqlalchemy import event
@@ -496,12 +489,17 @@ def _stack_pids(stack: Stack) -> list[int]:
             if int(fields[3]) == api:  # session id
                 pids.append(int(entry))
     db = get_database(stack.settings.database_url)
-    if not db.is_sqlite:
-        with db.scope(write=False) as s:
-            pids += list(s.connection().exec_driver_sql(
-                "select pid from pg_stat_activity where datname = current_database() "
-                "and backend_type = 'client backend'").scalars())
-    return pids
+    return pids if db.is_sqlite else pids + _client_backends(db)
+
+
+def _client_backends(db) -> list[int]:
+    """The PostgreSQL server processes serving clients of this database. Client
+    backends only: an autovacuum worker busy with the million-row table is no
+    request's or heartbeat's cost."""
+    with db.scope(write=False) as s:
+        return list(s.connection().exec_driver_sql(
+            "select pid from pg_stat_activity where datname = current_database() "
+            "and backend_type = 'client backend'").scalars())
 
 
 def run_suite(kind: str, url: str, args, workdir: Path, small_url: str | None = None) -> dict:
