@@ -116,16 +116,21 @@ def test_list_page_is_planned_once_on_postgres(postgres):
     with db.engine.connect() as conn:
         conn.exec_driver_sql("ANALYZE backups")
     ctx = RequestContext(user_id="u", project_id="p1")
-    with db.engine.connect() as conn:
-        for _ in range(20):  # prepared from the 5th; custom plans for its first 5 runs
-            rows, _, _ = api.backup_view_rows(conn, ctx, with_metadata=True, limit=10,
-                                              sort=None, marker=None, filters=None,
-                                              like_filters=None, offset=None,
-                                              with_count=False)
-            assert len(rows) == 10
-        plans = conn.execute(text(
-            "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
-            "WHERE statement LIKE '%FROM backups%ORDER BY%'")).all()
-    assert len(plans) == 1
-    generic, custom = plans[0]
-    assert generic >= 5 and custom <= 5, plans
+    # The dashboard's page (a statement built once) and a filtered, sorted page with an
+    # offset (built per request).
+    for order, extra in (("created_at", {}),
+                         ("display_name", {"filters": {"status": "available"}, "offset": 3,
+                                           "sort": [("display_name", "asc")]})):
+        page = {"sort": None, "marker": None, "filters": None, "like_filters": None,
+                "offset": None, "with_count": False, **extra}
+        with db.engine.connect() as conn:
+            for _ in range(20):  # prepared from the 5th; custom plans for its first 5 runs
+                rows, _, _ = api.backup_view_rows(conn, ctx, with_metadata=True, limit=10,
+                                                  **page)
+                assert len(rows) == 10
+            plans = conn.execute(text(
+                "SELECT generic_plans, custom_plans FROM pg_prepared_statements "
+                "WHERE statement LIKE :pattern"), {"pattern": f"%ORDER BY backups.{order}%"}).all()
+        assert len(plans) == 1
+        generic, custom = plans[0]
+        assert generic >= 5 and custom <= 5, (extra, plans)
