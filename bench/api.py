@@ -409,12 +409,19 @@ def _cpu(pids) -> float:
         return t.user + t.system
     total = 0
     for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
+        fields = _proc_stat(pid)
+        if fields:
+            total += int(fields[11]) + int(fields[12])  # utime + stime
     return total / os.sysconf("SC_CLK_TCK")
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (state first), or None
+    for a process that is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
 
 
 # ----------------------------------------------------------------------------- main
@@ -482,11 +489,8 @@ def _stack_pids(stack: Stack) -> list[int]:
     pids = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
-            try:
-                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[3]) == api:  # session id
+            fields = _proc_stat(int(entry))
+            if fields and int(fields[3]) == api:  # session id
                 pids.append(int(entry))
     db = get_database(stack.settings.database_url)
     return pids if db.is_sqlite else pids + _client_backends(db)
@@ -615,18 +619,18 @@ def main() -> None:
     def get(key, field="rps"):
         return (s.get(key) or {}).get(field)
     small = {1000: "1k", 10000: "10k", 1000000: "1m"}.get(min(args.sizes), str(min(args.sizes)))
+    scale, pg_scale = s.get("scale") or {}, (out.get("postgres") or {}).get("scale") or {}
     out.update({
         "show_32_rps": get(f"show_{small}_32"), "show_32_p99_ms": get(f"show_{small}_32", "p99_ms"),
         "list_32_rps": get(f"list_{small}_32"), "list_32_p99_ms": get(f"list_{small}_32", "p99_ms"),
         "create_32_rps": get(f"create_{small}_32"), "mixed_32_rps": get(f"mixed_{small}_32"),
         "errors_total": sum(v.get("errors", 0) for db_ in ("sqlite", "postgres")
                             for v in (out.get(db_) or {}).values() if isinstance(v, dict)),
-        "list_1m_over_1k": (s.get("scale") or {}).get("ratio"),
+        "list_1m_over_1k": scale.get("ratio"),
         # CPU per list request at 1M rows over 1k (steadier than req/s on a shared machine)
-        "list_1m_over_1k_cpu": (s.get("scale") or {}).get("cpu_ratio"),
-        "pg_list_1m_over_1k": ((out.get("postgres") or {}).get("scale") or {}).get("ratio"),
-        "pg_list_1m_over_1k_cpu": ((out.get("postgres") or {}).get("scale") or {}).get(
-            "cpu_ratio"),
+        "list_1m_over_1k_cpu": scale.get("cpu_ratio"),
+        "pg_list_1m_over_1k": pg_scale.get("ratio"),
+        "pg_list_1m_over_1k_cpu": pg_scale.get("cpu_ratio"),
         "dispatch_p50_ms": s.get("dispatch_p50_ms"),
         "heartbeat_core_pct": s.get("heartbeat_core_pct"),
         "host_choice_ms": s.get("host_choice_ms"),

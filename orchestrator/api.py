@@ -85,6 +85,7 @@ def _has_dependents_column():
     child = table.alias("child")
     # A LIMIT 1 scalar subquery rather than EXISTS: PostgreSQL would hash an EXISTS by
     # scanning every backup; this stays one probe of ix_backups_parent_id per row shown.
+    # The 1 is written into the SQL text, as every list's LIMIT is (paging._in_text).
     first_child = select(child.c.id).where(child.c.parent_id == table.c.id,
                                            child.c.deleted == false()).limit(literal_column("1"))
     return first_child.scalar_subquery().is_not(None).label("has_dependents")

@@ -64,8 +64,8 @@ def _in_text(value):
     on a tenth of the table's rows, which on a big table looks far dearer than a
     custom plan: every request would be planned anew.
     """
-    if isinstance(value, BindParameter):
-        return value
+    if isinstance(value, BindParameter):  # a statement built once: the value comes later
+        return bindparam(value.key, type_=Integer, literal_execute=True)
     return bindparam(None, int(value), type_=Integer, literal_execute=True)
 
 
@@ -190,7 +190,7 @@ def _page_statement(model, scoped: bool, sort: tuple, after_marker: bool, extra_
     if scoped:
         query = query.where(model.project_id == bindparam("b_project"))
     return keyset(query, model, list(sort), _BoundMarker(model) if after_marker else None,
-                  limit=bindparam("b_limit", type_=Integer, literal_execute=True), offset=None)
+                  limit=bindparam("b_limit"), offset=None)
 
 
 def _metadata_clauses(model, wanted: dict) -> list:
