@@ -211,7 +211,7 @@ class Stack:
         self.settings, self.workdir, self.host = settings, workdir, host
         self.procs: list[subprocess.Popen] = []
 
-    def start(self) -> "Stack":
+    def start(self) -> Stack:
         env = {**os.environ, **self.settings.as_env()}
         self.procs.append(self._spawn(api_command(self.settings), env, "api.log"))
         self.procs.append(self._spawn(

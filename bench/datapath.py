@@ -64,7 +64,9 @@ def peak_rss_mib():
 
 def child(spec):
     sys.path.insert(0, ROOT)
-    from workers.drivers import BackupRef, ChunkedDriver, make_store
+    from workers.drivers import BackupRef
+    from workers.drivers import ChunkedDriver
+    from workers.drivers import make_store
     drv = ChunkedDriver(make_store("posix", path=spec["store"]), **spec.get("options", {}))
     t0 = time.perf_counter()
     if spec["op"] == "backup":

@@ -78,7 +78,7 @@ def get_backup(session: Session, ctx: RequestContext, backup_id: str) -> Backup:
     return backup
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _has_dependents_column():
     """has_dependent_backups as a correlated EXISTS (index on parent_id), built once."""
     table = Backup.__table__
@@ -91,7 +91,7 @@ def _has_dependents_column():
     return first_child.scalar_subquery().is_not(None).label("has_dependents")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _metadata_column(dialect: str):
     """A backup's live metadata as one JSON object column, built once per dialect.
 
@@ -111,7 +111,7 @@ def _view_columns(dialect: str, with_metadata: bool) -> tuple:
     return (_has_dependents_column(),) + ((_metadata_column(dialect),) if with_metadata else ())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _show_statement(scoped: bool, dialect: str, with_metadata: bool):
     """The one-row read of a backup, built once (statements cost more to build than to run)."""
     table = Backup.__table__
@@ -530,7 +530,7 @@ def _parse_time(value) -> dt.datetime | None:
         return None
     parsed = dateparser.isoparse(value) if isinstance(value, str) else value
     if parsed.tzinfo is not None:
-        parsed = parsed.astimezone(dt.timezone.utc).replace(tzinfo=None)
+        parsed = parsed.astimezone(dt.UTC).replace(tzinfo=None)
     return parsed
 
 

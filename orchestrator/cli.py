@@ -175,7 +175,7 @@ def _parse_duration(text: str) -> float:
     """Seconds from `90`, `90s`, `15m`, `12h`, `30d`."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     text = text.strip().lower()
-    scale = units.get(text[-1:], None)
+    scale = units.get(text[-1:])
     number = text[:-1] if scale else text
     try:
         value = float(number) * (scale or 1)

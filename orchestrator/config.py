@@ -101,7 +101,7 @@ class Settings:
         return str(Path(self.state_dir) / "logs")
 
     @classmethod
-    def from_env(cls, environ: dict | None = None, **overrides) -> "Settings":
+    def from_env(cls, environ: dict | None = None, **overrides) -> Settings:
         """Build settings from defaults, ORCH_* variables and keyword overrides."""
         environ = os.environ if environ is None else environ
         values: dict = {}

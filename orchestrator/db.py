@@ -20,8 +20,8 @@ import datetime as dt
 import fcntl
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from sqlalchemy import create_engine
 from sqlalchemy import event
@@ -36,7 +36,7 @@ PING_AFTER_IDLE_S = 5.0
 
 def utcnow() -> dt.datetime:
     """Naive UTC now with microseconds: the format every timestamp column uses."""
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
 def _sqlite_engine(url: str, *, immediate: bool) -> Engine:

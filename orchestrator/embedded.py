@@ -60,7 +60,7 @@ class RedisServer:
             return f"redis://127.0.0.1:{self.port}/0"
         return f"redis+socket://{self.socket_path}"
 
-    def start(self, timeout: float = 10.0) -> "RedisServer":
+    def start(self, timeout: float = 10.0) -> RedisServer:
         self.dir.mkdir(parents=True, exist_ok=True)
         args = [redis_binary(), "--dir", str(self.dir), "--save", "",
                 "--appendonly", "yes" if self.persist else "no",

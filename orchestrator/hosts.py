@@ -13,9 +13,9 @@ import random
 from sqlalchemy import bindparam
 from sqlalchemy import select
 from sqlalchemy import update
-from sqlalchemy.engine import Connection
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from orchestrator import errors
@@ -83,7 +83,7 @@ def live_hosts(session: Session, binary: str, *, now: dt.datetime, down_time: fl
     return list(session.scalars(query.order_by(Service.host)))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _host_choice_statement(by_zone: bool, same_host: bool):
     """Names of the live enabled hosts of a binary (built once per shape)."""
     query = select(Service.host).where(Service.binary == bindparam("binary"),

@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
-from typing import Iterable
+from collections.abc import Iterable
 
 from sqlalchemy import bindparam
 from sqlalchemy import delete
@@ -24,8 +24,8 @@ from sqlalchemy import or_
 from sqlalchemy import select
 from sqlalchemy import update
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.util import identity_key
 from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.util import identity_key
 
 from orchestrator import quota
 from orchestrator.db import dialect_of
@@ -140,7 +140,7 @@ def renew(session: Session, job_id: str, owner: str, *, now: dt.datetime,
     return result.rowcount == 1, cancel
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _finish_statement(owned: bool, returning: bool):
     """UPDATE a job to a terminal state (built once per shape; see _CLAIM on synchronization)."""
     cond = [Job.id == bindparam("b_job_id"), Job.state.in_(("queued", "running"))]
@@ -201,7 +201,7 @@ def truncate_reason(reason: str) -> str:
 # reaper (expired lease), and by the API (a job that could not be queued).
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _status_statement(model, with_reason: bool = False, previous: bool = False):
     """UPDATE a resource from one status to another, only if it is still in the first.
 

@@ -167,9 +167,9 @@ class Backup(TimestampMixin, SoftDeleteMixin, Base):
 
     # Loaded on first access (inside a session): the worker, which reads a backup row per
     # job, never needs it, and the HTTP views read metadata with their own query.
-    metadata_items: Mapped[list["BackupMetadata"]] = relationship(
+    metadata_items: Mapped[list[BackupMetadata]] = relationship(
         back_populates="backup", lazy="select", cascade="all, delete-orphan",
-        primaryjoin="and_(Backup.id == BackupMetadata.backup_id, BackupMetadata.deleted == False)",  # noqa: E712
+        primaryjoin="and_(Backup.id == BackupMetadata.backup_id, BackupMetadata.deleted == False)",
     )
 
     @property

@@ -242,7 +242,7 @@ def _coerce(column, value: str):
         if isinstance(column.type, DateTime):
             parsed = dateparser.isoparse(value)
             if parsed.tzinfo is not None:
-                parsed = parsed.astimezone(dt.timezone.utc).replace(tzinfo=None)
+                parsed = parsed.astimezone(dt.UTC).replace(tzinfo=None)
             return parsed
     except (ValueError, OverflowError):
         raise _NoMatch(value) from None

@@ -61,7 +61,7 @@ def default_limits(session: Session, settings: Settings) -> dict[str, int]:
     return limits
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _limits_statement():
     defaults = select(QuotaClass.resource, QuotaClass.hard_limit, literal(0).label("rank")).where(
         QuotaClass.class_name == "default")
@@ -225,7 +225,7 @@ def rollback(session: Session, reservation_ids: list[str], *, now: dt.datetime) 
     _finish(session, reservation_ids, apply=False, now=now)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _charge_statement(limited: bool):
     """UPDATE usage by a positive delta only while it stays within the limit (built once)."""
     t = QuotaUsage.__table__
@@ -238,7 +238,7 @@ def _charge_statement(limited: bool):
                                          updated_at=bindparam("now"))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _consumed_statement():
     """in_use + reserved of a project's resource (no row: None), built once."""
     t = QuotaUsage.__table__

@@ -11,7 +11,7 @@ task events on for Flower.
 from __future__ import annotations
 
 import logging
-from typing import Iterable
+from collections.abc import Iterable
 
 from celery import Celery
 from celery.schedules import schedule

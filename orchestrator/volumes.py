@@ -42,7 +42,7 @@ def get_volume(session: Session, ctx: RequestContext, volume_id: str) -> Volume:
     return vol
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _volume_row_statement():
     table = Volume.__table__
     return select(table).where(table.c.id == bindparam("id"))

@@ -7,13 +7,13 @@ as `python -m workers` subprocesses (prefork Celery pools).
 from __future__ import annotations
 
 import pytest
-
 from orch_testlib import ApiServer
 from orch_testlib import Client
 from orch_testlib import ThrowawayPostgres
 from orch_testlib import WorkerProcess
 from orch_testlib import make_settings
 from orch_testlib import postgres_admin_dsn
+
 from orchestrator.db import get_database
 from orchestrator.embedded import RedisServer
 from orchestrator.embedded import free_port

@@ -14,7 +14,6 @@ Create Date: 2026-11-26 01:25:00.000000
 """
 from alembic import op
 
-
 revision = '0004'
 down_revision = '0003'
 branch_labels = None

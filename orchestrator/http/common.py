@@ -295,6 +295,7 @@ def parse_metadata_filter(text: str) -> dict[str, str]:
     :raises InvalidInput:
     """
     import ast
+
     from orchestrator.http.schemas import METADATA_KEY
     parsed = None
     try:

@@ -15,9 +15,9 @@ from orchestrator.http.common import body
 from orchestrator.http.common import commit_and_dispatch
 from orchestrator.http.common import ctx
 from orchestrator.http.common import list_params
+from orchestrator.http.common import list_response
 from orchestrator.http.common import load
 from orchestrator.http.common import mv
-from orchestrator.http.common import list_response
 from orchestrator.http.common import now
 from orchestrator.http.common import parse_bool
 from orchestrator.http.common import session

@@ -13,11 +13,11 @@ import itertools
 
 import pytest
 import redis
-
 from orch_testlib import ApiServer
 from orch_testlib import Client
 from orch_testlib import WorkerProcess
 from orch_testlib import make_settings
+
 from orchestrator import tokens
 from orchestrator.db import get_database
 from orchestrator.db import utcnow
@@ -61,7 +61,7 @@ class Stack:
         """orch_testlib's small HTTP client with this caller's credentials."""
         return Client(self.url, token=self.creds(project, role, **kw), version=version)
 
-    def world(self) -> "World":
+    def world(self) -> World:
         """Resources in projects alpha and beta, made once per stack through the API."""
         if self._world is None:
             self._world = World(self)

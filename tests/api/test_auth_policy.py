@@ -7,7 +7,6 @@ ignored for non-admins, and no rejected request changes the database.
 from __future__ import annotations
 
 import pytest
-
 from wire_helpers import assert_fault
 from wire_helpers import call
 from wire_helpers import db_state

@@ -10,16 +10,16 @@ import subprocess
 import sys
 
 import pytest
+from orch_testlib import ROOT
 from sqlalchemy import select
 from sqlalchemy import update
+from wire_helpers import assert_fault
+from wire_helpers import call
 
-from orch_testlib import ROOT
 from orchestrator import errors
 from orchestrator import tokens
 from orchestrator.db import utcnow
 from orchestrator.models import ApiToken
-from wire_helpers import assert_fault
-from wire_helpers import call
 
 
 def orchestrator_cli(stack, *args: str) -> subprocess.CompletedProcess:

@@ -10,7 +10,6 @@ project; the admin steps use an admin of that project.
 from __future__ import annotations
 
 import pytest
-
 from wire_drivers import CinderclientDriver
 from wire_drivers import CliDriver
 from wire_drivers import SdkDriver

@@ -10,7 +10,6 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
-
 from wire_helpers import assert_fault
 from wire_helpers import call
 from wire_helpers import db_state

@@ -29,9 +29,9 @@ from hypothesis import HealthCheck
 from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
+from orch_testlib import make_settings
 from sqlalchemy import select
 
-from orch_testlib import make_settings
 from orchestrator import hosts
 from orchestrator import tokens
 from orchestrator.api import DRIVER_ID
@@ -262,7 +262,7 @@ def templates(method: str, path: str, ids) -> list[dict]:
 @st.composite
 def near_miss(draw, target: Target, method: str, path: str):
     """A valid body, kept as is or with one inner key replaced, dropped or added."""
-    pick = lambda kind: draw(id_strategy(target, kind))  # noqa: E731
+    pick = lambda kind: draw(id_strategy(target, kind))
     options = templates(method, path, pick)
     if not options:
         return draw(any_json)

@@ -2,9 +2,9 @@
 import logging
 import os
 
+import dp_helpers
 import pytest
 
-import dp_helpers
 from workers.drivers import make_store
 
 

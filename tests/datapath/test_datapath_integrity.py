@@ -2,9 +2,15 @@
 import os
 
 import pytest
+from dp_helpers import KiB
+from dp_helpers import MiB
+from dp_helpers import read_file
+from dp_helpers import small_driver
+from dp_helpers import sparse_target
+from dp_helpers import write_volume
 
-from dp_helpers import KiB, MiB, read_file, small_driver, sparse_target, write_volume
-from workers.drivers import BackupCancelled, IntegrityError
+from workers.drivers import BackupCancelled
+from workers.drivers import IntegrityError
 
 SIZE = 256 * KiB
 

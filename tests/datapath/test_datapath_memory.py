@@ -5,7 +5,8 @@ import subprocess
 import sys
 import textwrap
 
-from dp_helpers import MiB, ROOT
+from dp_helpers import ROOT
+from dp_helpers import MiB
 
 CHILD = textwrap.dedent("""
     import sys, json

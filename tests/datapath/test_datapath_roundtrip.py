@@ -7,10 +7,25 @@ import tempfile
 import threading
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from dp_helpers import KiB
+from dp_helpers import MiB
+from dp_helpers import garbage_target
+from dp_helpers import read_file
+from dp_helpers import small_driver
+from dp_helpers import sparse_target
+from dp_helpers import write_volume
+from hypothesis import HealthCheck
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
 
-from dp_helpers import KiB, MiB, garbage_target, read_file, small_driver, sparse_target, write_volume
-from workers.drivers import (FORMAT, FORMAT_VERSION, ChunkedDriver, InvalidBackup, InvalidContainer, decode_manifest, encode_manifest)
+from workers.drivers import FORMAT
+from workers.drivers import FORMAT_VERSION
+from workers.drivers import ChunkedDriver
+from workers.drivers import InvalidBackup
+from workers.drivers import InvalidContainer
+from workers.drivers import decode_manifest
+from workers.drivers import encode_manifest
 
 # ---------------------------------------------------------------- property test
 

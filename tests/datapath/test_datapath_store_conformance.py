@@ -1,11 +1,17 @@
 """One conformance suite, run on both object stores (POSIX and S3 via moto)."""
 import os
 
+import dp_helpers
 import pytest
 
-import dp_helpers  # noqa: F401  (puts the repo root on sys.path)
-from workers.drivers import (InvalidContainer, NotFound, ObjectStore, StoreError,
-                             validate_container, validate_object_name, make_store, DataPathError)
+from workers.drivers import DataPathError
+from workers.drivers import InvalidContainer
+from workers.drivers import NotFound
+from workers.drivers import ObjectStore
+from workers.drivers import StoreError
+from workers.drivers import make_store
+from workers.drivers import validate_container
+from workers.drivers import validate_object_name
 
 BAD_NAMES = ["", "/abs/name", "a/../b", "..", "a/./b", "a//b", "a/b/", "sp ace", "uni\u00e9",
              "semi;colon", "back\\slash", "a/" + "x" * 256, "star*", "t~ilde", "q?"]

@@ -8,13 +8,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
-from sqlalchemy import update
-
 from orch_testlib import fill_random
 from orch_testlib import volume_file
 from orch_testlib import wait_for
 from orch_testlib import write_pattern
+from sqlalchemy import select
+from sqlalchemy import update
+
 from orchestrator import quota
 from orchestrator.db import utcnow
 from orchestrator.models import Backup

@@ -9,11 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
-
 from orch_testlib import fill_random
 from orch_testlib import volume_file
 from orch_testlib import wait_for
+from sqlalchemy import select
+
 from orchestrator import quota
 from orchestrator.db import utcnow
 from orchestrator.models import Backup

@@ -6,11 +6,11 @@ pg_terminate_backend, as a restart would.
 from __future__ import annotations
 
 import pytest
-
 from orch_testlib import ApiServer
 from orch_testlib import Client
 from orch_testlib import ThrowawayPostgres
 from orch_testlib import make_settings
+
 from orchestrator import db as db_module
 from orchestrator.migrate import upgrade
 

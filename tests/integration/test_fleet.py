@@ -7,9 +7,9 @@ import sys
 import time
 
 import requests
+from orch_testlib import ROOT
 from sqlalchemy import select
 
-from orch_testlib import ROOT
 from orchestrator import errors
 from orchestrator import hosts
 from orchestrator.db import utcnow

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import time
 
-from sqlalchemy import select
-from sqlalchemy import update
-
 from orch_testlib import fill_random
 from orch_testlib import volume_file
 from orch_testlib import wait_for
+from sqlalchemy import select
+from sqlalchemy import update
+
 from orchestrator import api
 from orchestrator.context import RequestContext
 from orchestrator.db import utcnow

@@ -9,11 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
+from orch_testlib import ApiProcess
+from orch_testlib import make_settings
 from sqlalchemy import func
 from sqlalchemy import select
 
-from orch_testlib import ApiProcess
-from orch_testlib import make_settings
 from orchestrator import hosts
 from orchestrator import quota
 from orchestrator.db import get_database

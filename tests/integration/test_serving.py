@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 import requests
-
 from orch_testlib import ApiProcess
+
 from orchestrator.serve import GRACEFUL_S
 
 

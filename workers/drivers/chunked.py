@@ -53,13 +53,23 @@ import threading
 import time
 import zlib
 from collections import deque
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
-from typing import NamedTuple, Optional
+from concurrent.futures import FIRST_COMPLETED
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait
+from dataclasses import dataclass
+from dataclasses import field
+from typing import NamedTuple
 
-from .errors import (BackupCancelled, DataPathError, IntegrityError, InvalidBackup,
-                     InvalidContainer, NotFound, StoreError)
-from .names import validate_container, validate_identifier, validate_object_name
+from .errors import BackupCancelled
+from .errors import DataPathError
+from .errors import IntegrityError
+from .errors import InvalidBackup
+from .errors import InvalidContainer
+from .errors import NotFound
+from .errors import StoreError
+from .names import validate_container
+from .names import validate_identifier
+from .names import validate_object_name
 
 try:  # optional at import time so that "none"/"zlib" work without it
     import zstandard
@@ -95,7 +105,7 @@ class BackupResult:
     stored_bytes: int
     logical_bytes: int          # size of the volume the backup represents
     incremental: bool
-    message: Optional[str]
+    message: str | None
     manifest: dict
     data_bytes: int = 0         # non-zero bytes read and digested
     changed_bytes: int = 0      # bytes of blocks stored by this backup (before compression)
@@ -269,7 +279,7 @@ class _Codec:
                 out = zlib.decompress(data)
             else:
                 out = data
-        except Exception as e:  # noqa: BLE001 - corrupt input of any sort
+        except Exception as e:
             raise IntegrityError(f"cannot decompress frame ({self.name}): {e}") from None
         if len(out) != expected_len:
             raise IntegrityError(f"frame decompressed to {len(out)} bytes, expected {expected_len}")
@@ -328,7 +338,7 @@ def _unb64(s):
 
 
 def _now_iso():
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def encode_manifest(body):
@@ -800,7 +810,7 @@ class ChunkedDriver:
             for _k, f, _n, _e in pending:
                 try:
                     f.result()
-                except BaseException:  # noqa: BLE001 - cleaning up after a failure
+                except BaseException:
                     pass
             raise
         finally:
@@ -842,7 +852,7 @@ class ChunkedDriver:
     def _cleanup(self, ref, _names):
         try:
             self._delete_prefix(ref)
-        except Exception:  # noqa: BLE001 - best effort, the original error wins
+        except Exception:
             pass
 
     def delete(self, ref):

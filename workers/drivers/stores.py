@@ -7,9 +7,13 @@ import errno
 import os
 import uuid
 
-from .errors import (DataPathError, NotFound, PermanentStoreError, StoreError,
-                     TransientStoreError)
-from .names import validate_object_name, validate_prefix_arg
+from .errors import DataPathError
+from .errors import NotFound
+from .errors import PermanentStoreError
+from .errors import StoreError
+from .errors import TransientStoreError
+from .names import validate_object_name
+from .names import validate_prefix_arg
 
 __all__ = ["ObjectStore", "PosixStore", "S3Store", "make_store"]
 
@@ -243,16 +247,19 @@ class S3Store(ObjectStore):
                 self._client.create_bucket(Bucket=bucket)
             except self._client.exceptions.BucketAlreadyOwnedByYou:
                 pass
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 raise self._wrap(e, bucket) from e
 
     def describe(self):
         return f"s3:{self.endpoint_url or 'aws'}/{self.bucket}"
 
     def _wrap(self, e, name):
-        from botocore.exceptions import (BotoCoreError, ClientError, ConnectionError as BCConn,
-                                         ConnectTimeoutError, EndpointConnectionError,
-                                         ReadTimeoutError)
+        from botocore.exceptions import BotoCoreError
+        from botocore.exceptions import ClientError
+        from botocore.exceptions import ConnectionError as BCConn
+        from botocore.exceptions import ConnectTimeoutError
+        from botocore.exceptions import EndpointConnectionError
+        from botocore.exceptions import ReadTimeoutError
         if isinstance(e, StoreError):
             return e
         if isinstance(e, ClientError):
@@ -276,7 +283,7 @@ class S3Store(ObjectStore):
         validate_object_name(name)
         try:
             self._client.put_object(Bucket=self.bucket, Key=name, Body=bytes(data))
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise self._wrap(e, name) from e
 
     def get(self, name):
@@ -288,7 +295,7 @@ class S3Store(ObjectStore):
                 return body.read()
             finally:
                 body.close()
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise self._wrap(e, name) from e
 
     def exists(self, name):
@@ -296,7 +303,7 @@ class S3Store(ObjectStore):
         try:
             self._client.head_object(Bucket=self.bucket, Key=name)
             return True
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             err = self._wrap(e, name)
             if isinstance(err, NotFound):
                 return False
@@ -306,7 +313,7 @@ class S3Store(ObjectStore):
         validate_object_name(name)
         try:
             self._client.delete_object(Bucket=self.bucket, Key=name)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             err = self._wrap(e, name)
             if isinstance(err, NotFound):
                 return
@@ -319,7 +326,7 @@ class S3Store(ObjectStore):
             pager = self._client.get_paginator("list_objects_v2")
             for page in pager.paginate(Bucket=self.bucket, Prefix=prefix):
                 out.extend(o["Key"] for o in page.get("Contents", ()))
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise self._wrap(e, prefix) from e
         out.sort()
         return out
