@@ -56,7 +56,7 @@ def _fail(session: Session, job: Job, reason: str, now) -> list[Job]:
 
 def reap(settings: Settings, *, publisher) -> dict:
     """End or re-run jobs whose lease expired; deliver jobs that were never picked up."""
-    from orchestrator.tasks import dispatch
+    from orchestrator.dispatch import dispatch
     db = get_database(settings.database_url)
     counts = {"failed": 0, "resumed": 0, "resent": 0, "rerouted": 0}
     to_send: list[Job] = []

@@ -11,23 +11,18 @@ task events on for Flower.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 
 from celery import Celery
 from celery.schedules import schedule
-from kombu.exceptions import OperationalError as KombuOperationalError
 
 from orchestrator.config import Settings
-from orchestrator.db import utcnow
-from orchestrator.models import Job
+from orchestrator.dispatch import RUN_JOB
+from orchestrator.dispatch import Publisher
 
 log = logging.getLogger(__name__)
 
 MAINTENANCE_QUEUE = "orchestrator"
-RUN_JOB = "orchestrator.tasks.run_job"
 JOB_TIME_LIMIT = 24 * 3600
-PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2,
-                 "interval_max": 0.5}
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -92,48 +87,3 @@ def make_celery(settings: Settings) -> Celery:
         return maintenance.reconcile_quota(app.conf.orchestrator_settings)
 
     return app
-
-
-class Publisher:
-    """Sends job messages; the only place that knows how a job reaches its host."""
-
-    def __init__(self, app: Celery):
-        self.app = app
-
-    def send(self, job: Job) -> None:
-        """Publish one job to its host queue.
-
-        :raises BrokerUnavailable: when the broker cannot take the message.
-        """
-        from orchestrator import errors
-        try:
-            self.app.send_task(RUN_JOB, args=[job.id], task_id=job.id, queue=job.queue,
-                               routing_key=job.queue, ignore_result=True, retry=True,
-                               retry_policy=PUBLISH_RETRY)
-        except (KombuOperationalError, OSError, ConnectionError) as exc:
-            raise errors.BrokerUnavailable(str(exc) or exc.__class__.__name__) from exc
-
-
-def dispatch(db, publisher: Publisher, jobs: Iterable[Job], *, undo_on_failure: bool) -> None:
-    """Publish jobs after their transaction committed.
-
-    With ``undo_on_failure`` (API requests) a broker failure abandons every
-    job of the request, undoing what it wrote, and raises 503; otherwise the
-    job stays queued and the maintenance re-send delivers it later.
-
-    :raises BrokerUnavailable:
-    """
-    from orchestrator import jobs as jobs_mod
-    pending = list(jobs)
-    for index, job in enumerate(pending):
-        try:
-            publisher.send(job)
-        except Exception as exc:
-            if not undo_on_failure:
-                log.warning("job %s (%s) not delivered, the re-send will retry: %s",
-                            job.id, job.op, exc)
-                continue
-            with db.scope() as session:
-                rows = [session.get(Job, j.id) for j in pending[index:]]
-                jobs_mod.abandon(session, [r for r in rows if r is not None], now=utcnow())
-            raise

@@ -204,8 +204,8 @@ def run_job(settings: Settings, job_id: str, *, owner: str) -> str:
     finally:
         lease.stop()
     if follow_ups:
-        from orchestrator.tasks import Publisher
-        from orchestrator.tasks import dispatch
+        from orchestrator.dispatch import Publisher
+        from orchestrator.dispatch import dispatch
         dispatch(db, Publisher(_celery(settings)), follow_ups, undo_on_failure=False)
     log.info("job %s %s: %s", job.id, job.op, state)
     return state
@@ -583,7 +583,7 @@ def cleanup_after_restart(settings: Settings, owners: list[str]) -> int:
                     follow_ups.extend(jobs.on_failure(session, job, reason, now=now))
                     count += 1
     if follow_ups:
-        from orchestrator.tasks import Publisher
-        from orchestrator.tasks import dispatch
+        from orchestrator.dispatch import Publisher
+        from orchestrator.dispatch import dispatch
         dispatch(db, Publisher(_celery(settings)), follow_ups, undo_on_failure=False)
     return count

@@ -44,7 +44,7 @@ def create_app(settings: Settings | None = None, *, celery_app=None) -> Flask:
     from orchestrator.http import misc
     from orchestrator.http import openapi
     from orchestrator.http import volumes
-    from orchestrator.tasks import Publisher
+    from orchestrator.dispatch import Publisher
     from orchestrator.tasks import make_celery
 
     settings = settings or Settings.from_env()

@@ -52,7 +52,7 @@ def commit_and_dispatch(jobs) -> None:
 
     :raises BrokerUnavailable: the request's writes have been undone.
     """
-    from orchestrator.tasks import dispatch
+    from orchestrator.dispatch import dispatch
     s = g.db_session
     s.commit()
     if jobs:

@@ -128,7 +128,7 @@ def test_broker_restart_while_a_job_runs_never_leaves_it_stuck(settings, db, cli
 
 
 def test_same_message_twice_runs_once(settings, db, client, start_worker, broker):
-    from orchestrator.tasks import Publisher
+    from orchestrator.dispatch import Publisher
     from orchestrator.tasks import make_celery
     node = start_worker(f"dup-{str(time.monotonic_ns())[-6:]}", "nova", concurrency=2)
     vol = client.create_volume(size=1)

@@ -77,7 +77,7 @@ def test_only_live_hosts_of_a_zone_are_picked(settings, db, start_worker):
 
 
 def test_duplicate_delivery_runs_the_job_once(settings, db, client, start_worker):
-    from orchestrator.tasks import Publisher
+    from orchestrator.dispatch import Publisher
     from orchestrator.tasks import make_celery
     node = start_worker("node-dup", "nova", concurrency=2)  # both copies can run at once
     vol = client.create_volume(size=1)

@@ -210,7 +210,7 @@ def test_a_job_chained_while_running_is_queued_when_it_ends(settings, database, 
     succeeds or is cancelled, the worker queues the chained one (finish hands it the
     row's next_job_id; nothing re-reads the job)."""
     sent: list[str] = []
-    monkeypatch.setattr("orchestrator.tasks.dispatch",
+    monkeypatch.setattr("orchestrator.dispatch.dispatch",
                         lambda db, publisher, to_send, undo_on_failure: sent.extend(
                             j.id for j in to_send))
     monkeypatch.setattr(manager, "_celery", lambda settings: None)
