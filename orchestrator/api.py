@@ -10,19 +10,10 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
-import functools
 import json
 import re
 
-from dateutil import parser as dateparser
-from sqlalchemy import JSON
-from sqlalchemy import bindparam
-from sqlalchemy import false
-from sqlalchemy import func
-from sqlalchemy import insert
-from sqlalchemy import literal_column
 from sqlalchemy import select
-from sqlalchemy import type_coerce
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
@@ -30,11 +21,11 @@ from orchestrator import errors
 from orchestrator import hosts
 from orchestrator import jobs
 from orchestrator import paging
+from orchestrator import policy
 from orchestrator import quota
 from orchestrator import volumes
 from orchestrator.config import Settings
 from orchestrator.context import RequestContext
-from orchestrator.db import dialect_of
 from orchestrator.models import NULL_VOLUME_ID
 from orchestrator.models import Backup
 from orchestrator.models import BackupMetadata
@@ -42,10 +33,22 @@ from orchestrator.models import Job
 from orchestrator.models import Snapshot
 from orchestrator.models import Volume
 from orchestrator.models import new_id
+from orchestrator.operations.backups import DRIVER_ID
+from orchestrator.operations.backups import BackupCreateParams
+from orchestrator.operations.backups import BackupDeleteParams
+from orchestrator.operations.backups import BackupImportParams
+from orchestrator.operations.backups import BackupRestoreParams
+from orchestrator.persistence import backups as backup_rows
+from orchestrator.persistence.resources import set_status
+from orchestrator.states import ACTIVE_JOB_STATES
+from orchestrator.states import BackupStatus
+from orchestrator.states import JobState
+from orchestrator.states import SnapshotStatus
+from orchestrator.states import VerifyStatus
+from orchestrator.states import VolumeStatus
 
-DRIVER_ID = "orchestrator.drivers.chunked"
 CONTAINER_RE = re.compile(r"^[A-Za-z0-9._/-]{1,255}$")
-RESET_STATUSES = ("available", "error")
+RESET_STATUSES = (BackupStatus.AVAILABLE, BackupStatus.ERROR)
 SORT_KEYS = {"id", "status", "size", "availability_zone", "created_at", "updated_at",
              "display_name", "volume_id", "data_timestamp", "container", "object_count",
              "display_description", "snapshot_id", "parent_id", "user_id", "project_id"}
@@ -78,50 +81,6 @@ def get_backup(session: Session, ctx: RequestContext, backup_id: str) -> Backup:
     return backup
 
 
-@functools.cache
-def _has_dependents_column():
-    """has_dependent_backups as a correlated EXISTS (index on parent_id), built once."""
-    table = Backup.__table__
-    child = table.alias("child")
-    # A LIMIT 1 scalar subquery rather than EXISTS: PostgreSQL would hash an EXISTS by
-    # scanning every backup; this stays one probe of ix_backups_parent_id per row shown.
-    # The 1 is written into the SQL text, as every list's LIMIT is (paging._in_text).
-    first_child = select(child.c.id).where(child.c.parent_id == table.c.id,
-                                           child.c.deleted == false()).limit(literal_column("1"))
-    return first_child.scalar_subquery().is_not(None).label("has_dependents")
-
-
-@functools.cache
-def _metadata_column(dialect: str):
-    """A backup's live metadata as one JSON object column, built once per dialect.
-
-    Aggregated in the row's own statement (one probe of the metadata index per
-    row shown), so a show or a list page is one round trip to the database.
-    None or {} when the backup has no metadata.
-    """
-    table, md = Backup.__table__, BackupMetadata.__table__
-    aggregate = func.json_object_agg if dialect == "postgresql" else func.json_group_object
-    items = select(aggregate(md.c.key, md.c.value)).where(
-        md.c.backup_id == table.c.id, md.c.deleted == false()).scalar_subquery()
-    return type_coerce(items, JSON).label("metadata_items")
-
-
-def _view_columns(dialect: str, with_metadata: bool) -> tuple:
-    """Columns a backup view reads beside the table's own."""
-    return (_has_dependents_column(),) + ((_metadata_column(dialect),) if with_metadata else ())
-
-
-@functools.cache
-def _show_statement(scoped: bool, dialect: str, with_metadata: bool):
-    """The one-row read of a backup, built once (statements cost more to build than to run)."""
-    table = Backup.__table__
-    query = select(*table.c, *_view_columns(dialect, with_metadata)).where(
-        table.c.id == bindparam("backup_id"), table.c.deleted.is_(False))
-    if scoped:
-        query = query.where(table.c.project_id == bindparam("project_id"))
-    return query
-
-
 def backup_view_rows(session, ctx: RequestContext, *, all_tenants: bool = False,
                      with_metadata: bool = False, **kw) -> tuple[list, dict, int | None]:
     """The read model of a backup list: (rows with has_dependents, metadata by id, count).
@@ -132,7 +91,7 @@ def backup_view_rows(session, ctx: RequestContext, *, all_tenants: bool = False,
     :raises MarkerNotFound, InvalidInput:
     """
     scope = None if (ctx.is_admin and all_tenants) else ctx.project_id
-    columns = _view_columns(dialect_of(session).name, with_metadata)
+    columns = backup_rows.view_columns(session, with_metadata)
     rows, count = paging.list_rows(session, Backup, scope_project=scope, sort_keys=SORT_KEYS,
                                    extra_columns=columns, as_rows=True, **kw)
     metadata = {r.id: r.metadata_items or {} for r in rows} if with_metadata else {}
@@ -142,11 +101,8 @@ def backup_view_rows(session, ctx: RequestContext, *, all_tenants: bool = False,
 def backup_view_row(session, ctx: RequestContext, backup_id: str, *,
                     with_metadata: bool = False):
     """(row with has_dependents, metadata) of one visible backup. :raises BackupNotFound:"""
-    params = {"backup_id": backup_id}
-    if not ctx.is_admin:
-        params["project_id"] = ctx.project_id
-    statement = _show_statement(not ctx.is_admin, dialect_of(session).name, with_metadata)
-    row = session.execute(statement, params).first()
+    row = backup_rows.view_row(session, backup_id, with_metadata=with_metadata,
+                               project_id=None if ctx.is_admin else ctx.project_id)
     if row is None:
         raise errors.BackupNotFound(backup_id)
     return row, ((row.metadata_items or {}) if with_metadata else {})
@@ -155,15 +111,11 @@ def backup_view_row(session, ctx: RequestContext, backup_id: str, *,
 def active_operation(session: Session, backup: Backup) -> Job | None:
     """The job currently working on a backup, if any."""
     return session.scalar(select(Job).where(Job.resource_id == backup.id,
-                                            Job.state.in_(jobs.ACTIVE_STATES))
+                                            Job.state.in_(ACTIVE_JOB_STATES))
                           .order_by(Job.created_at.desc()).limit(1))
 
 
 # ----------------------------------------------------------------------------- create
-
-_INSERT_BACKUP = insert(Backup.__table__)
-_INSERT_METADATA = insert(BackupMetadata.__table__)
-
 
 def _choose_parent(session: Session, ctx: RequestContext, volume_id: str,
                    snapshot_created_at: dt.datetime | None) -> Backup:
@@ -174,7 +126,7 @@ def _choose_parent(session: Session, ctx: RequestContext, volume_id: str,
         raise errors.InvalidBackup("Invalid backup: No backups available to do an incremental"
                                    " backup.")
     minimum = dt.datetime.min
-    eligible = [b for b in candidates if b.status == "available" and (
+    eligible = [b for b in candidates if b.status == BackupStatus.AVAILABLE and (
         snapshot_created_at is None or (b.data_timestamp or minimum) < snapshot_created_at)]
     if not eligible:
         raise errors.InvalidBackup("Invalid backup: The parent backup must be available for"
@@ -200,16 +152,16 @@ def create_backup(session: Session, ctx: RequestContext, settings: Settings, *, 
         if snapshot.volume_id != volume.id:
             raise errors.InvalidVolume(f"Invalid volume: Snapshot {snapshot.id} is not a "
                                        f"snapshot of volume {volume.id}.")
-        if snapshot.status != "available":
+        if snapshot.status != SnapshotStatus.AVAILABLE:
             raise errors.InvalidSnapshot(f"Invalid snapshot: Snapshot {snapshot.id} status must "
                                          f"be available, but current status is: "
                                          f"{snapshot.status}.")
     else:
-        if volume.status not in ("available", "in-use"):
+        if volume.status not in (VolumeStatus.AVAILABLE, VolumeStatus.IN_USE):
             raise errors.InvalidVolume(f"Invalid volume: Volume {volume.id} to be backed up must"
                                        f" be available or in-use, but the current status is "
                                        f"\"{volume.status}\".")
-        if volume.status == "in-use" and not force:
+        if volume.status == VolumeStatus.IN_USE and not force:
             raise errors.InvalidVolume(f"Invalid volume: Backing up an in-use volume {volume.id}"
                                        " must use the force flag.")
     az = availability_zone or volume.availability_zone
@@ -220,39 +172,33 @@ def create_backup(session: Session, ctx: RequestContext, settings: Settings, *, 
     if incremental:
         parent = _choose_parent(session, ctx, volume.id,
                                 snapshot.created_at if snapshot else None)
-    params: dict = {"volume_id": volume.id, "volume_host": volume.host}
     if snapshot is not None:
-        if session.execute(update(Snapshot).where(
-                Snapshot.id == snapshot.id, Snapshot.status == "available")
-                .values(status="backing-up", updated_at=now)
-                .execution_options(synchronize_session=False)).rowcount != 1:
+        if set_status(session, Snapshot, snapshot.id, SnapshotStatus.AVAILABLE,
+                      SnapshotStatus.BACKING_UP, now=now) != 1:
             raise errors.InvalidSnapshot(f"Invalid snapshot: Snapshot {snapshot.id} changed "
                                          "status concurrently; try again.")
-        params.update(snapshot_id=snapshot.id, snapshot_previous_status="available")
+        params = BackupCreateParams(volume_id=volume.id, snapshot_id=snapshot.id,
+                                    snapshot_previous_status=SnapshotStatus.AVAILABLE,
+                                    parent_id=parent.id if parent else None)
     else:
         previous = volume.status
-        if jobs.set_status(session, Volume, volume.id, previous, "backing-up", now=now,
-                           previous=previous) != 1:
+        if set_status(session, Volume, volume.id, previous, VolumeStatus.BACKING_UP, now=now,
+                      previous=previous) != 1:
             raise errors.InvalidVolume(f"Invalid volume: Volume {volume.id} changed status "
                                        "concurrently; try again.")
-        params["previous_status"] = previous
+        params = BackupCreateParams(volume_id=volume.id, previous_status=previous,
+                                    parent_id=parent.id if parent else None)
     values = dict(
         id=new_id(), user_id=ctx.user_id, project_id=ctx.project_id, volume_id=volume.id,
-        snapshot_id=snapshot.id if snapshot else None, status="creating", container=container,
+        snapshot_id=snapshot.id if snapshot else None, status=BackupStatus.CREATING,
+        container=container,
         display_name=name, display_description=description, availability_zone=az, host=host,
         size=volume.size, parent_id=parent.id if parent else None, created_at=now,
         data_timestamp=snapshot.created_at if snapshot else now, object_count=0,
         num_dependent_backups=0, progress_bytes=0, progress_total=0, deleted=False)
-    # Plain INSERTs: the hottest write of the API skips the unit-of-work flush.
-    session.execute(_INSERT_BACKUP, values)
-    if metadata:
-        session.execute(_INSERT_METADATA, [
-            {"backup_id": values["id"], "key": k, "value": v, "created_at": now,
-             "deleted": False} for k, v in metadata.items()])
-    if parent is not None:
-        params["parent_id"] = parent.id
-    job = jobs.insert(session, "backup_create", resource_type="backup", resource_id=values["id"],
-                      host=host, kind="backup", project_id=ctx.project_id, params=params, now=now)
+    backup_rows.insert_backup(session, values, metadata, now)
+    job = jobs.insert(session, "backup_create", resource_id=values["id"], host=host,
+                      project_id=ctx.project_id, params=params, now=now)
     # Last, so that the project's usage rows stay locked only until the commit that follows.
     quota.charge(session, ctx.project_id, {"backups": 1, "backup_gigabytes": volume.size},
                  settings, now=now, counted=True)
@@ -310,19 +256,19 @@ def delete_backup(session: Session, ctx: RequestContext, settings: Settings, bac
     :raises BackupNotFound, InvalidBackup, NoLiveHost:
     """
     backup = get_backup(session, ctx, backup_id)
-    if backup.status not in ("available", "error"):
+    if backup.status not in (BackupStatus.AVAILABLE, BackupStatus.ERROR):
         raise errors.InvalidBackup("Invalid backup: Backup status must be available or error")
     if _has_children(session, backup):
         raise errors.InvalidBackup("Invalid backup: Incremental backups exist for this backup.")
     host = _delete_host(session, settings, backup, now)
     previous = backup.status  # read before the CAS: the ORM syncs the object after it
-    if session.execute(update(Backup).where(Backup.id == backup.id,
-                                            Backup.status == previous)
-                       .values(status="deleting", host=host, updated_at=now)).rowcount != 1:
+    if session.execute(update(Backup).where(Backup.id == backup.id, Backup.status == previous)
+                       .values(status=BackupStatus.DELETING, host=host,
+                               updated_at=now)).rowcount != 1:
         raise errors.InvalidBackup("Invalid backup: Backup status must be available or error")
-    return [jobs.create(session, "backup_delete", resource_type="backup", resource_id=backup.id,
-                        host=host, kind="backup", project_id=backup.project_id,
-                        params={"previous_status": previous}, now=now)]
+    return [jobs.create(session, "backup_delete", resource_id=backup.id, host=host,
+                        project_id=backup.project_id,
+                        params=BackupDeleteParams(previous_status=previous), now=now)]
 
 
 def force_delete_backup(session: Session, ctx: RequestContext, settings: Settings,
@@ -335,43 +281,42 @@ def force_delete_backup(session: Session, ctx: RequestContext, settings: Setting
     :raises BackupNotFound, PolicyNotAuthorized, InvalidBackup, NoLiveHost:
     """
     backup = get_backup(session, ctx, backup_id)
-    if not ctx.is_admin:
-        raise errors.PolicyNotAuthorized("volume_extension:backup_admin_actions:force_delete")
+    policy.authorize(ctx, "volume_extension:backup_admin_actions:force_delete")
     if _has_children(session, backup):
         raise errors.InvalidBackup("Invalid backup: Incremental backups exist for this backup.")
-    if backup.status == "deleting" and active_operation(session, backup) is not None:
+    if backup.status == BackupStatus.DELETING and active_operation(session, backup) is not None:
         return []  # already being deleted
     host = _delete_host(session, settings, backup, now)
     previous = backup.status
     session.execute(update(Backup).where(Backup.id == backup.id)
-                    .values(status="deleting", host=host, updated_at=now))
+                    .values(status=BackupStatus.DELETING, host=host, updated_at=now))
     running = active_operation(session, backup)
-    delete_job = jobs.create(session, "backup_delete", resource_type="backup",
-                             resource_id=backup.id, host=host, kind="backup",
+    delete_job = jobs.create(session, "backup_delete", resource_id=backup.id, host=host,
                              project_id=backup.project_id,
-                             params={"previous_status": previous, "force": True,
-                                     "run_after_failure": True},
-                             state="waiting" if running else "queued", now=now)
+                             params=BackupDeleteParams(previous_status=previous, force=True,
+                                                       run_after_failure=True),
+                             state=JobState.WAITING if running else JobState.QUEUED, now=now)
     to_dispatch = [delete_job]
     if running is not None:
-        if running.state in ("queued", "waiting"):
+        if running.state in (JobState.QUEUED, JobState.WAITING):
             # Never started: cancel it here and undo its effects, then delete at once.
-            if jobs.finish(session, running, "cancelled", now=now, error="force deleted") or \
+            if jobs.finish(session, running, JobState.CANCELLED, now=now,
+                           error="force deleted") or \
                     session.execute(update(Job).where(Job.id == running.id,
-                                                      Job.state == "waiting")
-                                    .values(state="cancelled", finished_at=now)).rowcount:
+                                                      Job.state == JobState.WAITING)
+                                    .values(state=JobState.CANCELLED, finished_at=now)).rowcount:
                 jobs.on_failure(session, running, "cancelled by force delete", now=now,
                                 cancelled=True)
             session.execute(update(Backup).where(Backup.id == backup.id)
-                            .values(status="deleting"))
-            delete_job.state = "queued"
+                            .values(status=BackupStatus.DELETING))
+            delete_job.state = JobState.QUEUED
             delete_job.dispatched_at = now
-        elif session.execute(update(Job).where(Job.id == running.id, Job.state == "running")
+        elif session.execute(update(Job).where(Job.id == running.id, Job.state == JobState.RUNNING)
                              .values(cancel_requested=True, next_job_id=delete_job.id)
                              ).rowcount == 1:
             to_dispatch = []  # the running job queues the delete when it stops
         else:  # it finished in the meantime: delete at once
-            delete_job.state = "queued"
+            delete_job.state = JobState.QUEUED
             delete_job.dispatched_at = now
     return to_dispatch
 
@@ -391,7 +336,7 @@ def restore_backup(session: Session, ctx: RequestContext, settings: Settings, ba
         OverQuota, NoLiveHost:
     """
     backup = get_backup(session, ctx, backup_id)
-    if backup.status != "available":
+    if backup.status != BackupStatus.AVAILABLE:
         raise errors.InvalidBackup("Invalid backup: Backup status must be available")
     if backup.size is None:
         raise errors.InvalidBackup(f"Invalid backup: Backup {backup.id} has no size.")
@@ -402,20 +347,19 @@ def restore_backup(session: Session, ctx: RequestContext, settings: Settings, ba
     to_dispatch: list[Job] = []
     if volume_id:
         volume = volumes.get_volume(session, ctx, volume_id)
-        if volume.status != "available":
+        if volume.status != VolumeStatus.AVAILABLE:
             raise errors.InvalidVolume(f"Invalid volume: Volume to be restored to must be "
                                        f"available, but the current status is {volume.status}.")
         if volume.size < backup.size:
             raise errors.InvalidVolume(
                 f"Invalid volume: volume size {volume.size} is smaller than backup size "
                 f"{backup.size}.")
-        if session.execute(update(Volume).where(Volume.id == volume.id,
-                                                Volume.status == "available")
-                           .values(status="restoring-backup", updated_at=now)).rowcount != 1:
+        if set_status(session, Volume, volume.id, VolumeStatus.AVAILABLE,
+                      VolumeStatus.RESTORING_BACKUP, now=now) != 1:
             raise errors.InvalidVolume(f"Invalid volume: Volume {volume.id} changed status "
                                        "concurrently; try again.")
         volume_is_new = False
-        restore_state = "queued"
+        restore_state = JobState.QUEUED
     else:
         attrs = {"size": backup.size, "description": "auto-created_from_restore_from_backup",
                  "availability_zone": backup.availability_zone, "metadata": None,
@@ -425,19 +369,19 @@ def restore_backup(session: Session, ctx: RequestContext, settings: Settings, ba
                                        f" than backup size {backup.size}.")
         volume, create_job = volumes.new_volume(
             session, ctx, settings, name=name or f"restore_backup_{backup.id}", now=now,
-            job_params={"then_status": "restoring-backup"}, **attrs)
+            then_status=VolumeStatus.RESTORING_BACKUP, **attrs)
         volume_is_new = True
-        restore_state = "waiting"
+        restore_state = JobState.WAITING
         to_dispatch.append(create_job)
     if session.execute(update(Backup).where(Backup.id == backup.id,
-                                            Backup.status == "available")
-                       .values(status="restoring", restore_volume_id=volume.id, host=host,
-                               updated_at=now)).rowcount != 1:
+                                            Backup.status == BackupStatus.AVAILABLE)
+                       .values(status=BackupStatus.RESTORING, restore_volume_id=volume.id,
+                               host=host, updated_at=now)).rowcount != 1:
         raise errors.InvalidBackup("Invalid backup: Backup status must be available")
-    restore_job = jobs.create(session, "backup_restore", resource_type="backup",
-                              resource_id=backup.id, host=host, kind="backup",
+    restore_job = jobs.create(session, "backup_restore", resource_id=backup.id, host=host,
                               project_id=ctx.project_id, state=restore_state,
-                              params={"volume_id": volume.id, "volume_is_new": volume_is_new},
+                              params=BackupRestoreParams(volume_id=volume.id,
+                                                         volume_is_new=volume_is_new),
                               now=now)
     if volume_is_new:
         jobs.chain(to_dispatch[0], restore_job)
@@ -460,16 +404,15 @@ def reset_status(session: Session, ctx: RequestContext, backup_id: str, status: 
     :raises BackupNotFound, PolicyNotAuthorized, InvalidBackup:
     """
     backup = get_backup(session, ctx, backup_id)
-    if not ctx.is_admin:
-        raise errors.PolicyNotAuthorized("volume_extension:backup_admin_actions:reset_status")
+    policy.authorize(ctx, "volume_extension:backup_admin_actions:reset_status")
     status = (status or "").lower()
     if status not in RESET_STATUSES:
         raise errors.InvalidBackup(f"Invalid backup: Backup status: {status} is invalid, valid "
                                    f"statuses are: ['available', 'error'].")
-    session.execute(update(Job).where(Job.resource_id == backup.id, Job.state == "running")
+    session.execute(update(Job).where(Job.resource_id == backup.id, Job.state == JobState.RUNNING)
                     .values(cancel_requested=True))
     backup.status = status
-    if status == "error" and not backup.fail_reason:
+    if status == BackupStatus.ERROR and not backup.fail_reason:
         backup.fail_reason = "reset to error by an administrator"
     backup.updated_at = now
 
@@ -483,19 +426,18 @@ def verify_backup(session: Session, ctx: RequestContext, settings: Settings, bac
     :raises BackupNotFound, PolicyNotAuthorized, InvalidBackup, NoLiveHost:
     """
     backup = get_backup(session, ctx, backup_id)
-    if not ctx.is_admin:
-        raise errors.PolicyNotAuthorized("backup:verify")
-    if backup.status != "available":
+    policy.authorize(ctx, "backup:verify")
+    if backup.status != BackupStatus.AVAILABLE:
         raise errors.InvalidBackup(f"Invalid backup: Backup status must be available to verify,"
                                    f" but it is {backup.status}.")
     if active_operation(session, backup) is not None:
         raise errors.InvalidBackup(f"Invalid backup: Backup {backup.id} has an operation in "
                                    "progress; verify it afterwards.")
     host = _delete_host(session, settings, backup, now)
-    backup.verify_status = "verifying"
+    backup.verify_status = VerifyStatus.VERIFYING
     backup.verify_message = None
-    return [jobs.create(session, "backup_verify", resource_type="backup", resource_id=backup.id,
-                        host=host, kind="backup", project_id=backup.project_id, now=now)]
+    return [jobs.create(session, "backup_verify", resource_id=backup.id, host=host,
+                        project_id=backup.project_id, now=now)]
 
 
 EXPORT_FIELDS = ("id", "user_id", "project_id", "volume_id", "host", "availability_zone",
@@ -510,9 +452,8 @@ def export_record(session: Session, ctx: RequestContext, settings: Settings, bac
                   ) -> dict:
     """The base64 record that import_record takes (admin). :raises InvalidBackup:"""
     backup = get_backup(session, ctx, backup_id)
-    if not ctx.is_admin:
-        raise errors.PolicyNotAuthorized("backup:export-import")
-    if backup.status != "available":
+    policy.authorize(ctx, "backup:export-import")
+    if backup.status != BackupStatus.AVAILABLE:
         raise errors.InvalidBackup("Invalid backup: Backup status must be available and not "
                                    f"{backup.status}.")
     record: dict = {}
@@ -525,15 +466,6 @@ def export_record(session: Session, ctx: RequestContext, settings: Settings, bac
     return {"backup_service": backup.service or DRIVER_ID, "backup_url": url}
 
 
-def _parse_time(value) -> dt.datetime | None:
-    if not value:
-        return None
-    parsed = dateparser.isoparse(value) if isinstance(value, str) else value
-    if parsed.tzinfo is not None:
-        parsed = parsed.astimezone(dt.UTC).replace(tzinfo=None)
-    return parsed
-
-
 def import_record(session: Session, ctx: RequestContext, settings: Settings, *,
                   backup_service: str, backup_url: str, now: dt.datetime
                   ) -> tuple[Backup, list[Job]]:
@@ -541,8 +473,7 @@ def import_record(session: Session, ctx: RequestContext, settings: Settings, *,
 
     :raises PolicyNotAuthorized, InvalidBackup, InvalidInput, OverQuota, NoLiveHost:
     """
-    if not ctx.is_admin:
-        raise errors.PolicyNotAuthorized("backup:backup-import")
+    policy.authorize(ctx, "backup:backup-import")
     if backup_service != DRIVER_ID:
         raise errors.InvalidBackup(f"Invalid backup: backup_service {backup_service!r} is not "
                                    f"supported; this service imports {DRIVER_ID} records.")
@@ -583,7 +514,7 @@ def import_record(session: Session, ctx: RequestContext, settings: Settings, *,
     backup = existing or Backup(id=backup_uuid, created_at=now)
     backup.user_id, backup.project_id = ctx.user_id, ctx.project_id
     backup.volume_id = NULL_VOLUME_ID
-    backup.status = "creating"
+    backup.status = BackupStatus.CREATING
     backup.deleted, backup.deleted_at = False, None
     backup.size = size
     backup.container = container
@@ -597,7 +528,7 @@ def import_record(session: Session, ctx: RequestContext, settings: Settings, *,
     else:
         session.add(backup)
     session.flush()
-    job = jobs.create(session, "backup_import", resource_type="backup", resource_id=backup.id,
-                      host=host, kind="backup", project_id=ctx.project_id,
-                      params={"record": record, "revived": revived}, now=now)
+    job = jobs.create(session, "backup_import", resource_id=backup.id, host=host,
+                      project_id=ctx.project_id,
+                      params=BackupImportParams(record=record, revived=revived), now=now)
     return backup, [job]

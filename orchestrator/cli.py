@@ -54,8 +54,8 @@ def api(workers: int | None) -> None:
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def worker(args) -> None:
     """A storage-node worker (same options as `python -m workers`)."""
-    from workers.__main__ import main as worker_main
-    sys.exit(worker_main(list(args)))
+    # The worker is its own program (orchestrator/ never imports workers/): become it.
+    os.execv(sys.executable, [sys.executable, "-m", "workers", *args])
 
 
 @main.command()

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from kombu.exceptions import OperationalError as KombuOperationalError
 
 from orchestrator import errors
+from orchestrator import jobs as jobs_mod
 from orchestrator.db import utcnow
 from orchestrator.models import Job
 
@@ -51,7 +52,6 @@ def dispatch(db, publisher: Publisher, jobs: Iterable[Job], *, undo_on_failure: 
 
     :raises BrokerUnavailable:
     """
-    from orchestrator import jobs as jobs_mod  # jobs → operations → dispatch is the next step
     pending = list(jobs)
     for index, job in enumerate(pending):
         try:

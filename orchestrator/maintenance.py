@@ -16,12 +16,15 @@ from sqlalchemy.orm import Session
 from orchestrator import errors
 from orchestrator import hosts
 from orchestrator import jobs
+from orchestrator import operations
 from orchestrator import quota
 from orchestrator.config import Settings
 from orchestrator.db import get_database
 from orchestrator.db import utcnow
+from orchestrator.dispatch import dispatch
 from orchestrator.models import Job
 from orchestrator.models import Service
+from orchestrator.states import JobState
 
 log = logging.getLogger(__name__)
 
@@ -30,14 +33,14 @@ BINARY_OF_KIND = {"backup": hosts.BACKUP_BINARY, "volume": hosts.VOLUME_BINARY}
 
 def _live_target(session: Session, settings: Settings, job: Job, now) -> str | None:
     """The host that should run ``job`` now: its own if alive, else a re-route, else None."""
-    kind = job.queue.split(".", 1)[0]
-    binary = BINARY_OF_KIND.get(kind, hosts.BACKUP_BINARY)
+    op = operations.get(job.op)
+    binary = BINARY_OF_KIND[op.queue_kind]
     own = session.scalar(select(Service).where(Service.host == job.host,
                                                Service.binary == binary))
     if own is not None and not own.disabled and hosts.is_up(
             own, now=now, down_time=settings.service_down_time):
         return job.host
-    if job.op not in jobs.ROUTABLE:
+    if not op.routable:
         return None
     try:
         return hosts.select_host(session, binary, now=now, down_time=settings.service_down_time,
@@ -47,7 +50,7 @@ def _live_target(session: Session, settings: Settings, job: Job, now) -> str | N
 
 
 def _fail(session: Session, job: Job, reason: str, now) -> list[Job]:
-    if jobs.finish(session, job, "failed", now=now, error=reason):
+    if jobs.finish(session, job, JobState.FAILED, now=now, error=reason):
         log.warning("job %s (%s on %s) failed by the reaper: %s", job.id, job.op, job.host,
                     reason)
         return jobs.on_failure(session, job, reason, now=now)
@@ -56,16 +59,16 @@ def _fail(session: Session, job: Job, reason: str, now) -> list[Job]:
 
 def reap(settings: Settings, *, publisher) -> dict:
     """End or re-run jobs whose lease expired; deliver jobs that were never picked up."""
-    from orchestrator.dispatch import dispatch
     db = get_database(settings.database_url)
     counts = {"failed": 0, "resumed": 0, "resent": 0, "rerouted": 0}
     to_send: list[Job] = []
     with db.scope() as session:
         now = utcnow()
         for job in jobs.expired(session, now=now):
-            what = job.op.replace("_", " ")
+            op = operations.get(job.op)
+            what = op.what
             target = _live_target(session, settings, job, now) \
-                if job.op in jobs.RESUMABLE and job.attempt < job.max_attempts else None
+                if op.resumable and job.attempt < job.max_attempts else None
             if target and jobs.requeue(session, job, host=target, now=now,
                                        note=f"lease of {job.lease_owner} expired; re-run"):
                 to_send.append(job)
@@ -79,7 +82,8 @@ def reap(settings: Settings, *, publisher) -> dict:
         for job in jobs.orphaned_waiting(session, now=now,
                                          older_than=settings.dispatch_resend_after):
             prev = session.scalar(select(Job).where(Job.next_job_id == job.id))
-            if prev is None or prev.state == "succeeded" or job.params.get("run_after_failure"):
+            if prev is None or prev.state == JobState.SUCCEEDED or \
+                    (job.params or {}).get("run_after_failure"):
                 jobs.requeue(session, job, host=job.host, now=now, note="predecessor ended")
                 counts["resent"] += 1
                 to_send.append(job)
@@ -89,7 +93,8 @@ def reap(settings: Settings, *, publisher) -> dict:
         for job in jobs.undelivered(session, now=now, older_than=settings.dispatch_resend_after):
             target = _live_target(session, settings, job, now)
             if target is None:
-                reason = (f"The {job.op.replace('_', ' ')} was queued for {job.host}, which is "
+                reason = (f"The {operations.get(job.op).what} was queued for {job.host}, "
+                          "which is "
                           "down, and no other live host can run it.")
                 to_send.extend(_fail(session, job, reason, now))
                 counts["failed"] += 1
@@ -102,7 +107,8 @@ def reap(settings: Settings, *, publisher) -> dict:
     if to_send:
         with db.scope(write=False) as session:
             fresh = [session.get(Job, j.id) for j in to_send]
-        dispatch(db, publisher, [j for j in fresh if j is not None and j.state == "queued"],
+        dispatch(db, publisher,
+                 [j for j in fresh if j is not None and j.state == JobState.QUEUED],
                  undo_on_failure=False)
     if any(counts.values()):
         log.info("reaper: %s", counts)

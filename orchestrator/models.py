@@ -274,6 +274,8 @@ class Job(Base):
     params: Mapped[dict] = mapped_column(JSON, default=dict, nullable=False)
     next_job_id: Mapped[str | None] = mapped_column(String(36))
     error: Mapped[str | None] = mapped_column(Text)
+    # Events besides the state: each in-place retry of a transient failure (None: none).
+    history: Mapped[list | None] = mapped_column(JSON)
     dispatched_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     dispatch_count: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime)

@@ -1,7 +1,8 @@
-"""Celery wiring: the app factory, thin task wrappers and the dispatch helper.
+"""Celery wiring: the app factory and the maintenance tasks.
 
-Job tasks take a job id (which is also the Celery task id) and hand it to the
-worker's job manager; maintenance tasks run on the ``orchestrator`` queue,
+The job task (``workers/tasks.py``) takes a job id, which is also the Celery
+task id, and hands it to the worker's job manager; publishing is
+``orchestrator/dispatch.py``. Maintenance tasks run on the ``orchestrator`` queue,
 on a control-plane worker, so a dead storage node never stops the reaping of
 its own jobs. Settings follow celery-notes.md: early ack, prefetch 1 and
 prefetch disabled on Redis (nothing long sits unacked, so the visibility
@@ -13,10 +14,11 @@ from __future__ import annotations
 import logging
 
 from celery import Celery
+from celery import shared_task
 from celery.schedules import schedule
 
+from orchestrator import maintenance
 from orchestrator.config import Settings
-from orchestrator.dispatch import RUN_JOB
 from orchestrator.dispatch import Publisher
 
 log = logging.getLogger(__name__)
@@ -65,25 +67,30 @@ def make_celery(settings: Settings) -> Celery:
     )
     app.conf.orchestrator_settings = settings
 
-    @app.task(name=RUN_JOB, bind=True, acks_late=False, ignore_result=True)
-    def run_job(self, job_id: str) -> None:
-        from workers import manager
-        manager.run_job(self.app.conf.orchestrator_settings, job_id,
-                        owner=self.request.hostname or "unknown")
-
-    @app.task(name="orchestrator.tasks.reap", acks_late=True, ignore_result=True)
-    def reap() -> dict:
-        from orchestrator import maintenance
-        return maintenance.reap(app.conf.orchestrator_settings, publisher=Publisher(app))
-
-    @app.task(name="orchestrator.tasks.expire_reservations", acks_late=True, ignore_result=True)
-    def expire_reservations() -> int:
-        from orchestrator import maintenance
-        return maintenance.expire_reservations(app.conf.orchestrator_settings)
-
-    @app.task(name="orchestrator.tasks.reconcile_quota", acks_late=True, ignore_result=True)
-    def reconcile_quota() -> list:
-        from orchestrator import maintenance
-        return maintenance.reconcile_quota(app.conf.orchestrator_settings)
-
     return app
+
+
+def settings_of(app: Celery) -> Settings:
+    """The settings the running app was built with."""
+    return app.conf.orchestrator_settings
+
+
+# Maintenance tasks: importable names, registered on every app (shared_task), each
+# handed the app that runs it.
+
+
+@shared_task(name="orchestrator.tasks.reap", bind=True, acks_late=True, ignore_result=True)
+def reap(self) -> dict:
+    return maintenance.reap(settings_of(self.app), publisher=Publisher(self.app))
+
+
+@shared_task(name="orchestrator.tasks.expire_reservations", bind=True, acks_late=True,
+             ignore_result=True)
+def expire_reservations(self) -> int:
+    return maintenance.expire_reservations(settings_of(self.app))
+
+
+@shared_task(name="orchestrator.tasks.reconcile_quota", bind=True, acks_late=True,
+             ignore_result=True)
+def reconcile_quota(self) -> list:
+    return maintenance.reconcile_quota(settings_of(self.app))

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from orchestrator import errors
 from orchestrator import hosts
 from orchestrator import jobs
+from orchestrator import policy
 from orchestrator import quota
 from orchestrator.config import Settings
 from orchestrator.context import RequestContext
@@ -24,6 +25,10 @@ from orchestrator.models import Job
 from orchestrator.models import Snapshot
 from orchestrator.models import Volume
 from orchestrator.models import new_id
+from orchestrator.operations.volumes import SnapshotParams
+from orchestrator.operations.volumes import VolumeCreateParams
+from orchestrator.operations.volumes import VolumeDeleteParams
+from orchestrator.states import VolumeStatus
 
 VOLUME_DELETABLE = ("available", "error", "error_restoring", "error_extending")
 
@@ -69,7 +74,7 @@ def new_volume(session: Session, ctx: RequestContext, settings: Settings, *, siz
                name: str | None, description: str | None, availability_zone: str | None,
                metadata: dict | None, volume_type: str | None, now: dt.datetime,
                status: str = "creating", job_state: str = "queued",
-               job_params: dict | None = None) -> tuple[Volume, Job]:
+               then_status: str = VolumeStatus.AVAILABLE) -> tuple[Volume, Job]:
     """Charge quota, place the volume on a live volume host and queue its creation.
 
     :raises NoLiveHost, OverQuota:
@@ -84,9 +89,9 @@ def new_volume(session: Session, ctx: RequestContext, settings: Settings, *, siz
                  metadata_=dict(metadata or {}), created_at=now)
     session.add(vol)
     session.flush()
-    job = jobs.create(session, "volume_create", resource_type="volume", resource_id=vol.id,
-                      host=host, kind="volume", project_id=ctx.project_id,
-                      params={"size": size, **(job_params or {})}, state=job_state, now=now)
+    job = jobs.create(session, "volume_create", resource_id=vol.id, host=host,
+                      project_id=ctx.project_id, state=job_state, now=now,
+                      params=VolumeCreateParams(size=size, then_status=then_status))
     return vol, job
 
 
@@ -97,8 +102,8 @@ def delete_volume(session: Session, ctx: RequestContext, settings: Settings, vol
     :raises VolumeNotFound, InvalidVolume, PolicyNotAuthorized:
     """
     vol = get_volume(session, ctx, volume_id)
-    if force and not ctx.is_admin:
-        raise errors.PolicyNotAuthorized("volume_extension:volume_admin_actions:force_delete")
+    if force:
+        policy.authorize(ctx, "volume_extension:volume_admin_actions:force_delete")
     if not force and vol.status not in VOLUME_DELETABLE:
         raise errors.InvalidVolume(
             f"Invalid volume: Volume {vol.id} status must be available or error or "
@@ -119,10 +124,10 @@ def delete_volume(session: Session, ctx: RequestContext, settings: Settings, vol
             status="deleting", previous_status=previous, updated_at=now)).rowcount != 1:
         raise errors.InvalidVolume(f"Invalid volume: Volume {vol.id} changed status"
                                    " while it was being deleted; try again.")
-    return jobs.create(session, "volume_delete", resource_type="volume", resource_id=vol.id,
-                       host=vol.host, kind="volume", project_id=vol.project_id,
-                       params={"previous_status": previous,
-                               "snapshot_ids": [s.id for s in snaps]}, now=now)
+    return jobs.create(session, "volume_delete", resource_id=vol.id, host=vol.host,
+                       project_id=vol.project_id, now=now,
+                       params=VolumeDeleteParams(previous_status=previous,
+                                                 snapshot_ids=[s.id for s in snaps]))
 
 
 def new_snapshot(session: Session, ctx: RequestContext, settings: Settings, *, volume_id: str,
@@ -146,9 +151,9 @@ def new_snapshot(session: Session, ctx: RequestContext, settings: Settings, *, v
                     created_at=now)
     session.add(snap)
     session.flush()
-    job = jobs.create(session, "snapshot_create", resource_type="snapshot", resource_id=snap.id,
-                      host=vol.host, kind="volume", project_id=ctx.project_id,
-                      params={"volume_id": vol.id}, now=now)
+    job = jobs.create(session, "snapshot_create", resource_id=snap.id, host=vol.host,
+                      project_id=ctx.project_id, params=SnapshotParams(volume_id=vol.id),
+                      now=now)
     return snap, job
 
 
@@ -166,9 +171,9 @@ def delete_snapshot(session: Session, ctx: RequestContext, snapshot_id: str, *,
         raise errors.InvalidSnapshot(f"Invalid snapshot: Snapshot {snap.id} status must be "
                                      f"available or error, but current status is: {snap.status}.")
     vol = session.get(Volume, snap.volume_id)
-    return jobs.create(session, "snapshot_delete", resource_type="snapshot", resource_id=snap.id,
-                       host=vol.host if vol else "", kind="volume", project_id=snap.project_id,
-                       params={"volume_id": snap.volume_id}, now=now)
+    return jobs.create(session, "snapshot_delete", resource_id=snap.id,
+                       host=vol.host if vol else "", project_id=snap.project_id,
+                       params=SnapshotParams(volume_id=snap.volume_id), now=now)
 
 
 VOLUME_SORT_KEYS = {"id", "status", "size", "availability_zone", "created_at", "updated_at",

@@ -25,8 +25,12 @@ from orchestrator.config import normalise_host
 from orchestrator.db import get_database
 from orchestrator.db import reset_databases
 from orchestrator.db import utcnow
+from orchestrator.dispatch import Publisher
+from orchestrator.jobs import queue_for
 from orchestrator.tasks import MAINTENANCE_QUEUE
 from orchestrator.tasks import make_celery
+from workers import tasks as _job_task  # noqa: F401  (registers the job task on every app)
+from workers.manager import cleanup_after_restart
 
 log = logging.getLogger("workers")
 
@@ -106,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         binaries = [hosts.SCHEDULER_BINARY]
         nodename = f"maintenance@{host}"
     else:
-        queues = [f"backup.{host}", f"volume.{host}"]
+        queues = [queue_for("backup", host), queue_for("volume", host)]
         binaries = [hosts.BACKUP_BINARY, hosts.VOLUME_BINARY]
         nodename = f"worker@{host}"
     heartbeat = Heartbeat(settings, host, zone, binaries)
@@ -118,8 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     @signals.worker_init.connect(weak=False)
     def _cleanup(**_):
         if not args.maintenance:
-            from workers.manager import cleanup_after_restart
-            n = cleanup_after_restart(settings, [nodename])
+            n = cleanup_after_restart(settings, [nodename], publisher=Publisher(app))
             if n:
                 log.warning("failed %d job(s) left running by a previous run of %s", n, nodename)
 

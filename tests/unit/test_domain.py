@@ -23,6 +23,7 @@ from orchestrator.http.microversion import negotiate
 from orchestrator.migrate import upgrade
 from orchestrator.models import Backup
 from orchestrator.models import QuotaUsage
+from orchestrator.persistence import jobs as job_rows
 
 T0 = dt.datetime(2026, 1, 1, 12, 0, 0)
 
@@ -94,8 +95,8 @@ def test_stopped_host_is_down_at_once(database):
 
 def test_claim_is_exclusive_and_lease_can_be_lost(database):
     with database.scope() as s:
-        job = jobs.create(s, "volume_create", resource_type="volume", resource_id="v" * 36,
-                          host="h1", kind="volume", project_id="p", now=T0)
+        job = jobs.create(s, "volume_create", resource_id="v" * 36,
+                          host="h1", project_id="p", now=T0)
         job_id = job.id
     with database.scope() as s:
         first = jobs.claim(s, job_id, "w1", now=T0, ttl=30)
@@ -118,8 +119,8 @@ def test_claim_is_exclusive_and_lease_can_be_lost(database):
 
 def test_cancelled_job_cannot_be_claimed(database):
     with database.scope() as s:
-        job = jobs.create(s, "volume_create", resource_type="volume", resource_id="v" * 36,
-                          host="h1", kind="volume", project_id="p", now=T0)
+        job = jobs.create(s, "volume_create", resource_id="v" * 36,
+                          host="h1", project_id="p", now=T0)
         job.cancel_requested = True
         job_id = job.id
     with database.scope() as s:
@@ -130,14 +131,14 @@ def test_cancelled_job_cannot_be_claimed(database):
 def returning(request, monkeypatch):
     """Both paths of claim/finish: UPDATE ... RETURNING, and the re-read fallback."""
     if not request.param:
-        monkeypatch.setattr(jobs, "_returning", lambda session: False)
+        monkeypatch.setattr(job_rows, "returning", lambda session: False)
     return request.param
 
 
 def test_claim_returns_the_fresh_row_even_over_a_stale_copy(database, returning):
     with database.scope() as s:
-        job = jobs.create(s, "volume_create", resource_type="volume", resource_id="v" * 36,
-                          host="h1", kind="volume", project_id="p", now=T0)
+        job = jobs.create(s, "volume_create", resource_id="v" * 36,
+                          host="h1", project_id="p", now=T0)
         job_id = job.id
     with database.scope() as s:
         stale = s.get(jobs.Job, job_id)  # already in the session, state queued
@@ -155,15 +156,15 @@ def test_finish_refreshes_next_job_id_chained_meanwhile(database, returning):
     """A force delete may chain a job after the worker read its job: finish returns the
     row's next_job_id, without a write of its own and whether the job is attached or not."""
     with database.scope() as s:
-        job = jobs.create(s, "backup_create", resource_type="backup", resource_id="b" * 36,
-                          host="h1", kind="backup", project_id="p", now=T0)
+        job = jobs.create(s, "backup_create", resource_id="b" * 36,
+                          host="h1", project_id="p", now=T0)
         job_id = job.id
     with database.scope() as s:
         mine = jobs.claim(s, job_id, "w1", now=T0, ttl=30)
     assert mine.next_job_id is None  # the detached copy the worker keeps while it runs
     with database.scope() as s:
-        then = jobs.create(s, "backup_delete", resource_type="backup", resource_id="b" * 36,
-                           host="h1", kind="backup", project_id="p", state="waiting", now=T0)
+        then = jobs.create(s, "backup_delete", resource_id="b" * 36,
+                           host="h1", project_id="p", state="waiting", now=T0)
         then_id = then.id
         s.execute(update(jobs.Job).where(jobs.Job.id == job_id)
                   .values(cancel_requested=True, next_job_id=then_id))

@@ -18,8 +18,15 @@ from orchestrator.migrate import upgrade
 from orchestrator.models import Backup
 from orchestrator.models import Job
 from orchestrator.models import Volume
+from orchestrator.operations.volumes import SnapshotParams
+from workers import jobrun
 from workers import manager
-from workers.drivers import ChunkedDriver
+from workers.datapath import ChunkedDriver
+from workers.jobrun import JobCancelled
+from workers.jobrun import JobRun
+from workers.jobrun import Lease
+from workers.operations import RUNNERS
+from workers.operations import RunHalf
 from workers.volumes import FileVolumeBackend
 
 
@@ -60,14 +67,14 @@ def _statements(database) -> list[str]:
 def clock(monkeypatch):
     """manager's monotonic clock, moved by hand."""
     now = [1000.0]
-    monkeypatch.setattr(manager, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+    monkeypatch.setattr(jobrun, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
     return now
 
 
 def _running_job(database) -> Job:
     with database.scope() as s:
-        job_id = jobs.create(s, "volume_create", resource_type="volume", resource_id="v" * 36,
-                             host="h1", kind="volume", project_id="p", now=utcnow()).id
+        job_id = jobs.create(s, "volume_create", resource_id="v" * 36,
+                             host="h1", project_id="p", now=utcnow()).id
     with database.scope() as s:
         return jobs.claim(s, job_id, "w1", now=utcnow(), ttl=30)
 
@@ -79,8 +86,8 @@ def _request_cancel(database, job_id: str) -> None:
 
 def test_cancelled_reads_the_job_row_at_most_once_a_second(settings, database, clock):
     job = _running_job(database)
-    lease = manager.Lease(database, job.id, "w1", ttl=30)  # not started: no renewals
-    run = manager.JobRun(settings, database, job, "w1", lease)
+    lease = Lease(database, job.id, "w1", ttl=30)  # not started: no renewals
+    run = JobRun(settings, database, job, "w1", lease)
     seen = _statements(database)
     # The claim has just checked: no read during the first second.
     _request_cancel(database, job.id)
@@ -95,8 +102,8 @@ def test_cancelled_reads_the_job_row_at_most_once_a_second(settings, database, c
 
 def test_cancelled_polls_again_a_second_after_the_last_read(settings, database, clock):
     job = _running_job(database)
-    lease = manager.Lease(database, job.id, "w1", ttl=30)
-    run = manager.JobRun(settings, database, job, "w1", lease)
+    lease = Lease(database, job.id, "w1", ttl=30)
+    run = JobRun(settings, database, job, "w1", lease)
     seen = _statements(database)
     clock[0] += 1.0
     assert run.cancelled() is False and len(seen) == 1
@@ -111,8 +118,8 @@ def test_cancelled_polls_again_a_second_after_the_last_read(settings, database, 
 def test_cancelled_sees_what_the_lease_found_at_once(settings, database, clock):
     """Lease renewal (its own thread) finds cancellation or loss: no waiting for a poll."""
     job = _running_job(database)
-    lease = manager.Lease(database, job.id, "w1", ttl=30)
-    run = manager.JobRun(settings, database, job, "w1", lease)
+    lease = Lease(database, job.id, "w1", ttl=30)
+    run = JobRun(settings, database, job, "w1", lease)
     seen = _statements(database)
     assert run.cancelled() is False
     lease.lost = True
@@ -203,38 +210,48 @@ def test_backup_create_fails_without_the_volume_image(settings, database, node):
     assert manager.run_job(settings, job_id, owner="w1") == "skipped"
 
 
+class _Sent:
+    """A publisher that records what it was asked to send."""
+
+    def __init__(self):
+        self.ids: list[str] = []
+
+    def send(self, job) -> None:
+        self.ids.append(job.id)
+
+
 @pytest.mark.parametrize("outcome", ["succeeded", "cancelled"])
 def test_a_job_chained_while_running_is_queued_when_it_ends(settings, database, monkeypatch,
                                                              outcome):
     """What a force delete does to a running job: chain a job after it. Whether the job
     succeeds or is cancelled, the worker queues the chained one (finish hands it the
     row's next_job_id; nothing re-reads the job)."""
-    sent: list[str] = []
-    monkeypatch.setattr("orchestrator.dispatch.dispatch",
-                        lambda db, publisher, to_send, undo_on_failure: sent.extend(
-                            j.id for j in to_send))
-    monkeypatch.setattr(manager, "_celery", lambda settings: None)
+    sent = _Sent()
     chained: list[str] = []
 
-    def handler(run):
-        with database.scope() as s:
-            then = jobs.create(s, "snapshot_delete", resource_type="snapshot",
-                               resource_id="s" * 36, host="h1", kind="volume",
-                               project_id="p", params={"run_after_failure": True},
-                               state="waiting", now=utcnow())
-            chained.append(then.id)
-            s.execute(update(Job).where(Job.id == run.job.id)
-                      .values(next_job_id=then.id, cancel_requested=outcome == "cancelled"))
-        if outcome == "cancelled":
-            raise manager.JobCancelled("cancelled")
-        return manager._complete(run, lambda session, now: None)
-    monkeypatch.setitem(manager.HANDLERS, "snapshot_create", handler)
+    class ChainingRun(RunHalf):
+        operation = "snapshot_create"
+
+        def run(self, run, params):
+            with database.scope() as s:
+                then = jobs.create(s, "snapshot_delete", resource_id="s" * 36, host="h1",
+                                   project_id="p", state="waiting", now=utcnow(),
+                                   params=SnapshotParams(volume_id="v" * 36))
+                s.execute(update(Job).where(Job.id == then.id)
+                          .values(params={"volume_id": "v" * 36, "run_after_failure": True}))
+                chained.append(then.id)
+                s.execute(update(Job).where(Job.id == run.job.id)
+                          .values(next_job_id=then.id,
+                                  cancel_requested=outcome == "cancelled"))
+            if outcome == "cancelled":
+                raise JobCancelled("cancelled")
+    monkeypatch.setitem(RUNNERS, "snapshot_create", ChainingRun())
     with database.scope() as s:
-        job_id = jobs.create(s, "snapshot_create", resource_type="snapshot",
-                             resource_id="s" * 36, host="h1", kind="volume", project_id="p",
-                             params={"volume_id": "v" * 36}, now=utcnow()).id
-    assert manager.run_job(settings, job_id, owner="w1") == outcome
-    assert sent == chained
+        job_id = jobs.create(s, "snapshot_create", resource_id="s" * 36, host="h1",
+                             project_id="p", params=SnapshotParams(volume_id="v" * 36),
+                             now=utcnow()).id
+    assert manager.run_job(settings, job_id, owner="w1", publisher=sent) == outcome
+    assert sent.ids == chained
     with database.scope(write=False) as s:
         assert s.get(Job, job_id).state == outcome
         assert s.get(Job, chained[0]).state == "queued"

@@ -1,0 +1,52 @@
+"""This node's data-path objects, one per configuration and process.
+
+Drivers and volume backends hold no per-job state (an S3 store builds a boto3
+client, which is worth keeping); like the database engines they are forgotten
+in a forked child.
+"""
+from __future__ import annotations
+
+import os
+
+from orchestrator.config import Settings
+from workers.datapath import ChunkedDriver
+from workers.stores import make_store
+from workers.volumes import FileVolumeBackend
+
+_drivers: dict = {}
+_volume_backends: dict = {}
+
+
+def _forget_cached() -> None:
+    _drivers.clear()
+    _volume_backends.clear()
+
+
+os.register_at_fork(after_in_child=_forget_cached)
+
+
+def volume_backend(settings: Settings) -> FileVolumeBackend:
+    backend = _volume_backends.get(settings.volume_path)
+    if backend is None:
+        backend = _volume_backends[settings.volume_path] = FileVolumeBackend(settings.volume_path)
+    return backend
+
+
+def store_args(settings: Settings) -> tuple[str, dict]:
+    """The configured store: its kind and make_store's arguments."""
+    if settings.backup_store == "s3":
+        return "s3", dict(endpoint_url=settings.s3_endpoint_url or None,
+                          bucket=settings.s3_bucket, access_key=settings.s3_access_key,
+                          secret_key=settings.s3_secret_key, region=settings.s3_region)
+    return "posix", dict(path=settings.backup_path)
+
+
+def backup_driver(settings: Settings) -> ChunkedDriver:
+    """The chunked driver on the configured store."""
+    kind, args = store_args(settings)
+    key = (kind, tuple(sorted(args.items())), settings.backup_compression)
+    driver = _drivers.get(key)
+    if driver is None:
+        driver = _drivers[key] = ChunkedDriver(make_store(kind, **args),
+                                               compression=settings.backup_compression)
+    return driver

@@ -1,0 +1,139 @@
+"""Run halves of the backup job types: the data path on this node's store."""
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from orchestrator.models import Backup
+from orchestrator.models import Volume
+from orchestrator.operations.backups import BackupCreateInputs
+from orchestrator.operations.backups import BackupCreateOutcome
+from orchestrator.operations.backups import BackupCreateParams
+from orchestrator.operations.backups import BackupImportParams
+from orchestrator.operations.backups import BackupRestoreParams
+from orchestrator.operations.backups import BackupVerifyOutcome
+from orchestrator.states import BackupStatus
+from orchestrator.states import VolumeStatus
+from workers.datapath import BackupRef
+from workers.datapath import ChunkedDriver
+from workers.jobrun import JobRun
+from workers.jobrun import ProgressRecorder
+from workers.node import backup_driver
+from workers.node import volume_backend
+from workers.operations.base import RunHalf
+from workers.operations.base import runs
+
+GiB = 1024 ** 3
+
+
+@runs
+class BackupCreateRun(RunHalf):
+    operation = "backup_create"
+
+    def prepare(self, session, job, params: BackupCreateParams) -> BackupCreateInputs:
+        inputs = self.control.prepare(session, job, params)
+        backup = inputs.backup
+        if backup is not None and backup.status == BackupStatus.CREATING:
+            ref = ChunkedDriver.ref_for(backup.id, backup.container)
+            self.control.record_location(session, backup, ref.container, ref.prefix)
+        return inputs
+
+    def run(self, run: JobRun, params: BackupCreateParams) -> BackupCreateOutcome:
+        inputs: BackupCreateInputs = run.prepared
+        backup, parent, volume = inputs.backup, inputs.parent, inputs.volume
+        if backup is None or backup.status != BackupStatus.CREATING:
+            raise RuntimeError(f"backup {run.job.resource_id} is "
+                               f"{backup.status if backup else 'gone'}, not creating")
+        volumes = volume_backend(run.settings)
+        source = volumes.snapshot_path(params.snapshot_id) if params.snapshot_id \
+            else volumes.volume_path(params.volume_id)
+        parent_ref = BackupRef(parent.container, parent.service_metadata) if parent else None
+        volume_meta = {"display_name": volume.display_name if volume else None,
+                       "display_description": volume.display_description if volume else None,
+                       "metadata": volume.metadata_ if volume else {},
+                       "bootable": volume.bootable if volume else False}
+        # The prepare wrote the start (0 of the size); the completion writes the end.
+        progress = ProgressRecorder(run, backup.id, write_first=False, write_last=False)
+        result = backup_driver(run.settings).backup(
+            source, backup_id=backup.id, volume_id=backup.volume_id,
+            size_bytes=(backup.size or 0) * GiB, container=backup.container,
+            parent=parent_ref, volume_meta=volume_meta, progress=progress,
+            cancelled=run.cancelled)
+        return BackupCreateOutcome(
+            container=result.container, prefix=result.prefix,
+            object_count=result.object_count, stored_bytes=result.stored_bytes,
+            logical_bytes=result.logical_bytes, incremental=result.incremental,
+            message=result.message, final_rate=progress.final_rate)
+
+
+@runs
+class BackupRestoreRun(RunHalf):
+    operation = "backup_restore"
+
+    def run(self, run: JobRun, params: BackupRestoreParams) -> None:
+        with run.db.scope(write=False) as session:
+            backup = session.get(Backup, run.job.resource_id)
+            volume = session.get(Volume, params.volume_id)
+        if backup is None or backup.status != BackupStatus.RESTORING:
+            raise RuntimeError(f"backup {run.job.resource_id} is not restoring")
+        if volume is None or volume.status not in (VolumeStatus.RESTORING_BACKUP,
+                                                   VolumeStatus.CREATING):
+            raise RuntimeError(f"volume {params.volume_id} is not restoring-backup")
+        volumes = volume_backend(run.settings)
+        if params.volume_is_new:
+            volumes.create_volume(volume.id, volume.size)  # idempotent: volume_create made it
+        backup_driver(run.settings).restore(
+            BackupRef(backup.container, backup.service_metadata), volumes.volume_path(volume.id),
+            target_is_zeroed=params.volume_is_new, progress=ProgressRecorder(run, backup.id),
+            cancelled=run.cancelled)
+
+
+@runs
+class BackupDeleteRun(RunHalf):
+    operation = "backup_delete"
+
+    def run(self, run: JobRun, params) -> None:
+        with run.db.scope(write=False) as session:
+            backup = session.get(Backup, run.job.resource_id)
+        if backup is None or backup.status != BackupStatus.DELETING:
+            raise RuntimeError(f"backup {run.job.resource_id} is not deleting")
+        if backup.service_metadata:
+            backup_driver(run.settings).delete(BackupRef(backup.container,
+                                                         backup.service_metadata))
+
+
+@runs
+class BackupImportRun(RunHalf):
+    operation = "backup_import"
+
+    def run(self, run: JobRun, params: BackupImportParams) -> None:
+        record = params.record
+        prefix = record.get("service_metadata")
+        if not prefix:
+            raise ValueError("the record has no service_metadata (object prefix)")
+        manifest = backup_driver(run.settings).read_manifest(
+            BackupRef(record.get("container"), prefix))
+        if manifest.get("backup_id") not in (None, record["id"]):
+            raise ValueError(f"the manifest in the store belongs to backup "
+                             f"{manifest.get('backup_id')}, not {record['id']}")
+
+
+@runs
+class BackupVerifyRun(RunHalf):
+    operation = "backup_verify"
+
+    def run(self, run: JobRun, params) -> BackupVerifyOutcome:
+        with run.db.scope(write=False) as session:
+            backup = session.scalar(select(Backup).where(Backup.id == run.job.resource_id))
+        if backup is None or backup.deleted or not backup.service_metadata:
+            raise RuntimeError(f"backup {run.job.resource_id} has no data to verify")
+        result = backup_driver(run.settings).verify(
+            BackupRef(backup.container, backup.service_metadata),
+            progress=ProgressRecorder(run, backup.id), cancelled=run.cancelled)
+        if result.ok:
+            message = (f"verified {result.objects_checked} objects, {result.blocks_checked} "
+                       f"blocks ({result.stored_bytes_checked} stored bytes) of a chain of "
+                       f"{len(result.chain)}")
+        else:
+            message = f"{len(result.problems)} problem(s): " + "; ".join(
+                str(p) for p in result.problems[:5])
+        return BackupVerifyOutcome(ok=result.ok, message=message)
