@@ -31,12 +31,12 @@ from orchestrator.config import Settings  # noqa: E402
 from orchestrator.context import RequestContext  # noqa: E402
 from orchestrator.db import get_database  # noqa: E402
 from orchestrator.db import utcnow  # noqa: E402
+from orchestrator.dispatch import Publisher  # noqa: E402
+from orchestrator.dispatch import dispatch  # noqa: E402
 from orchestrator.embedded import RedisServer  # noqa: E402
 from orchestrator.migrate import upgrade  # noqa: E402
 from orchestrator.models import Backup  # noqa: E402
 from orchestrator.models import Volume  # noqa: E402
-from orchestrator.dispatch import Publisher  # noqa: E402
-from orchestrator.dispatch import dispatch  # noqa: E402
 from orchestrator.tasks import make_celery  # noqa: E402
 
 GiB = 1024 ** 3

@@ -1,4 +1,7 @@
-"""The Celery app built from the environment, for `celery -A orchestrator.celery_app` (beat, Flower)."""
+"""The Celery app built from the environment.
+
+For ``celery -A orchestrator.celery_app`` (beat, Flower).
+"""
 from orchestrator.config import Settings
 from orchestrator.tasks import make_celery
 

@@ -104,7 +104,7 @@ def run(host: str | None, zone: str) -> None:
     children: dict[str, subprocess.Popen] = {}
 
     def spawn(name: str, args: list[str]) -> None:
-        log = open(logs / f"{name}.log", "ab")
+        log = open(logs / f"{name}.log", "ab")  # noqa: SIM115  (the child keeps it open)
         children[name] = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT,
                                           stdin=subprocess.DEVNULL, start_new_session=True)
 
@@ -180,7 +180,8 @@ def _parse_duration(text: str) -> float:
     try:
         value = float(number) * (scale or 1)
     except ValueError:
-        raise click.BadParameter(f"{text!r} is not a duration such as 3600, 45m, 12h or 30d")
+        raise click.BadParameter(
+            f"{text!r} is not a duration such as 3600, 45m, 12h or 30d") from None
     if value <= 0:
         raise click.BadParameter("the duration must be positive")
     return value
@@ -239,7 +240,7 @@ def token_create(project: str, user: str, roles: tuple[str, ...], expires_in: st
                                        now=now, expires_at=expires_at, description=description)
             info = _token_row(row, now)
     except errors.OrchestratorError as exc:
-        raise click.ClickException(exc.message)
+        raise click.ClickException(exc.message) from None
     if as_json:
         click.echo(json.dumps({**info, "token": secret}, indent=2))
         return
@@ -272,7 +273,7 @@ def token_list(project: str | None, include_inactive: bool, as_json: bool) -> No
                          r["state"], r["expires_at"] or "never") for r in rows]
     widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
     for row in table:
-        click.echo("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
+        click.echo("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=False)).rstrip())
 
 
 @token.command("revoke")

@@ -8,7 +8,6 @@ import dataclasses
 import os
 import socket
 from dataclasses import dataclass
-from dataclasses import field
 from pathlib import Path
 
 
@@ -74,7 +73,6 @@ class Settings:
     max_list_limit: int = 1000
     max_body_bytes: int = 1048576
     log_level: str = "INFO"
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         state = Path(self.state_dir).absolute()
@@ -106,8 +104,6 @@ class Settings:
         environ = os.environ if environ is None else environ
         values: dict = {}
         for f in dataclasses.fields(cls):
-            if f.name == "extra":
-                continue
             raw = environ.get(f"ORCH_{f.name.upper()}")
             if raw is None:
                 continue
@@ -130,8 +126,7 @@ class Settings:
         """The settings as ORCH_* variables, to hand to child processes."""
         env = {}
         for f in dataclasses.fields(self):
-            if f.name == "extra":
-                continue
             value = getattr(self, f.name)
-            env[f"ORCH_{f.name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            env[f"ORCH_{f.name.upper()}"] = text
         return env

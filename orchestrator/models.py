@@ -53,7 +53,10 @@ class SoftDeleteMixin:
 
 
 class Service(Base):
-    """A worker role on a host (cinder-backup, cinder-volume, cinder-scheduler); updated_at is the heartbeat."""
+    """A worker role on a host (cinder-backup, cinder-volume, cinder-scheduler).
+
+    updated_at is the heartbeat.
+    """
 
     __tablename__ = "services"
     # No index holds updated_at: a heartbeat then changes no indexed column, and
@@ -103,7 +106,9 @@ class Volume(TimestampMixin, SoftDeleteMixin, Base):
 
 class Snapshot(TimestampMixin, SoftDeleteMixin, Base):
     __tablename__ = "snapshots"
-    __table_args__ = (Index("ix_snapshots_deleted_project_id", "deleted", "project_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_snapshots_deleted_project_id", "deleted", "project_id", "created_at"),
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     project_id: Mapped[str] = mapped_column(String(255), nullable=False)

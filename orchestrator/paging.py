@@ -32,7 +32,7 @@ def keyset(query: Select, model, sort: list[tuple[str, str]], marker_row, *,
     nullable = [model.__table__.c[key].nullable for key, _ in keys]
     directions = {d for _, d in keys}
     order = []
-    for col, (_, direction), can_be_null in zip(cols, keys, nullable):
+    for col, (_, direction), can_be_null in zip(cols, keys, nullable, strict=False):
         if direction == "asc":
             order.extend(([col.is_not(None)] if can_be_null else []) + [col.asc()])
         else:
@@ -46,7 +46,7 @@ def keyset(query: Select, model, sort: list[tuple[str, str]], marker_row, *,
             query = query.where(after)
         else:
             clauses = []
-            for i, (col, (_, direction)) in enumerate(zip(cols, keys)):
+            for i, (col, (_, direction)) in enumerate(zip(cols, keys, strict=False)):
                 equal = [_eq(cols[j], values[j]) for j in range(i)]
                 clauses.append(and_(*equal, _after(col, values[i], direction)))
             query = query.where(or_(*clauses))

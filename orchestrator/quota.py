@@ -324,7 +324,8 @@ def reconcile(session: Session, *, now: dt.datetime) -> list[dict]:
     return drift
 
 
-def set_limits(session: Session, project_id: str, limits: dict[str, int], settings: Settings) -> None:
+def set_limits(session: Session, project_id: str, limits: dict[str, int],
+               settings: Settings) -> None:
     """Set per-project limits; a limit below current use is refused.
 
     :raises InvalidInput:

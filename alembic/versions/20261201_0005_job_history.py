@@ -9,6 +9,7 @@ Revises: 0004
 Create Date: 2026-12-01 20:40:00.000000
 """
 import sqlalchemy as sa
+
 from alembic import op
 
 revision = '0005'
