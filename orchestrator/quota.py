@@ -10,16 +10,12 @@ SQLite serialises whole write transactions (``BEGIN IMMEDIATE``).
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import logging
 
-from sqlalchemy import bindparam
 from sqlalchemy import delete
 from sqlalchemy import func
 from sqlalchemy import insert
-from sqlalchemy import literal
 from sqlalchemy import select
-from sqlalchemy import union_all
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -35,6 +31,8 @@ from orchestrator.models import Reservation
 from orchestrator.models import Snapshot
 from orchestrator.models import Volume
 from orchestrator.models import new_id
+from orchestrator.persistence import quota as quota_rows
+from orchestrator.persistence.quota import MAX_USAGE
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +41,6 @@ RESOURCES = ("backup_gigabytes", "backups", "gigabytes", "snapshots", "volumes")
 DISPLAY_ONLY = {"per_volume_gigabytes": -1, "groups": 10,
                 "volumes___DEFAULT__": -1, "gigabytes___DEFAULT__": -1,
                 "snapshots___DEFAULT__": -1}
-MAX_USAGE = 2**31 - 1
 
 
 def default_limits(session: Session, settings: Settings) -> dict[str, int]:
@@ -61,15 +58,6 @@ def default_limits(session: Session, settings: Settings) -> dict[str, int]:
     return limits
 
 
-@functools.cache
-def _limits_statement():
-    defaults = select(QuotaClass.resource, QuotaClass.hard_limit, literal(0).label("rank")).where(
-        QuotaClass.class_name == "default")
-    own = select(Quota.resource, Quota.hard_limit, literal(1).label("rank")).where(
-        Quota.project_id == bindparam("project_id"))
-    return union_all(defaults, own)
-
-
 def get_limits(session: Session, project_id: str, settings: Settings) -> dict[str, int]:
     """The effective limit of every resource for a project (one query)."""
     limits = {
@@ -79,8 +67,7 @@ def get_limits(session: Session, project_id: str, settings: Settings) -> dict[st
         "gigabytes": settings.quota_gigabytes,
         "snapshots": settings.quota_snapshots,
     }
-    rows = session.execute(_limits_statement(), {"project_id": project_id})
-    for resource, hard_limit, _rank in sorted(rows, key=lambda r: r[2]):
+    for resource, hard_limit in quota_rows.limit_rows(session, project_id):
         if resource in limits:
             limits[resource] = hard_limit
     return limits
@@ -225,27 +212,6 @@ def rollback(session: Session, reservation_ids: list[str], *, now: dt.datetime) 
     _finish(session, reservation_ids, apply=False, now=now)
 
 
-@functools.cache
-def _charge_statement(limited: bool):
-    """UPDATE usage by a positive delta only while it stays within the limit (built once)."""
-    t = QuotaUsage.__table__
-    total = t.c.in_use + t.c.reserved + bindparam("delta")
-    cond = [t.c.project_id == bindparam("b_project"), t.c.resource == bindparam("b_resource"),
-            total <= MAX_USAGE]
-    if limited:
-        cond.append(total <= bindparam("limit"))
-    return update(t).where(*cond).values(in_use=t.c.in_use + bindparam("delta"),
-                                         updated_at=bindparam("now"))
-
-
-@functools.cache
-def _consumed_statement():
-    """in_use + reserved of a project's resource (no row: None), built once."""
-    t = QuotaUsage.__table__
-    return select(t.c.in_use + t.c.reserved).where(t.c.project_id == bindparam("b_project"),
-                                                   t.c.resource == bindparam("b_resource"))
-
-
 def charge(session: Session, project_id: str, deltas: dict[str, int], settings: Settings, *,
            now: dt.datetime, counted: bool = False) -> None:
     """Check and add usage in one step, in the transaction that creates the counted rows.
@@ -268,18 +234,16 @@ def charge(session: Session, project_id: str, deltas: dict[str, int], settings: 
         if delta < 0:
             raise ValueError("charge() takes positive deltas; use release()")
         limit = limits.get(resource, -1)
-        statement = _charge_statement(limit >= 0)
-        params = {"b_project": project_id, "b_resource": resource, "delta": delta,
-                  "limit": limit, "now": now}
-        if session.execute(statement, params).rowcount == 1:
+        if quota_rows.add_usage(session, project_id, resource, delta, limit=limit, now=now):
             continue
         # No row changed: the limit is hit, or the usage row does not exist yet (first use).
-        consumed = session.execute(_consumed_statement(), params).scalar()
+        consumed = quota_rows.consumed(session, project_id, resource)
         if consumed is None:
             _usage_id(session, project_id, resource, minus=delta if counted else 0)
-            if session.execute(statement, params).rowcount == 1:
+            if quota_rows.add_usage(session, project_id, resource, delta, limit=limit,
+                                    now=now):
                 continue
-            consumed = session.execute(_consumed_statement(), params).scalar()
+            consumed = quota_rows.consumed(session, project_id, resource)
         raise _over_quota(resource, delta, limit, consumed)
 
 
