@@ -20,6 +20,7 @@ run: $(STAMP)
 	$(BIN)/orchestrator run
 
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 flower: $(STAMP)
