@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark of the backup data path (workers/drivers) on a POSIX store.
+"""Benchmark of the backup data path (workers/datapath) on a POSIX store.
 
     bench/datapath.py [--size-mib 1024] [--runs 3] [--workdir DIR] [--keep]
 
@@ -64,9 +64,9 @@ def peak_rss_mib():
 
 def child(spec):
     sys.path.insert(0, ROOT)
-    from workers.drivers import BackupRef
-    from workers.drivers import ChunkedDriver
-    from workers.drivers import make_store
+    from workers.datapath import BackupRef
+    from workers.datapath import ChunkedDriver
+    from workers.stores import make_store
     drv = ChunkedDriver(make_store("posix", path=spec["store"]), **spec.get("options", {}))
     t0 = time.perf_counter()
     if spec["op"] == "backup":
@@ -227,8 +227,8 @@ def main():
                            capture_output=True, text=True)
         workload = json.loads(p.stdout.strip().splitlines()[-1])
         log(f"images made in {time.perf_counter() - t:.1f}s: {json.dumps(workload)}")
-        from workers.drivers.chunked import _Codec
-        level = _Codec(a.compression if a.compression != "none" else "zstd", a.level).level
+        from workers.datapath.codec import Codec
+        level = Codec(a.compression if a.compression != "none" else "zstd", a.level).level
         limits = single_thread_limits(base, level if a.compression == "zstd" else 3)
         log(f"single-thread limits: {limits}")
 

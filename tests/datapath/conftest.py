@@ -5,7 +5,7 @@ import os
 import dp_helpers
 import pytest
 
-from workers.drivers import make_store
+from workers.stores import make_store
 
 
 @pytest.fixture(scope="session")
@@ -23,20 +23,27 @@ def moto_endpoint():
     server.stop()
 
 
-@pytest.fixture(params=["posix", "s3"])
+STORE_KINDS = ["posix", "s3", "memory"]
+
+
+@pytest.fixture(params=STORE_KINDS)
 def store(request, tmp_path):
     """A fresh, empty store of each kind."""
     if request.param == "posix":
         return make_store("posix", path=str(tmp_path / "store"))
+    if request.param == "memory":
+        return make_store("memory")
     return dp_helpers.new_s3_store(request.getfixturevalue("moto_endpoint"))
 
 
-@pytest.fixture(params=["posix", "s3"])
+@pytest.fixture(params=STORE_KINDS)
 def store_factory(request, tmp_path):
     """Callable returning a fresh empty store of one kind (for hypothesis examples)."""
     counter = iter(range(10 ** 6))
     if request.param == "posix":
         return lambda: make_store("posix", path=str(tmp_path / f"store{next(counter)}"))
+    if request.param == "memory":
+        return lambda: make_store("memory")
     endpoint = request.getfixturevalue("moto_endpoint")
     return lambda: dp_helpers.new_s3_store(endpoint)
 

@@ -8,8 +8,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from workers.drivers import ChunkedDriver  # noqa: E402
-from workers.drivers import make_store  # noqa: E402
+from workers.datapath import ChunkedDriver  # noqa: E402
+from workers.stores import make_store  # noqa: E402
 
 KiB = 1024
 MiB = 1024 * KiB

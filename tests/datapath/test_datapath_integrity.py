@@ -9,8 +9,8 @@ from dp_helpers import small_driver
 from dp_helpers import sparse_target
 from dp_helpers import write_volume
 
-from workers.drivers import BackupCancelled
-from workers.drivers import IntegrityError
+from workers.datapath import BackupCancelled
+from workers.datapath import IntegrityError
 
 SIZE = 256 * KiB
 
@@ -77,7 +77,7 @@ def test_digest_mismatch_with_no_compression_is_caught(posix_store, tmp_path):
     vol = write_volume(str(tmp_path / "vol"), 64 * KiB, [(0, 64 * KiB)])
     drv = small_driver(posix_store, compression="none")
     res = drv.backup(vol, backup_id="n1", volume_id="v", size_bytes=64 * KiB)
-    name = [n for n in posix_store.list("") if "data-" in n][0]
+    name = next(n for n in posix_store.list("") if "data-" in n)
     data = bytearray(posix_store.get(name))
     data[100] ^= 0xFF
     posix_store.put(name, bytes(data))
@@ -142,7 +142,7 @@ def test_cancelled_restore_and_verify_raise(store, tmp_path):
         progress = []
         with pytest.raises(BackupCancelled):
             drv.restore(res.ref, sparse_target(str(tmp_path / "t"), size), cancelled=cancelled,
-                        progress=lambda d, t: progress.append(d))
+                        progress=lambda done, _total, seen=progress: seen.append(done))
         assert calls["n"] == n
         assert not progress or progress[-1] < size     # stopped before the end
         cancelled, calls = _counting_cancel(n)

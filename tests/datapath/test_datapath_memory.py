@@ -11,7 +11,8 @@ from dp_helpers import MiB
 CHILD = textwrap.dedent("""
     import sys, json
     sys.path.insert(0, sys.argv[1])
-    from workers.drivers import ChunkedDriver, make_store
+    from workers.datapath import ChunkedDriver
+    from workers.stores import make_store
     drv = ChunkedDriver(make_store("posix", path=sys.argv[3]))
     res = drv.backup(sys.argv[2], backup_id="mem-test", volume_id="v", size_bytes=4 << 30)
     # VmHWM is this process's own peak (a new address space at exec); ru_maxrss is not:

@@ -1,17 +1,20 @@
-"""One conformance suite, run on both object stores (POSIX and S3 via moto)."""
+"""One conformance suite, run on every object store (POSIX, S3 via moto, memory)."""
 import os
+import threading
 
 import dp_helpers
 import pytest
 
-from workers.drivers import DataPathError
-from workers.drivers import InvalidContainer
-from workers.drivers import NotFound
-from workers.drivers import ObjectStore
-from workers.drivers import StoreError
-from workers.drivers import make_store
-from workers.drivers import validate_container
-from workers.drivers import validate_object_name
+from workers.datapath import DataPathError
+from workers.datapath import InvalidContainer
+from workers.datapath import NotFound
+from workers.datapath import StoreError
+from workers.datapath import validate_container
+from workers.datapath import validate_object_name
+from workers.stores import MemoryStore
+from workers.stores import ObjectStore
+from workers.stores import PosixStore
+from workers.stores import make_store
 
 BAD_NAMES = ["", "/abs/name", "a/../b", "..", "a/./b", "a//b", "a/b/", "sp ace", "uni\u00e9",
              "semi;colon", "back\\slash", "a/" + "x" * 256, "star*", "t~ilde", "q?"]
@@ -20,6 +23,50 @@ GOOD_NAMES = ["a", "a/b/c", "A-Z_0.9/x-y.z", "..a/b..", ".hidden/x"]
 
 def test_is_object_store(store):
     assert isinstance(store, ObjectStore)
+    assert store.kind in ("posix", "s3", "memory") and store.describe()
+
+
+def test_object_store_is_an_abstract_interface():
+    with pytest.raises(TypeError):
+        ObjectStore()
+
+    class HalfStore(ObjectStore):
+        def put(self, name, data):
+            pass
+
+    with pytest.raises(TypeError):
+        HalfStore()
+
+
+def test_put_keeps_a_copy(store):
+    buf = bytearray(b"original")
+    store.put("c/copy", buf)
+    buf[:] = b"changed!"
+    assert store.get("c/copy") == b"original"
+
+
+def test_concurrent_puts_gets_lists_and_deletes(store):
+    errors = []
+
+    def worker(k):
+        try:
+            for i in range(15):
+                name = f"t/{k}/obj-{i}"
+                store.put(name, b"%d-%d" % (k, i) * 100)
+                assert store.get(name) == b"%d-%d" % (k, i) * 100
+                assert name in store.list(f"t/{k}/")
+                if i % 3 == 0:
+                    store.delete(name)
+        except Exception as e:   # re-raised in the main thread below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(store.list("t/")) == 6 * 10
 
 
 def test_put_get_roundtrip_binary_and_empty(store):
@@ -103,6 +150,11 @@ def test_validate_container_messages():
 def test_unknown_store_kind():
     with pytest.raises(DataPathError):
         make_store("ftp")
+
+
+def test_make_store_kinds(tmp_path):
+    assert isinstance(make_store("memory"), MemoryStore)
+    assert isinstance(make_store("posix", path=str(tmp_path / "p")), PosixStore)
 
 
 def test_posix_layout_atomic_and_no_temp_leftovers(tmp_path):

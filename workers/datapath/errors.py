@@ -1,6 +1,8 @@
 """Exception tree of the backup data path.
 
 Everything the data path raises on purpose derives from :class:`DataPathError`.
+Store failures carry a ``kind`` (restic's split: not found, permanent,
+transient) so that the task layer can decide to retry without parsing messages.
 """
 
 
@@ -24,6 +26,10 @@ class InvalidContainer(DataPathError, ValueError):
     """A container or object name breaks the naming rules."""
 
 
+class VolumeIOError(DataPathError):
+    """Reading the source volume or writing the restore target failed."""
+
+
 class StoreError(DataPathError):
     """An object store operation failed.
 
@@ -33,18 +39,24 @@ class StoreError(DataPathError):
 
     kind = "permanent"
 
-    def __init__(self, message, *, name=None):
+    def __init__(self, message: str, *, name: str | None = None) -> None:
         super().__init__(message)
         self.name = name
 
 
 class NotFound(StoreError):
+    """The object does not exist."""
+
     kind = "not_found"
 
 
 class PermanentStoreError(StoreError):
+    """The store refused the operation; retrying will not help."""
+
     kind = "permanent"
 
 
 class TransientStoreError(StoreError):
+    """The store is unreachable, busy or full for now; the operation may succeed later."""
+
     kind = "transient"

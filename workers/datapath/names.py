@@ -15,9 +15,14 @@ _ID_ALLOWED = re.compile(r"[A-Za-z0-9._-]+\Z")
 MAX_CONTAINER = 255
 MAX_NAME = 1024
 MAX_COMPONENT = 255
+MAX_IDENTIFIER = 128
 
 
-def _check_path(name, what, limit):
+def _check_path(name: object, what: str, limit: int) -> str:
+    """Return ``name`` if it is a valid ``/``-separated path of at most ``limit`` characters.
+
+    :raise InvalidContainer: with a message naming the rule it breaks.
+    """
     if not isinstance(name, str):
         raise InvalidContainer(f"{what} must be a string, not {type(name).__name__}")
     if not name:
@@ -31,39 +36,42 @@ def _check_path(name, what, limit):
         bad = sorted({c for c in name if not _ALLOWED.match(c)})
         raise InvalidContainer(f"{what} {name!r} contains characters outside "
                                f"[A-Za-z0-9._/-]: {''.join(bad)!r}")
-    for comp in name.split("/"):
-        if comp == "":
+    for component in name.split("/"):
+        if component == "":
             raise InvalidContainer(f"{what} {name!r} has an empty path component "
                                    "(double or trailing '/')")
-        if comp in (".", ".."):
-            raise InvalidContainer(f"{what} {name!r} must not contain a {comp!r} component")
-        if len(comp) > MAX_COMPONENT:
+        if component in (".", ".."):
+            raise InvalidContainer(f"{what} {name!r} must not contain a {component!r} component")
+        if len(component) > MAX_COMPONENT:
             raise InvalidContainer(f"{what} {name!r} has a component longer than "
                                    f"{MAX_COMPONENT} characters")
     return name
 
 
-def validate_container(name):
+def validate_container(name: object) -> str:
     """Return ``name`` if it is a valid container, else raise InvalidContainer."""
     return _check_path(name, "container", MAX_CONTAINER)
 
 
-def validate_object_name(name):
+def validate_object_name(name: object) -> str:
     """Return ``name`` if it is a valid object name, else raise InvalidContainer."""
     return _check_path(name, "object name", MAX_NAME)
 
 
-def validate_identifier(value, what):
-    """IDs used inside object names (backup id): one component, safe characters."""
+def validate_identifier(value: object, what: str) -> str:
+    """Return an id used inside object names (a backup id): one component, safe characters.
+
+    :raise InvalidContainer: if it is empty, too long or has other characters.
+    """
     if not isinstance(value, str) or not value:
         raise InvalidContainer(f"{what} must be a non-empty string")
-    if len(value) > 128 or not _ID_ALLOWED.match(value) or value in (".", ".."):
+    if len(value) > MAX_IDENTIFIER or not _ID_ALLOWED.match(value) or value in (".", ".."):
         raise InvalidContainer(f"{what} {value!r} must be 1-128 characters of [A-Za-z0-9._-]")
     return value
 
 
-def validate_prefix_arg(prefix):
-    """A list() prefix: like an object name but may be empty or end with '/'."""
+def validate_prefix_arg(prefix: str) -> str:
+    """Return a list() prefix: like an object name, but it may be empty or end with '/'."""
     if prefix == "":
         return prefix
     body = prefix[:-1] if prefix.endswith("/") else prefix

@@ -1,0 +1,51 @@
+"""The tuning of the data path: block geometry, compression, threads and memory bound.
+
+Only what a backup *writes* depends on it (block and segment size, pack size,
+compression); reading a backup follows its manifest, whatever the reader's
+configuration.
+"""
+from dataclasses import dataclass
+from dataclasses import field
+
+from .codec import Codec
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+@dataclass(frozen=True)
+class DriverConfig:
+    """Settings shared by backup, restore and verify (ChunkedDriver documents each one)."""
+
+    block_size: int = 16 * KiB
+    segment_size: int = 4 * MiB
+    pack_size: int = 8 * MiB
+    compression: str = "zstd"
+    compression_level: int | None = None
+    threads: int = 2
+    io_threads: int = 4
+    max_inflight_bytes: int = 64 * MiB
+    max_chain_depth: int = 64
+    check_interval_bytes: int = 32 * MiB
+    fsync_target: bool = True
+    codec: Codec = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        """:raise ValueError: if a setting is out of range or the compression unknown."""
+        if self.block_size < 512 or self.block_size % 512:
+            raise ValueError("block_size must be a positive multiple of 512")
+        if self.segment_size < self.block_size or self.segment_size % self.block_size:
+            raise ValueError("segment_size must be a multiple of block_size")
+        if self.threads < 1 or self.io_threads < 1:
+            raise ValueError("threads and io_threads must be >= 1")
+        if self.max_chain_depth < 0:
+            raise ValueError("max_chain_depth must be >= 0")
+        # The bound must hold at least two segment tasks, or the pipeline cannot overlap.
+        object.__setattr__(self, "max_inflight_bytes",
+                           max(self.max_inflight_bytes, 2 * self.segment_size))
+        object.__setattr__(self, "codec", Codec(self.compression, self.compression_level))
+
+    @property
+    def blocks_per_segment(self) -> int:
+        """Blocks in one segment."""
+        return self.segment_size // self.block_size

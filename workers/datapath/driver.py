@@ -1,0 +1,128 @@
+"""ChunkedDriver: the data path's one entry point, a thin facade over its modules.
+
+It holds a store and a :class:`~.config.DriverConfig`, and passes both to
+:mod:`.backup`, :mod:`.restore`, :mod:`.verify` and :mod:`.catalog`. It keeps no
+per-job state, so one driver serves any number of jobs, also at the same time.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+from typing import Any
+
+from . import backup as _backup
+from . import catalog
+from . import refs
+from . import restore as _restore
+from . import verify as _verify
+from .config import DriverConfig
+from .config import KiB
+from .config import MiB
+from .progress import CancelledCallback
+from .progress import ProgressCallback
+from .refs import BackupRef
+from .results import BackupResult
+from .results import RestoreResult
+from .results import VerifyResult
+
+if TYPE_CHECKING:
+    from workers.stores import ObjectStore
+
+
+class ChunkedDriver:
+    """Chunked, incremental, sparse-aware backups of volumes into an object store.
+
+    :param block_size: digest granularity: an incremental stores the blocks whose
+        SHA-256 changed (a multiple of 512).
+    :param segment_size: the unit of work of the pipeline; no frame crosses a
+        segment boundary (a multiple of block_size).
+    :param pack_size: packs are closed once they hold this many compressed bytes.
+    :param compression: "zstd", "zlib" or "none", at ``compression_level``
+        (None: 1 for zstd, 6 for zlib).
+    :param threads: compute workers (hash, compress, decompress).
+    :param io_threads: store workers (put, get).
+    :param max_inflight_bytes: bound of the bytes held by pending work
+        (at least two segments).
+    :param max_chain_depth: incrementals above a full backup before backup()
+        takes a full backup instead.
+    :param check_interval_bytes: how often progress/cancelled are called, in bytes.
+    :param fsync_target: fsync the restore target (and start its writeback early).
+    """
+
+    def __init__(self, store: ObjectStore, *, block_size: int = 16 * KiB,
+                 compression: str = "zstd", threads: int = 2,
+                 max_inflight_bytes: int = 64 * MiB, max_chain_depth: int = 64,
+                 compression_level: int | None = None, segment_size: int = 4 * MiB,
+                 pack_size: int = 8 * MiB, io_threads: int = 4,
+                 check_interval_bytes: int = 32 * MiB, fsync_target: bool = True) -> None:
+        """:raise ValueError: if a setting is out of range or the compression unknown."""
+        self.store = store
+        self.config = DriverConfig(
+            block_size=int(block_size), segment_size=int(segment_size),
+            pack_size=int(pack_size), compression=compression,
+            compression_level=compression_level, threads=int(threads),
+            io_threads=int(io_threads), max_inflight_bytes=int(max_inflight_bytes),
+            max_chain_depth=int(max_chain_depth),
+            check_interval_bytes=int(check_interval_bytes), fsync_target=fsync_target)
+
+    @staticmethod
+    def ref_for(backup_id: str, container: str | None = None) -> BackupRef:
+        """Where backup ``backup_id`` lives (known before any byte is written).
+
+        :raise InvalidContainer: if the id or the container breaks the naming rules.
+        """
+        return refs.ref_for(backup_id, container)
+
+    @staticmethod
+    def default_container(backup_id: str) -> str:
+        """The container of a backup whose caller chose none (sharded by the id)."""
+        return refs.default_container(backup_id)
+
+    def backup(self, source_path: str, *, backup_id: str, volume_id: str, size_bytes: int,
+               container: str | None = None, parent: tuple[str, str] | None = None,
+               volume_meta: dict[str, Any] | None = None,
+               progress: ProgressCallback | None = None,
+               cancelled: CancelledCallback | None = None) -> BackupResult:
+        """Back up a volume, incrementally on ``parent`` when it can serve.
+
+        See :func:`.backup.backup` for what is raised.
+        """
+        return _backup.backup(self.store, self.config, source_path, backup_id=backup_id,
+                              volume_id=volume_id, size_bytes=size_bytes, container=container,
+                              parent=parent, volume_meta=volume_meta, progress=progress,
+                              cancelled=cancelled)
+
+    def restore(self, ref: tuple[str, str], target_path: str, *,
+                target_is_zeroed: bool = False, progress: ProgressCallback | None = None,
+                cancelled: CancelledCallback | None = None) -> RestoreResult:
+        """Write backup ``ref`` onto a volume, every block checked first.
+
+        See :func:`.restore.restore` for what is raised.
+        """
+        return _restore.restore(self.store, self.config, ref, target_path,
+                                target_is_zeroed=target_is_zeroed, progress=progress,
+                                cancelled=cancelled)
+
+    def verify(self, ref: tuple[str, str], *, progress: ProgressCallback | None = None,
+               cancelled: CancelledCallback | None = None) -> VerifyResult:
+        """Re-read and check backup ``ref`` and its chain; damage is reported, not raised.
+
+        :raise BackupCancelled: if ``cancelled()`` said so.
+        """
+        return _verify.verify(self.store, self.config, ref, progress=progress,
+                              cancelled=cancelled)
+
+    def delete(self, ref: tuple[str, str]) -> None:
+        """Delete every object of backup ``ref`` (not of its parents); idempotent.
+
+        :raise InvalidContainer: if ``ref`` breaks the naming rules.
+        :raise StoreError: if the store fails.
+        """
+        catalog.delete_backup(self.store, refs.checked_ref(ref))
+
+    def read_manifest(self, ref: tuple[str, str]) -> dict[str, Any]:
+        """The manifest of backup ``ref`` as stored (a JSON object), once checked.
+
+        :raise IntegrityError: if it is missing or damaged.
+        :raise InvalidBackup: if it is malformed or of an unknown version.
+        """
+        return catalog.read_manifest(self.store, ref).body

@@ -1,0 +1,144 @@
+"""An object store in one S3 bucket (boto3; AWS or any S3-compatible endpoint).
+
+Object names are the keys as they are. botocore retries what it can
+(``standard`` mode); what still fails is sorted into not found, transient
+(throttling, 5xx, timeouts, unreachable endpoint) and permanent (everything
+else, e.g. a missing bucket or a refused signature).
+"""
+from typing import Any
+
+from workers.datapath.errors import NotFound
+from workers.datapath.errors import PermanentStoreError
+from workers.datapath.errors import StoreError
+from workers.datapath.errors import TransientStoreError
+from workers.datapath.names import validate_object_name
+from workers.datapath.names import validate_prefix_arg
+
+from .base import ObjectStore
+
+_NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+_TRANSIENT_CODES = frozenset({"SlowDown", "Throttling", "RequestTimeout", "InternalError",
+                              "ServiceUnavailable", "RequestTimeTooSkewed"})
+
+
+class S3Store(ObjectStore):
+    """Objects are keys in one S3 bucket, reached with path-style addressing."""
+
+    kind = "s3"
+
+    def __init__(self, *, endpoint_url: str | None = None, bucket: str,
+                 access_key: str | None = None, secret_key: str | None = None,
+                 region: str = "us-east-1", max_connections: int = 16, retries: int = 4,
+                 connect_timeout: float = 10, read_timeout: float = 60,
+                 create_bucket: bool = False) -> None:
+        """:raise PermanentStoreError: without a bucket; StoreError if creating it fails."""
+        import boto3
+        from botocore.config import Config
+
+        if not bucket:
+            raise PermanentStoreError("s3 store needs a bucket")
+        self.bucket = bucket
+        self.endpoint_url = endpoint_url
+        config = Config(region_name=region, max_pool_connections=max_connections,
+                        retries={"max_attempts": retries, "mode": "standard"},
+                        connect_timeout=connect_timeout, read_timeout=read_timeout,
+                        s3={"addressing_style": "path"})
+        self._client = boto3.session.Session().client(
+            "s3", endpoint_url=endpoint_url, aws_access_key_id=access_key,
+            aws_secret_access_key=secret_key, region_name=region, config=config)
+        if create_bucket:
+            try:
+                self._client.create_bucket(Bucket=bucket)
+            except self._client.exceptions.BucketAlreadyOwnedByYou:
+                pass
+            except Exception as e:
+                raise self._store_error(e, bucket) from e
+
+    def describe(self) -> str:
+        """``s3:``, the endpoint and the bucket (never the keys)."""
+        return f"s3:{self.endpoint_url or 'aws'}/{self.bucket}"
+
+    def _store_error(self, error: Exception, name: str) -> StoreError:
+        """The StoreError of whatever boto3 raised."""
+        from botocore.exceptions import BotoCoreError
+        from botocore.exceptions import ClientError
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+        from botocore.exceptions import ConnectTimeoutError
+        from botocore.exceptions import EndpointConnectionError
+        from botocore.exceptions import ReadTimeoutError
+        if isinstance(error, StoreError):
+            return error
+        if isinstance(error, ClientError):
+            details: dict[str, Any] = error.response.get("Error", {})
+            code = str(details.get("Code", ""))
+            status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0
+            message = (f"s3 error on {name!r} in {self.describe()}: "
+                       f"{code} {details.get('Message', '')}").strip()
+            if code in _NOT_FOUND_CODES:
+                return NotFound(message, name=name)
+            if status >= 500 or code in _TRANSIENT_CODES:
+                return TransientStoreError(message, name=name)
+            return PermanentStoreError(message, name=name)
+        if isinstance(error, (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError,
+                              BotoConnectionError)):
+            return TransientStoreError(f"s3 connection error on {name!r}: {error}", name=name)
+        if isinstance(error, BotoCoreError):
+            return PermanentStoreError(f"s3 client error on {name!r}: {error}", name=name)
+        return PermanentStoreError(f"s3 error on {name!r}: {error!r}", name=name)
+
+    def put(self, name: str, data: bytes | memoryview) -> None:
+        """PUT the object (S3 puts are atomic)."""
+        validate_object_name(name)
+        try:
+            self._client.put_object(Bucket=self.bucket, Key=name, Body=bytes(data))
+        except Exception as e:
+            raise self._store_error(e, name) from e
+
+    def get(self, name: str) -> bytes:
+        """GET the object; NotFound if there is none."""
+        validate_object_name(name)
+        try:
+            response = self._client.get_object(Bucket=self.bucket, Key=name)
+            body = response["Body"]
+            try:
+                return body.read()
+            finally:
+                body.close()
+        except Exception as e:
+            raise self._store_error(e, name) from e
+
+    def exists(self, name: str) -> bool:
+        """HEAD the object."""
+        validate_object_name(name)
+        try:
+            self._client.head_object(Bucket=self.bucket, Key=name)
+            return True
+        except Exception as e:
+            error = self._store_error(e, name)
+            if isinstance(error, NotFound):
+                return False
+            raise error from e
+
+    def delete(self, name: str) -> None:
+        """DELETE the object; a missing one is not an error."""
+        validate_object_name(name)
+        try:
+            self._client.delete_object(Bucket=self.bucket, Key=name)
+        except Exception as e:
+            error = self._store_error(e, name)
+            if isinstance(error, NotFound):
+                return
+            raise error from e
+
+    def list(self, prefix: str = "") -> list[str]:
+        """Sorted keys that start with ``prefix``, every page of them."""
+        validate_prefix_arg(prefix)
+        names: list[str] = []
+        try:
+            paginator = self._client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                names.extend(o["Key"] for o in page.get("Contents", ()))
+        except Exception as e:
+            raise self._store_error(e, prefix) from e
+        names.sort()
+        return names
