@@ -1,6 +1,8 @@
 """The `orchestrator` command: run the stack, serve, work, migrate, monitor."""
 from __future__ import annotations
 
+import datetime as dt
+import json
 import os
 import signal
 import subprocess
@@ -9,9 +11,16 @@ import time
 from pathlib import Path
 
 import click
+from sqlalchemy import inspect
 
+from orchestrator import errors
+from orchestrator import tokens
 from orchestrator.config import Settings
 from orchestrator.config import default_host
+from orchestrator.db import get_database
+from orchestrator.db import utcnow
+from orchestrator.embedded import RedisServer
+from orchestrator.migrate import upgrade
 from orchestrator.serve import api_command
 
 
@@ -36,7 +45,6 @@ def db() -> None:
 @click.option("--revision", default="head")
 def db_upgrade(revision: str) -> None:
     """Run the alembic migrations up to REVISION."""
-    from orchestrator.migrate import upgrade
     settings = Settings.from_env()
     upgrade(settings.database_url, revision)
     click.echo(f"database at {revision}: {settings.database_url}")
@@ -87,8 +95,6 @@ def flower(port: int) -> None:
 @click.option("--zone", default="nova", show_default=True)
 def run(host: str | None, zone: str) -> None:
     """Run the whole stack on one machine: Redis, API, worker, maintenance worker, beat."""
-    from orchestrator.embedded import RedisServer
-    from orchestrator.migrate import upgrade
 
     settings = Settings.from_env()
     state = Path(settings.state_dir)
@@ -188,9 +194,7 @@ def _parse_duration(text: str) -> float:
 
 
 def _token_db():
-    from sqlalchemy import inspect
 
-    from orchestrator.db import get_database
     settings = Settings.from_env()
     db = get_database(settings.database_url)
     if not inspect(db.engine).has_table("api_tokens"):
@@ -200,7 +204,6 @@ def _token_db():
 
 
 def _token_row(token, now) -> dict:
-    from orchestrator import tokens
     iso = (lambda v: v.strftime("%Y-%m-%dT%H:%M:%S") + "Z" if v else None)
     return {"id": token.id, "user_id": token.user_id, "project_id": token.project_id,
             "roles": list(token.role_list), "state": tokens.state(token, now=now),
@@ -225,12 +228,7 @@ def token() -> None:
 def token_create(project: str, user: str, roles: tuple[str, ...], expires_in: str | None,
                  description: str | None, as_json: bool) -> None:
     """Issue a token; its secret is printed once and never stored."""
-    import datetime as dt
-    import json
 
-    from orchestrator import errors
-    from orchestrator import tokens
-    from orchestrator.db import utcnow
     db = _token_db()
     now = utcnow()
     expires_at = now + dt.timedelta(seconds=_parse_duration(expires_in)) if expires_in else None
@@ -256,10 +254,7 @@ def token_create(project: str, user: str, roles: tuple[str, ...], expires_in: st
 @click.option("--json", "as_json", is_flag=True)
 def token_list(project: str | None, include_inactive: bool, as_json: bool) -> None:
     """List tokens (never their secrets)."""
-    import json
 
-    from orchestrator import tokens
-    from orchestrator.db import utcnow
     db = _token_db()
     now = utcnow()
     with db.scope(write=False) as s:
@@ -280,9 +275,6 @@ def token_list(project: str | None, include_inactive: bool, as_json: bool) -> No
 @click.argument("token_ids", nargs=-1, required=True)
 def token_revoke(token_ids: tuple[str, ...]) -> None:
     """Revoke tokens by id; requests with them get 401 from now on."""
-    from orchestrator import errors
-    from orchestrator import tokens
-    from orchestrator.db import utcnow
     db = _token_db()
     failed = False
     for token_id in token_ids:

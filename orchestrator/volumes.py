@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from orchestrator import errors
 from orchestrator import hosts
 from orchestrator import jobs
+from orchestrator import paging
 from orchestrator import policy
 from orchestrator import quota
 from orchestrator.config import Settings
@@ -184,13 +185,11 @@ SNAPSHOT_SORT_KEYS = {"id", "status", "size", "created_at", "updated_at", "displ
 
 
 def list_volumes(session: Session, ctx: RequestContext, *, all_tenants: bool = False, **kw):
-    from orchestrator import paging
     scope = None if (ctx.is_admin and all_tenants) else ctx.project_id
     return paging.list_rows(session, Volume, scope_project=scope, sort_keys=VOLUME_SORT_KEYS, **kw)
 
 
 def list_snapshots(session: Session, ctx: RequestContext, *, all_tenants: bool = False, **kw):
-    from orchestrator import paging
     scope = None if (ctx.is_admin and all_tenants) else ctx.project_id
     return paging.list_rows(session, Snapshot, scope_project=scope,
                             sort_keys=SNAPSHOT_SORT_KEYS, **kw)
