@@ -35,6 +35,7 @@ RULES: dict[str, Role] = {
     "volume_extension:backup_admin_actions:reset_status": Role.ADMIN,
     # volumes and the rest
     "volume_extension:volume_admin_actions:force_delete": Role.ADMIN,
+    "volume_extension:quotas:show": Role.ADMIN,  # another project's (the owner needs none)
     "volume_extension:quotas:update": Role.ADMIN,
     "volume_extension:services:index": Role.ADMIN,
     "volume_extension:services:update": Role.ADMIN,
