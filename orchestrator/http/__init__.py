@@ -14,10 +14,10 @@ from orchestrator import errors
 from orchestrator.config import Settings
 from orchestrator.db import get_database
 from orchestrator.http import faults
+from orchestrator.http import transaction
 from orchestrator.http.auth import MODES
 from orchestrator.http.auth import authenticate
-from orchestrator.http.common import COLLECTIONS
-from orchestrator.http.common import check_request_text
+from orchestrator.http.body import check_request_text
 from orchestrator.http.jsonio import FastJSONProvider
 from orchestrator.http.microversion import negotiate
 
@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# First path segments under /v3[/{project_id}] that can never be a project id.
+COLLECTIONS = frozenset({"volumes", "snapshots", "backups", "os-services", "os-quota-sets",
+                         "os-availability-zone", "limits", "types", "extensions"})
 
 
 class ProjectConverter(BaseConverter):
@@ -38,13 +41,36 @@ class ProjectConverter(BaseConverter):
         return value
 
 
+def blueprints() -> list:
+    """The API's /v3 blueprints, in the order they are registered."""
+    from orchestrator.http import availability_zones
+    from orchestrator.http import backups
+    from orchestrator.http import limits
+    from orchestrator.http import quotas
+    from orchestrator.http import services
+    from orchestrator.http import snapshots
+    from orchestrator.http import volumes
+    return [backups.bp, volumes.bp, snapshots.bp, quotas.bp, limits.bp, services.bp,
+            availability_zones.bp]
+
+
+def register_routes(app: Flask) -> None:
+    """Register version discovery and every /v3 blueprint on ``app``, the latter in both
+    URL forms (``/v3/...`` and ``/v3/<project_id>/...``)."""
+    from orchestrator.http import versions
+    app.url_map.converters["project"] = ProjectConverter
+    app.url_map.strict_slashes = False
+    app.register_blueprint(versions.bp)
+    for bp in blueprints():
+        app.register_blueprint(bp, url_prefix="/v3", name=bp.name)
+        app.register_blueprint(bp, url_prefix="/v3/<project:project_id>",
+                               name=f"{bp.name}_project")
+
+
 def create_app(settings: Settings | None = None, *, celery_app=None) -> Flask:
     """Create the API application."""
-    from orchestrator.http import backups
-    from orchestrator.http import misc
-    from orchestrator.http import openapi
-    from orchestrator.http import volumes
     from orchestrator.dispatch import Publisher
+    from orchestrator.http import openapi
     from orchestrator.tasks import make_celery
 
     settings = settings or Settings.from_env()
@@ -54,19 +80,13 @@ def create_app(settings: Settings | None = None, *, celery_app=None) -> Flask:
     app.json = FastJSONProvider(app)
     app.config["ORCH_SETTINGS"] = settings
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    app.url_map.converters["project"] = ProjectConverter
-    app.url_map.strict_slashes = False
     app.extensions["orch_db"] = get_database(settings.database_url)
     app.extensions["orch_celery"] = celery_app or make_celery(settings)
     app.extensions["orch_publisher"] = Publisher(app.extensions["orch_celery"])
     faults.init_app(app)
-
-    app.register_blueprint(misc.versions_bp)
+    transaction.init_app(app)
+    register_routes(app)
     app.register_blueprint(openapi.bp)
-    for bp in (backups.bp, volumes.bp, misc.bp):
-        app.register_blueprint(bp, url_prefix="/v3", name=f"{bp.name}")
-        app.register_blueprint(bp, url_prefix="/v3/<project:project_id>",
-                               name=f"{bp.name}_project")
 
     @app.before_request
     def _begin():
@@ -101,16 +121,5 @@ def create_app(settings: Settings | None = None, *, celery_app=None) -> Flask:
             response.headers["OpenStack-API-Version"] = f"volume {version or '3.0'}"
             response.headers["Vary"] = "OpenStack-API-Version"
         return response
-
-    @app.teardown_request
-    def _close(exc):
-        conn = g.pop("db_reader", None)
-        if conn is not None:
-            conn.close()
-        s = g.pop("db_session", None)
-        if s is not None:
-            if exc is not None:
-                s.rollback()
-            s.close()
 
     return app

@@ -3,50 +3,37 @@ from __future__ import annotations
 
 from flask import Blueprint
 from flask import jsonify
-from flask import make_response
 
 from orchestrator import api
 from orchestrator import errors
 from orchestrator.http import schemas
-from orchestrator.http.common import body
-from orchestrator.http.common import commit_and_dispatch
-from orchestrator.http.common import ctx
-from orchestrator.http.common import list_params
-from orchestrator.http.common import list_response
-from orchestrator.http.common import load
-from orchestrator.http.common import mv
-from orchestrator.http.common import now
-from orchestrator.http.common import reader
-from orchestrator.http.common import session
-from orchestrator.http.common import settings
-from orchestrator.http.views import backup_detail
-from orchestrator.http.views import backup_details
-from orchestrator.http.views import backup_summaries
-from orchestrator.http.views import backup_summary
+from orchestrator.http.body import json_body
+from orchestrator.http.body import load
+from orchestrator.http.body import unwrap
+from orchestrator.http.current import ctx
+from orchestrator.http.current import mv
+from orchestrator.http.current import now
+from orchestrator.http.current import settings
+from orchestrator.http.query import list_params
+from orchestrator.http.render import backup_detail
+from orchestrator.http.render import backup_details
+from orchestrator.http.render import backup_summaries
+from orchestrator.http.render import backup_summary
+from orchestrator.http.responses import empty_response
+from orchestrator.http.responses import list_response
+from orchestrator.http.transaction import commit_and_dispatch
+from orchestrator.http.transaction import reader
+from orchestrator.http.transaction import session
 
 bp = Blueprint("backups", __name__)
 
 USER_FILTERS = {"display_name", "status", "volume_id"}
 
 
-def _empty(status: int):
-    response = make_response("", status)
-    response.headers.pop("Content-Type", None)
-    return response
-
-
-def _wrapped(data: dict, key: str) -> dict:
-    value = data.get(key, ...)
-    if value is ... or len(data) != 1:
-        raise errors.InvalidInput(f"Invalid input received: the body must hold exactly one key, "
-                                  f"'{key}'.")
-    return value
-
-
 @bp.post("/backups")
 def create(project_id=None):
     """Create a backup of a volume or of one of its snapshots."""
-    data = _wrapped(body(), "backup")
+    data = unwrap(json_body(), "backup")
     if not isinstance(data, dict):
         raise errors.InvalidInput("Invalid input received: 'backup' must be an object.")
     if "metadata" in data and not mv().matches("3.43"):
@@ -103,7 +90,7 @@ def update(backup_id, project_id=None):
     """Update name, description and metadata (3.9+, metadata 3.43+)."""
     if not mv().matches("3.9"):
         raise errors.NotFound("The resource could not be found.")
-    data = _wrapped(body(), "backup")
+    data = unwrap(json_body(), "backup")
     if not isinstance(data, dict):
         raise errors.InvalidInput("Invalid input received: 'backup' must be an object.")
     if "metadata" in data and not mv().matches("3.43"):
@@ -122,13 +109,13 @@ def delete(backup_id, project_id=None):
     s = session(write=True)
     jobs = api.delete_backup(s, ctx(), settings(), backup_id, now=now())
     commit_and_dispatch(jobs)
-    return _empty(202)
+    return empty_response(202)
 
 
 @bp.post("/backups/<backup_id>/restore")
 def restore(backup_id, project_id=None):
     """Restore a backup to a new or an existing volume."""
-    data = _wrapped(body(), "restore")
+    data = unwrap(json_body(), "restore")
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -154,7 +141,7 @@ def import_record(project_id=None):
     """Import a backup record (admin)."""
     if not ctx().is_admin:
         raise errors.PolicyNotAuthorized("backup:backup-import")
-    args = load(schemas.BackupRecordSchema(), _wrapped(body(), "backup-record"))
+    args = load(schemas.BackupRecordSchema(), unwrap(json_body(), "backup-record"))
     s = session(write=True)
     backup, jobs = api.import_record(s, ctx(), settings(), backup_service=args["backup_service"],
                                      backup_url=args["backup_url"], now=now())
@@ -165,7 +152,7 @@ def import_record(project_id=None):
 @bp.post("/backups/<backup_id>/action")
 def action(backup_id, project_id=None):
     """Admin actions: os-reset_status, os-force_delete."""
-    data = body()
+    data = json_body()
     if len(data) != 1:
         raise errors.InvalidInput("Invalid input received: exactly one action is expected.")
     name, value = next(iter(data.items()))
@@ -185,4 +172,4 @@ def action(backup_id, project_id=None):
         commit_and_dispatch(jobs)
     else:
         raise errors.InvalidInput(f"There is no such action: {name}")
-    return _empty(202)
+    return empty_response(202)

@@ -102,6 +102,8 @@ VOLUME_CREATE_BODY = {"type": "object", "required": ["volume"], "additionalPrope
                       "properties": {"volume": {"$ref": _ref(schemas.VolumeCreateSchema)},
                                      "OS-SCH-HNT:scheduler_hints": {"type": "object"}}}
 
+# Blueprints whose operations are tagged by their last path segment.
+MISC = ("quotas", "limits", "services", "availability_zones")
 # endpoint (without the blueprint's "_project" suffix) → extras
 OPERATIONS: dict[str, dict] = {
     "versions.root": {"auth": False, "responses": {300: schemas.VersionsSchema},
@@ -144,37 +146,43 @@ OPERATIONS: dict[str, dict] = {
                   _q("force", "3.23+, admin: any status.",
                      {"type": "string", "enum": ["true", "false"]})],
         "responses": {202: None}, "errors": [400, 403, 404]},
-    "volumes.create_snapshot": {"body": _wrap("snapshot", schemas.SnapshotCreateSchema),
-                                "responses": {202: schemas.SnapshotReplySchema},
-                                "errors": [400, 404, 413]},
-    "volumes.list_snapshots": {"query": SNAPSHOT_LIST,
-                               "responses": {200: schemas.SnapshotListSchema}},
-    "volumes.list_snapshots_detail": {"query": SNAPSHOT_LIST,
-                                      "responses": {200: schemas.SnapshotListSchema}},
-    "volumes.show_snapshot": {"responses": {200: schemas.SnapshotReplySchema}, "errors": [404]},
-    "volumes.delete_snapshot": {"responses": {202: None}, "errors": [400, 404]},
-    "misc.quota_show": {"query": [_q("usage", "Show in_use and reserved too.",
-                                     {"type": "string", "enum": ["True", "False"]})],
-                        "responses": {200: schemas.QuotaSetReplySchema}, "errors": [403],
-                        "notes": "The caller's own project, or any project for admins."},
-    "misc.quota_defaults": {"responses": {200: schemas.QuotaSetReplySchema}, "errors": [403]},
-    "misc.quota_update": {"body": _wrap("quota_set", schemas.QuotaSetSchema),
-                          "responses": {200: schemas.QuotaSetReplySchema},
-                          "errors": [400, 403], "notes": "Admin only."},
-    "misc.quota_delete": {"responses": {200: None}, "errors": [403], "notes": "Admin only."},
-    "misc.limits": {"responses": {200: schemas.LimitsReplySchema}},
-    "misc.services": {"query": [_q("host", "Only this host."), _q("binary", "Only this binary.")],
-                      "responses": {200: schemas.ServiceListSchema}, "errors": [403],
-                      "notes": "Admin only."},
-    "misc.service_toggle": {"body": {"$ref": _ref(schemas.ServiceToggleSchema)},
-                            "responses": {200: schemas.ServiceToggleReplySchema},
-                            "errors": [400, 403, 404], "notes": "Admin only."},
-    "misc.availability_zones": {"responses": {200: schemas.AvailabilityZoneListSchema}},
+    "snapshots.create_snapshot": {"tags": ["volumes"],
+                                  "body": _wrap("snapshot", schemas.SnapshotCreateSchema),
+                                  "responses": {202: schemas.SnapshotReplySchema},
+                                  "errors": [400, 404, 413]},
+    "snapshots.list_snapshots": {"tags": ["volumes"], "query": SNAPSHOT_LIST,
+                                 "responses": {200: schemas.SnapshotListSchema}},
+    "snapshots.list_snapshots_detail": {"tags": ["volumes"], "query": SNAPSHOT_LIST,
+                                        "responses": {200: schemas.SnapshotListSchema}},
+    "snapshots.show_snapshot": {"tags": ["volumes"],
+                                "responses": {200: schemas.SnapshotReplySchema},
+                                "errors": [404]},
+    "snapshots.delete_snapshot": {"tags": ["volumes"], "responses": {202: None},
+                                  "errors": [400, 404]},
+    "quotas.quota_show": {"query": [_q("usage", "Show in_use and reserved too.",
+                                       {"type": "string", "enum": ["True", "False"]})],
+                          "responses": {200: schemas.QuotaSetReplySchema}, "errors": [403],
+                          "notes": "The caller's own project, or any project for admins."},
+    "quotas.quota_defaults": {"responses": {200: schemas.QuotaSetReplySchema},
+                              "errors": [403]},
+    "quotas.quota_update": {"body": _wrap("quota_set", schemas.QuotaSetSchema),
+                            "responses": {200: schemas.QuotaSetReplySchema},
+                            "errors": [400, 403], "notes": "Admin only."},
+    "quotas.quota_delete": {"responses": {200: None}, "errors": [403], "notes": "Admin only."},
+    "limits.limits": {"responses": {200: schemas.LimitsReplySchema}},
+    "services.services": {"query": [_q("host", "Only this host."),
+                                    _q("binary", "Only this binary.")],
+                          "responses": {200: schemas.ServiceListSchema}, "errors": [403],
+                          "notes": "Admin only."},
+    "services.service_toggle": {"body": {"$ref": _ref(schemas.ServiceToggleSchema)},
+                                "responses": {200: schemas.ServiceToggleReplySchema},
+                                "errors": [400, 403, 404], "notes": "Admin only."},
+    "availability_zones.availability_zones": {
+        "responses": {200: schemas.AvailabilityZoneListSchema}},
 }
 
 
-
-# ----------------------------------------------------------------------------- marshmallow → JSON Schema
+# ------------------------------------------------------------------------ marshmallow → JSON Schema
 
 
 def _validators(field: fields.Field) -> list:
@@ -198,7 +206,7 @@ def field_schema(field: fields.Field, components: dict) -> dict:
             for v in _validators(field.key_field):
                 if isinstance(v, validate.Regexp):
                     out["x-key-pattern"] = v.regex.pattern
-    elif isinstance(field, schemas.UUIDString) or isinstance(field, fields.UUID):
+    elif isinstance(field, (schemas.UUIDString, fields.UUID)):
         out = {"type": "string", "format": "uuid"}
     elif isinstance(field, fields.String):
         out = {"type": "string"}
@@ -340,8 +348,9 @@ def build_document(app: Flask) -> dict:
 
 def _operation(method: str, path: str, key: str, summary: str, extra: dict, fault_ref: str,
                components: dict) -> dict:
+    area = key.split(".")[0]
     op: dict = {"operationId": _operation_id(method, path), "summary": summary,
-                "tags": extra.get("tags") or [key.split(".")[0] if not key.startswith("misc.")
+                "tags": extra.get("tags") or [area if area not in MISC
                                               else path.split("/")[-1].split("{")[0] or "misc"]}
     params = []
     for name in _RULE_ARG.findall(path.replace("{", "<").replace("}", ">")):

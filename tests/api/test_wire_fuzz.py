@@ -142,16 +142,9 @@ def _routes_only_app():
     """An app with the real routes but no database or broker: enough to list operations."""
     from flask import Flask
 
-    from orchestrator.http import ProjectConverter
-    from orchestrator.http import backups
-    from orchestrator.http import misc
-    from orchestrator.http import volumes
+    from orchestrator.http import register_routes
     app = Flask("routes-only")
-    app.url_map.converters["project"] = ProjectConverter
-    app.register_blueprint(misc.versions_bp)
-    for bp in (backups.bp, volumes.bp, misc.bp):
-        app.register_blueprint(bp, url_prefix="/v3", name=bp.name)
-        app.register_blueprint(bp, url_prefix="/v3/<project:project_id>", name=f"{bp.name}_project")
+    register_routes(app)
     return app
 
 

@@ -1,19 +1,18 @@
-"""JSON views of backups, volumes and snapshots per microversion."""
+"""The JSON renderings of backups, volumes and snapshots, per microversion and role."""
 from __future__ import annotations
 
 from flask import g
-from sqlalchemy import func
-from sqlalchemy import select
 
-from orchestrator.http.common import ctx
-from orchestrator.http.common import link_prefixes
-from orchestrator.http.common import mv
-from orchestrator.http.common import resource_links
-from orchestrator.http.common import timestamp
+from orchestrator.http.current import ctx
+from orchestrator.http.current import mv
+from orchestrator.http.responses import link_prefixes
+from orchestrator.http.responses import resource_links
+from orchestrator.http.responses import timestamp
 from orchestrator.models import Backup
 
 
 def backup_summary(backup: Backup) -> dict:
+    """Summary view of a backup: id, name and links."""
     return {"id": backup.id, "name": backup.display_name,
             "links": resource_links("backups", backup.id)}
 
@@ -41,12 +40,14 @@ def backup_details(rows, metadata: dict[str, dict]) -> list[dict]:
 
 
 def backup_summaries(rows) -> list[dict]:
+    """Summary views of a page of rows."""
     prefixes = link_prefixes()
     return [{"id": b.id, "name": b.display_name,
              "links": resource_links("backups", b.id, prefixes)} for b in rows]
 
 
 def _detail(backup, has_dependents: bool, metadata: dict | None, flags, prefixes) -> dict:
+    """One backup's detail view with the request's flags and link prefixes."""
     with_metadata, with_project, with_user, with_key, _admin = flags
     out = {
         "id": backup.id,
@@ -84,6 +85,7 @@ def _detail(backup, has_dependents: bool, metadata: dict | None, flags, prefixes
 
 
 def _progress(backup: Backup) -> dict:
+    """Live progress of the backup's running operation (an extension)."""
     total = backup.progress_total or 0
     done = backup.progress_bytes or 0
     return {"bytes_done": done, "bytes_total": total,
@@ -93,6 +95,7 @@ def _progress(backup: Backup) -> dict:
 
 
 def volume_detail(vol) -> dict:
+    """Detail view of a volume."""
     version = mv()
     out = {
         "id": vol.id, "status": vol.status, "size": vol.size,
@@ -128,10 +131,12 @@ def volume_detail(vol) -> dict:
 
 
 def volume_summary(vol) -> dict:
+    """Summary view of a volume: id, name and links."""
     return {"id": vol.id, "name": vol.display_name, "links": resource_links("volumes", vol.id)}
 
 
 def snapshot_detail(snap) -> dict:
+    """Detail view of a snapshot."""
     version = mv()
     out = {
         "id": snap.id, "created_at": timestamp(snap.created_at),
@@ -148,7 +153,3 @@ def snapshot_detail(snap) -> dict:
     if version.matches("3.65"):
         out["consumes_quota"] = True
     return out
-
-
-def count_of(session, query) -> int:
-    return session.scalar(select(func.count()).select_from(query.subquery()))
