@@ -108,11 +108,24 @@ def backup_view_row(session, ctx: RequestContext, backup_id: str, *,
     return row, ((row.metadata_items or {}) if with_metadata else {})
 
 
-def active_operation(session: Session, backup: Backup) -> Job | None:
-    """The job currently working on a backup, if any."""
-    return session.scalar(select(Job).where(Job.resource_id == backup.id,
-                                            Job.state.in_(ACTIVE_JOB_STATES))
-                          .order_by(Job.created_at.desc()).limit(1))
+def active_operation(session: Session, backup: Backup, *, lock: bool = False) -> Job | None:
+    """The job currently working on a backup, if any.
+
+    With ``lock`` its row is locked (PostgreSQL): jobs are locked before the
+    resources they work on, in every path (the worker's claim and finish lock
+    the job first too), so two of them can never wait on each other.
+    """
+    query = select(Job).where(Job.resource_id == backup.id, Job.state.in_(ACTIVE_JOB_STATES))
+    if lock:
+        query = query.with_for_update()
+    return session.scalar(query.order_by(Job.created_at.desc()).limit(1))
+
+
+def _lock_backup(session: Session, backup_id: str):
+    """Lock a backup's row (PostgreSQL; SQLite's writers are serialised already) and
+    return its status and deleted flag as they are now."""
+    return session.execute(select(Backup.status, Backup.deleted)
+                           .where(Backup.id == backup_id).with_for_update()).one()
 
 
 # ----------------------------------------------------------------------------- create
@@ -128,10 +141,15 @@ def _choose_parent(session: Session, ctx: RequestContext, volume_id: str,
     minimum = dt.datetime.min
     eligible = [b for b in candidates if b.status == BackupStatus.AVAILABLE and (
         snapshot_created_at is None or (b.data_timestamp or minimum) < snapshot_created_at)]
-    if not eligible:
+    parent = max(eligible, key=lambda b: (b.data_timestamp or minimum, b.created_at, b.id)) \
+        if eligible else None
+    # The parent stays locked until the incremental's row is committed: a delete of the
+    # parent waits for it and then sees the child (and a delete that came first is seen
+    # here as the parent's new status).
+    if parent is None or _lock_backup(session, parent.id) != (BackupStatus.AVAILABLE, False):
         raise errors.InvalidBackup("Invalid backup: The parent backup must be available for"
                                    " incremental backup.")
-    return max(eligible, key=lambda b: (b.data_timestamp or minimum, b.created_at, b.id))
+    return parent
 
 
 def create_backup(session: Session, ctx: RequestContext, settings: Settings, *, volume_id: str,
@@ -266,6 +284,9 @@ def delete_backup(session: Session, ctx: RequestContext, settings: Settings, bac
                        .values(status=BackupStatus.DELETING, host=host,
                                updated_at=now)).rowcount != 1:
         raise errors.InvalidBackup("Invalid backup: Backup status must be available or error")
+    # Again with the row locked: an incremental committed meanwhile is seen now.
+    if _has_children(session, backup):
+        raise errors.InvalidBackup("Invalid backup: Incremental backups exist for this backup.")
     return [jobs.create(session, "backup_delete", resource_id=backup.id, host=host,
                         project_id=backup.project_id,
                         params=BackupDeleteParams(previous_status=previous), now=now)]
@@ -288,9 +309,11 @@ def force_delete_backup(session: Session, ctx: RequestContext, settings: Setting
         return []  # already being deleted
     host = _delete_host(session, settings, backup, now)
     previous = backup.status
+    running = active_operation(session, backup, lock=True)  # the job first, then the backup
     session.execute(update(Backup).where(Backup.id == backup.id)
                     .values(status=BackupStatus.DELETING, host=host, updated_at=now))
-    running = active_operation(session, backup)
+    if _has_children(session, backup):  # again with the row locked
+        raise errors.InvalidBackup("Invalid backup: Incremental backups exist for this backup.")
     delete_job = jobs.create(session, "backup_delete", resource_id=backup.id, host=host,
                              project_id=backup.project_id,
                              params=BackupDeleteParams(previous_status=previous, force=True,

@@ -1,0 +1,179 @@
+"""Two requests on one backup at the same moment, on PostgreSQL: the second waits for the
+first's row locks and then sees what it did (each test interleaves two real transactions
+deterministically: the first holds its locks until the second is seen waiting)."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy import text
+
+from orchestrator import api
+from orchestrator import db as dbmod
+from orchestrator import errors
+from orchestrator import hosts
+from orchestrator import jobs
+from orchestrator.config import Settings
+from orchestrator.context import RequestContext
+from orchestrator.db import utcnow
+from orchestrator.migrate import upgrade
+from orchestrator.models import Backup
+from orchestrator.models import Job
+from orchestrator.models import Volume
+from orchestrator.operations.backups import BackupCreate
+from orchestrator.operations.backups import BackupCreateOutcome
+from orchestrator.operations.backups import BackupCreateParams
+
+DEMO = RequestContext("demo", "demo")
+ADMIN = RequestContext("admin", "admin", is_admin=True, roles=("admin",))
+
+
+@pytest.fixture
+def settings(tmp_path, postgres):
+    s = Settings(state_dir=str(tmp_path), broker_url="memory://", database_url=postgres.url)
+    upgrade(s.database_url)
+    return s
+
+
+@pytest.fixture
+def database(settings):
+    d = dbmod.get_database(settings.database_url)
+    with d.scope() as s:
+        hosts.record_heartbeat(s, "node1", [hosts.BACKUP_BINARY, hosts.VOLUME_BINARY],
+                               zone="nova", now=utcnow())
+    yield d
+    dbmod._databases.pop(settings.database_url, None)
+    d.dispose()
+
+
+def _volume(database) -> str:
+    with database.scope() as s:
+        vol = Volume(project_id="demo", user_id="demo", host="node1", availability_zone="nova",
+                     size=1, status="available", display_name="v", created_at=utcnow())
+        s.add(vol)
+        s.flush()
+        return vol.id
+
+
+def _available_backup(database, settings, volume_id: str) -> str:
+    """A full backup of the volume, created through the API and completed as a worker would."""
+    with database.scope() as s:
+        backup, (job,) = api.create_backup(s, DEMO, settings, volume_id=volume_id, now=utcnow())
+    _complete_create(database, job.id)
+    return backup.id
+
+
+def _complete_create(database, job_id: str) -> None:
+    with database.scope() as s:
+        job = jobs.claim(s, job_id, "w1", now=utcnow(), ttl=60)
+    with database.scope() as s:
+        assert jobs.finish(s, job, "succeeded", now=utcnow(), owner="w1")
+        BackupCreate().complete(s, job, BackupCreate().params(job), BackupCreateOutcome(
+            container="c", prefix=f"backup_{job.resource_id}", object_count=1, stored_bytes=1,
+            logical_bytes=1, incremental=True), now=utcnow())
+
+
+def _waiting_for_lock(database) -> bool:
+    with database.scope(write=False) as s:
+        return bool(s.execute(text(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND datname = current_database()")).scalar())
+
+
+def _second(fn) -> tuple[threading.Thread, dict]:
+    """Run ``fn`` in a thread (its own transaction); what it returned or raised lands in
+    the dict."""
+    out: dict = {}
+
+    def run():
+        try:
+            out["value"] = fn()
+        except Exception as exc:  # the assertion is on what was raised
+            out["error"] = exc
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, out
+
+
+def _hold_until_waited_on(database, first_session, thread) -> None:
+    """Keep the first transaction open until the second waits on its locks, then commit."""
+    deadline = time.monotonic() + 10
+    while not _waiting_for_lock(database) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert _waiting_for_lock(database), "the second request never waited for the first"
+    first_session.commit()
+    first_session.close()
+    thread.join(20)
+    assert not thread.is_alive()
+
+
+def test_incremental_first_then_parent_delete_sees_the_child(settings, database):
+    volume_id = _volume(database)
+    parent_id = _available_backup(database, settings, volume_id)
+    first = database.session(write=True)
+    incremental, _ = api.create_backup(first, DEMO, settings, volume_id=volume_id,
+                                       incremental=True, now=utcnow())
+
+    def delete_parent():
+        with database.scope() as s:
+            return api.delete_backup(s, DEMO, settings, parent_id, now=utcnow())
+    thread, out = _second(delete_parent)
+    _hold_until_waited_on(database, first, thread)
+    assert isinstance(out.get("error"), errors.InvalidBackup), out
+    assert "Incremental backups exist" in str(out["error"])
+    with database.scope(write=False) as s:
+        assert s.get(Backup, parent_id).status == "available"
+        assert s.get(Backup, incremental.id).parent_id == parent_id
+
+
+def test_parent_delete_first_then_incremental_is_refused(settings, database):
+    volume_id = _volume(database)
+    parent_id = _available_backup(database, settings, volume_id)
+    first = database.session(write=True)
+    api.delete_backup(first, DEMO, settings, parent_id, now=utcnow())
+
+    def incremental():
+        with database.scope() as s:
+            return api.create_backup(s, DEMO, settings, volume_id=volume_id, incremental=True,
+                                     now=utcnow())
+    thread, out = _second(incremental)
+    _hold_until_waited_on(database, first, thread)
+    assert isinstance(out.get("error"), errors.InvalidBackup), out
+    with database.scope(write=False) as s:
+        assert s.get(Backup, parent_id).status == "deleting"
+        assert s.scalar(select(Backup.id).where(Backup.parent_id == parent_id)) is None
+        assert s.get(Volume, volume_id).status == "available"
+
+
+def test_force_delete_while_the_worker_completes_does_not_deadlock(settings, database):
+    """The worker locks the job, then the backup; a force delete must take them in the
+    same order (it locked the backup first: PostgreSQL found a deadlock, answered 500)."""
+    volume_id = _volume(database)
+    with database.scope() as s:
+        backup, (job,) = api.create_backup(s, DEMO, settings, volume_id=volume_id, now=utcnow())
+    with database.scope() as s:
+        job = jobs.claim(s, job.id, "w1", now=utcnow(), ttl=60)
+    worker = database.session(write=True)
+    assert jobs.finish(worker, job, "succeeded", now=utcnow(), owner="w1")  # job locked
+
+    def force_delete():
+        with database.scope() as s:
+            return api.force_delete_backup(s, ADMIN, settings, backup.id, now=utcnow())
+    thread, out = _second(force_delete)
+    deadline = time.monotonic() + 10
+    while not _waiting_for_lock(database) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    # The worker goes on to the backup row while the force delete waits.
+    BackupCreate().complete(worker, job, BackupCreateParams(volume_id=volume_id),
+                            BackupCreateOutcome(container="c", prefix="p", object_count=1,
+                                                stored_bytes=1, logical_bytes=1,
+                                                incremental=False), now=utcnow())
+    _hold_until_waited_on(database, worker, thread)
+    assert "error" not in out, out
+    with database.scope(write=False) as s:
+        assert s.get(Backup, backup.id).status == "deleting"
+        states = {j.op: j.state for j in s.scalars(select(Job).where(
+            Job.resource_id == backup.id))}
+        assert states == {"backup_create": "succeeded", "backup_delete": "queued"}
