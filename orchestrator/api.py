@@ -15,6 +15,7 @@ import re
 
 from sqlalchemy import select
 from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from orchestrator import errors
@@ -489,6 +490,10 @@ def export_record(session: Session, ctx: RequestContext, settings: Settings, bac
     return {"backup_service": backup.service or DRIVER_ID, "backup_url": url}
 
 
+def _already_exists() -> errors.InvalidBackup:
+    return errors.InvalidBackup("Invalid backup: Backup already exists in database.")
+
+
 def import_record(session: Session, ctx: RequestContext, settings: Settings, *,
                   backup_service: str, backup_url: str, now: dt.datetime
                   ) -> tuple[Backup, list[Job]]:
@@ -523,9 +528,12 @@ def import_record(session: Session, ctx: RequestContext, settings: Settings, *,
     except (TypeError, ValueError, errors.InvalidInput) as exc:
         raise errors.InvalidInput(f"Invalid input received: Can't parse backup record "
                                   f"({exc}).") from None
-    existing = session.get(Backup, backup_uuid)
+    # Locked (PostgreSQL): two imports of one deleted record revive it once; the second
+    # waits, then finds it live.
+    existing = session.scalar(select(Backup).where(Backup.id == backup_uuid)
+                              .with_for_update().execution_options(populate_existing=True))
     if existing is not None and not existing.deleted:
-        raise errors.InvalidBackup("Invalid backup: Backup already exists in database.")
+        raise _already_exists()
     try:  # after validation: a malformed record is a 400 even with no worker alive
         host = hosts.select_host(session, hosts.BACKUP_BINARY, now=now,
                                  down_time=settings.service_down_time)
@@ -545,12 +553,22 @@ def import_record(session: Session, ctx: RequestContext, settings: Settings, *,
     backup.fail_reason = None
     backup.object_count = 0
     backup.num_dependent_backups = 0
+    # Nothing of the deleted record's driver fields survives: until the import completes
+    # the row names no objects, so deleting a failed import deletes none of them.
+    backup.service = backup.service_metadata = None
+    backup.parent_id = backup.snapshot_id = backup.restore_volume_id = None
+    backup.stored_bytes = None
+    backup.verify_status = backup.verify_message = backup.verified_at = None
     if revived:
         for item in backup.metadata_items:
             item.deleted, item.deleted_at = True, now
     else:
         session.add(backup)
-    session.flush()
+    try:
+        with session.begin_nested():  # a concurrent import of the same new id
+            session.flush()
+    except IntegrityError:
+        raise _already_exists() from None
     job = jobs.create(session, "backup_import", resource_id=backup.id, host=host,
                       project_id=ctx.project_id,
                       params=BackupImportParams(record=record, revived=revived), now=now)

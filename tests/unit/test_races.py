@@ -177,3 +177,49 @@ def test_force_delete_while_the_worker_completes_does_not_deadlock(settings, dat
         states = {j.op: j.state for j in s.scalars(select(Job).where(
             Job.resource_id == backup.id))}
         assert states == {"backup_create": "succeeded", "backup_delete": "queued"}
+
+
+def _exported(database, settings) -> tuple[str, dict]:
+    volume_id = _volume(database)
+    backup_id = _available_backup(database, settings, volume_id)
+    with database.scope() as s:
+        return backup_id, api.export_record(s, ADMIN, settings, backup_id)
+
+
+def _import_at_once(database, settings, export: dict, n: int = 8) -> list:
+    barrier = threading.Barrier(n)
+
+    def one():
+        barrier.wait()
+        with database.scope() as s:
+            backup, _ = api.import_record(s, ADMIN, settings, now=utcnow(), **export)
+            return backup.id
+    threads = [_second(one) for _ in range(n)]
+    for thread, _ in threads:
+        thread.join(30)
+    return [out.get("value", out.get("error")) for _, out in threads]
+
+
+@pytest.mark.parametrize("record_of", ["a new id", "a deleted backup"])
+def test_concurrent_imports_of_one_record_import_it_once(settings, database, record_of):
+    backup_id, export = _exported(database, settings)
+    with database.scope() as s:
+        if record_of == "a new id":  # as a second deployment sees it: no such row at all
+            s.execute(text("DELETE FROM jobs"))
+            s.execute(text("DELETE FROM backups WHERE id = :id"), {"id": backup_id})
+        else:
+            s.execute(text("UPDATE backups SET deleted = true, status = 'deleted' "
+                           "WHERE id = :id"), {"id": backup_id})
+        s.execute(text("UPDATE quota_usages SET in_use = 0 WHERE project_id = 'admin'"))
+    results = _import_at_once(database, settings, export)
+    assert results.count(backup_id) == 1, results
+    refused = [r for r in results if r != backup_id]
+    assert len(refused) == 7 and all(isinstance(r, errors.InvalidBackup) and
+                                     "already exists" in str(r) for r in refused), refused
+    with database.scope(write=False) as s:
+        assert s.scalar(text("SELECT in_use FROM quota_usages WHERE project_id = 'admin' "
+                             "AND resource = 'backups'")) == 1
+        assert s.scalar(text("SELECT count(*) FROM jobs WHERE op = 'backup_import'")) == 1
+        revived = s.get(Backup, backup_id)
+        assert (revived.status, revived.service_metadata, revived.service) == \
+            ("creating", None, None)
