@@ -1,4 +1,4 @@
-"""The Cinder v3 wire layer: app factory, request hooks and blueprints."""
+"""The Cinder v3 wire layer: app factory, request hooks and the route blueprints."""
 from __future__ import annotations
 
 import logging
@@ -7,10 +7,9 @@ import uuid
 from flask import Flask
 from flask import g
 from flask import request
-from werkzeug.routing import BaseConverter
-from werkzeug.routing import ValidationError
 
 from orchestrator import errors
+from orchestrator import policy
 from orchestrator.config import Settings
 from orchestrator.db import get_database
 from orchestrator.http import faults
@@ -20,51 +19,43 @@ from orchestrator.http.auth import authenticate
 from orchestrator.http.body import check_request_text
 from orchestrator.http.jsonio import FastJSONProvider
 from orchestrator.http.microversion import negotiate
+from orchestrator.http.routes import ProjectConverter
 
 log = logging.getLogger(__name__)
 
 
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-# First path segments under /v3[/{project_id}] that can never be a project id.
-COLLECTIONS = frozenset({"volumes", "snapshots", "backups", "os-services", "os-quota-sets",
-                         "os-availability-zone", "limits", "types", "extensions"})
-
-
-class ProjectConverter(BaseConverter):
-    """A project id in the URL: [A-Za-z0-9_-]{1,64}, never a collection name."""
-
-    regex = r"[A-Za-z0-9_-]{1,64}"
-
-    def to_python(self, value: str) -> str:
-        if value in COLLECTIONS:
-            raise ValidationError()
-        return value
-
-
 def blueprints() -> list:
-    """The API's /v3 blueprints, in the order they are registered."""
+    """Every route blueprint of the API, in the order they are registered."""
     from orchestrator.http import availability_zones
     from orchestrator.http import backups
     from orchestrator.http import limits
     from orchestrator.http import quotas
     from orchestrator.http import services
     from orchestrator.http import snapshots
-    from orchestrator.http import volumes
-    return [backups.bp, volumes.bp, snapshots.bp, quotas.bp, limits.bp, services.bp,
-            availability_zones.bp]
-
-
-def register_routes(app: Flask) -> None:
-    """Register version discovery and every /v3 blueprint on ``app``, the latter in both
-    URL forms (``/v3/...`` and ``/v3/<project_id>/...``)."""
     from orchestrator.http import versions
+    from orchestrator.http import volumes
+    return [versions.bp, backups.bp, volumes.bp, snapshots.bp, quotas.bp, limits.bp,
+            services.bp, availability_zones.bp]
+
+
+def register_routes(app: Flask) -> frozenset[str]:
+    """Register every declared route on ``app``, the /v3 ones in both URL forms
+    (``/v3/...`` and ``/v3/<project_id>/...``); returns the public endpoints."""
     app.url_map.converters["project"] = ProjectConverter
     app.url_map.strict_slashes = False
-    app.register_blueprint(versions.bp)
+    public = set()
     for bp in blueprints():
-        app.register_blueprint(bp, url_prefix="/v3", name=bp.name)
-        app.register_blueprint(bp, url_prefix="/v3/<project:project_id>",
-                               name=f"{bp.name}_project")
+        if not bp.project_twin:
+            app.register_blueprint(bp)
+        else:
+            app.register_blueprint(bp, url_prefix="/v3", name=bp.name)
+            app.register_blueprint(bp, url_prefix="/v3/<project:project_id>",
+                                   name=f"{bp.name}_project")
+    for endpoint, view in app.view_functions.items():
+        route = getattr(view, "route", None)
+        if route is not None and route.public:
+            public.add(endpoint)
+    return frozenset(public)
 
 
 def create_app(settings: Settings | None = None, *, celery_app=None) -> Flask:
@@ -85,16 +76,19 @@ def create_app(settings: Settings | None = None, *, celery_app=None) -> Flask:
     app.extensions["orch_publisher"] = Publisher(app.extensions["orch_celery"])
     faults.init_app(app)
     transaction.init_app(app)
-    register_routes(app)
+    public = register_routes(app)
     app.register_blueprint(openapi.bp)
+
+    def versioned() -> bool:
+        """Whether this request is a /v3 API call (not version discovery)."""
+        return request.path.startswith("/v3/") and request.endpoint not in public
 
     @app.before_request
     def _begin():
         g.request_id = f"req-{uuid.uuid4()}"
         g.api_version = None
         g.url_project = None
-        endpoint = request.endpoint or ""
-        if not request.path.startswith("/v3/") or endpoint.startswith("versions."):
+        if not versioned():
             return None
         g.api_version = negotiate(request.headers.get("OpenStack-API-Version"))
         check_request_text()
@@ -104,10 +98,7 @@ def create_app(settings: Settings | None = None, *, celery_app=None) -> Flask:
                                  g.request_id)
         if url_project and url_project != g.context.project_id:
             raise errors.InvalidInput("Malformed request url")
-        if request.method not in SAFE_METHODS and not g.context.can_write():
-            raise errors.PolicyNotAuthorized(message=(
-                f"Policy doesn't allow {request.method} {request.path} to be performed: the "
-                f"roles of the caller ({', '.join(g.context.roles)}) only allow reading."))
+        policy.authorize_method(g.context, request.method, request.path)
         return None
 
     @app.after_request
@@ -115,8 +106,7 @@ def create_app(settings: Settings | None = None, *, celery_app=None) -> Flask:
         rid = g.get("request_id") or f"req-{uuid.uuid4()}"
         response.headers["x-openstack-request-id"] = rid
         response.headers["x-compute-request-id"] = rid
-        if request.path.startswith("/v3/") and not (request.endpoint or "").startswith(
-                "versions."):
+        if versioned():
             version = g.get("api_version")
             response.headers["OpenStack-API-Version"] = f"volume {version or '3.0'}"
             response.headers["Vary"] = "OpenStack-API-Version"

@@ -95,12 +95,3 @@ def _flatten(messages, prefix="") -> str:
         text = " ".join(str(m) for m in messages)
         return f"{prefix.rstrip('.')}: {text}" if prefix else text
     return f"{prefix.rstrip('.')}: {messages}" if prefix else str(messages)
-
-
-def unwrap(data: dict, key: str):
-    """The value of the one key an enveloped body holds. :raises InvalidInput:"""
-    value = data.get(key, ...)
-    if value is ... or len(data) != 1:
-        raise errors.InvalidInput(f"Invalid input received: the body must hold exactly one key, "
-                                  f"'{key}'.")
-    return value

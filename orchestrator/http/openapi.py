@@ -1,392 +1,293 @@
-"""The OpenAPI 3 description of the API, built from the routes and the marshmallow schemas.
+"""The OpenAPI 3 description of the API, made by apispec from the route declarations.
 
-``GET /openapi.json`` serves it without credentials. Paths come from the
-application's URL map (both URL forms, ``/v3/...`` and ``/v3/{project_id}/...``),
-summaries from the view docstrings, request and reply bodies from the schemas
-in ``schemas.py`` (converted here to JSON Schema), and the per-operation
-extras (query parameters, statuses, microversion and policy notes) from
-``OPERATIONS`` below.
+``GET /openapi.json`` serves it without credentials. Each operation comes
+from a rule of the application's URL map (both URL forms, ``/v3/...`` and
+``/v3/{project_id}/...``) and the ``Route`` its view was declared with
+(routes.py): summary and description, the request body in its envelope, query
+parameters, the reply in its envelope, policy and microversion notes, and the
+faults it may answer. apispec's marshmallow plugin turns the schemas of
+schemas.py into components.
 """
 from __future__ import annotations
 
 import re
 
+from apispec import APISpec
+from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Blueprint
 from flask import Flask
 from flask import current_app
 from flask import jsonify
-from marshmallow import RAISE
 from marshmallow import Schema
 from marshmallow import fields
 from marshmallow import validate
 
+from orchestrator import policy
+from orchestrator.http import query
 from orchestrator.http import schemas
 from orchestrator.http.microversion import MAX_VERSION
 from orchestrator.http.microversion import MIN_VERSION
+from orchestrator.http.routes import Actions
+from orchestrator.http.routes import Body
+from orchestrator.http.routes import Listing
+from orchestrator.http.routes import Route
 
 bp = Blueprint("openapi", __name__)
 
-
-def _ref_name(name: str) -> str:
-    return f"#/components/schemas/{name}"
-
-
-def _schema_name(schema: type[Schema]) -> str:
-    return schema.__qualname__.replace("Schema", "") or schema.__qualname__
-
-
-def _ref(schema: type[Schema]) -> str:
-    return _ref_name(_schema_name(schema))
-
-
-ADMIN = "Admin only (403 for a non-admin caller on a visible resource, 404 on another " \
-        "project's)."
-
-
-def _q(name: str, description: str, schema: dict | None = None) -> dict:
-    return {"name": name, "in": "query", "required": False, "description": description,
-            "schema": schema or {"type": "string"}}
-
-
-PAGING = [
-    _q("limit", "Page size (>= 0; larger than the server maximum is clamped).",
-       {"type": "integer", "minimum": 0}),
-    _q("marker", "Id of the last item of the previous page (unknown id: 404)."),
-    _q("offset", "Items to skip (0 .. 2147483647).", {"type": "integer", "minimum": 0}),
-    _q("sort", "key[:asc|desc][,key2[:dir]] (default direction desc)."),
-    _q("sort_key", "Legacy sort key(s), comma-separated (not with `sort`)."),
-    _q("sort_dir", "Legacy sort direction(s): asc or desc (not with `sort`)."),
-    _q("with_count", "3.45+: add the total `count` of matching items.",
-       {"type": "string", "enum": ["true", "false", "1", "0"]}),
-    _q("all_tenants", "Admins: list every project. Ignored for other callers.",
-       {"type": "string", "enum": ["true", "false", "1", "0"]}),
-]
-
-
-def _filters(*names: str) -> list[dict]:
-    out = []
-    for name in names:
-        out.append(_q(name, f"Exact match on {name}."))
-        if name in ("name", "status", "volume_id"):
-            out.append(_q(f"{name}~", f"3.34+: substring match on {name}."))
-    return out
-
-
-BACKUP_LIST = PAGING + _filters("name", "status", "volume_id") + [
-    _q("metadata", "Admins: backups whose metadata holds these pairs, as JSON "
-                   "(`{\"k\": \"v\"}`).")]
-VOLUME_LIST = PAGING + _filters("name", "status", "availability_zone", "size", "bootable",
-                                "metadata")
-SNAPSHOT_LIST = PAGING + _filters("name", "status", "volume_id")
-
-
-def _wrap(key: str, schema: type[Schema] | dict, *, nullable: bool = False) -> dict:
-    inner = schema if isinstance(schema, dict) else {"$ref": _ref(schema)}
-    if nullable:
-        inner = {"anyOf": [inner, {"type": "object", "nullable": True}], "nullable": True}
-    return {"type": "object", "required": [key], "additionalProperties": False,
-            "properties": {key: inner}}
-
-
-ACTION_BODY = {"oneOf": [
-    _wrap("os-reset_status", schemas.ResetStatusSchema),
-    {"type": "object", "required": ["os-force_delete"], "additionalProperties": False,
-     "properties": {"os-force_delete": {"description": "any value (clients send null)",
-                                        "nullable": True}}},
-    {"type": "object", "required": ["os-verify"], "additionalProperties": False,
-     "properties": {"os-verify": {"description": "extension: re-read the backup and check "
-                                                "every digest; any value", "nullable": True}}},
-]}
-
-VOLUME_CREATE_BODY = {"type": "object", "required": ["volume"], "additionalProperties": False,
-                      "properties": {"volume": {"$ref": _ref(schemas.VolumeCreateSchema)},
-                                     "OS-SCH-HNT:scheduler_hints": {"type": "object"}}}
-
-# Blueprints whose operations are tagged by their last path segment.
-MISC = ("quotas", "limits", "services", "availability_zones")
-# endpoint (without the blueprint's "_project" suffix) → extras
-OPERATIONS: dict[str, dict] = {
-    "versions.root": {"auth": False, "responses": {300: schemas.VersionsSchema},
-                      "tags": ["versions"]},
-    "versions.v3": {"auth": False, "responses": {200: schemas.VersionsSchema},
-                    "tags": ["versions"]},
-    "backups.create": {"body": _wrap("backup", schemas.BackupCreateSchema),
-                       "responses": {202: schemas.BackupReplySchema},
-                       "errors": [400, 404, 413, 503],
-                       "notes": "`metadata` from 3.43, `availability_zone` from 3.51."},
-    "backups.index": {"query": BACKUP_LIST, "responses": {200: schemas.BackupListSchema}},
-    "backups.detail": {"query": BACKUP_LIST, "responses": {200: schemas.BackupListSchema}},
-    "backups.show": {"responses": {200: schemas.BackupReplySchema}, "errors": [404]},
-    "backups.update": {"body": _wrap("backup", schemas.BackupUpdateSchema),
-                       "responses": {200: schemas.BackupReplySchema}, "errors": [400, 404],
-                       "notes": "3.9+ (404 below); `metadata` from 3.43 replaces the set."},
-    "backups.delete": {"responses": {202: None}, "errors": [400, 404]},
-    "backups.restore": {"body": _wrap("restore", schemas.RestoreSchema, nullable=True),
-                        "responses": {202: schemas.RestoreReplySchema},
-                        "errors": [400, 404, 413]},
-    "backups.export_record": {"responses": {200: schemas.BackupRecordReplySchema},
-                              "errors": [400, 403, 404], "notes": ADMIN},
-    "backups.import_record": {"body": _wrap("backup-record", schemas.BackupRecordSchema),
-                              "responses": {201: schemas.BackupReplySchema},
-                              "errors": [400, 403, 413, 503], "notes": ADMIN},
-    "backups.action": {"body": ACTION_BODY, "responses": {202: None},
-                       "errors": [400, 403, 404], "notes": ADMIN},
-    "volumes.create_volume": {"body": VOLUME_CREATE_BODY,
-                              "responses": {202: schemas.VolumeReplySchema},
-                              "errors": [400, 404, 413, 503],
-                              "notes": "Unknown keys are refused from 3.53; `backup_id` from "
-                                       "3.47."},
-    "volumes.list_volumes": {"query": VOLUME_LIST, "responses": {200: schemas.VolumeListSchema}},
-    "volumes.list_volumes_detail": {"query": VOLUME_LIST,
-                                    "responses": {200: schemas.VolumeListSchema}},
-    "volumes.show_volume": {"responses": {200: schemas.VolumeReplySchema}, "errors": [404]},
-    "volumes.delete_volume": {
-        "query": [_q("cascade", "Delete the volume's snapshots too.",
-                     {"type": "string", "enum": ["true", "false"]}),
-                  _q("force", "3.23+, admin: any status.",
-                     {"type": "string", "enum": ["true", "false"]})],
-        "responses": {202: None}, "errors": [400, 403, 404]},
-    "snapshots.create_snapshot": {"tags": ["volumes"],
-                                  "body": _wrap("snapshot", schemas.SnapshotCreateSchema),
-                                  "responses": {202: schemas.SnapshotReplySchema},
-                                  "errors": [400, 404, 413]},
-    "snapshots.list_snapshots": {"tags": ["volumes"], "query": SNAPSHOT_LIST,
-                                 "responses": {200: schemas.SnapshotListSchema}},
-    "snapshots.list_snapshots_detail": {"tags": ["volumes"], "query": SNAPSHOT_LIST,
-                                        "responses": {200: schemas.SnapshotListSchema}},
-    "snapshots.show_snapshot": {"tags": ["volumes"],
-                                "responses": {200: schemas.SnapshotReplySchema},
-                                "errors": [404]},
-    "snapshots.delete_snapshot": {"tags": ["volumes"], "responses": {202: None},
-                                  "errors": [400, 404]},
-    "quotas.quota_show": {"query": [_q("usage", "Show in_use and reserved too.",
-                                       {"type": "string", "enum": ["True", "False"]})],
-                          "responses": {200: schemas.QuotaSetReplySchema}, "errors": [403],
-                          "notes": "The caller's own project, or any project for admins."},
-    "quotas.quota_defaults": {"responses": {200: schemas.QuotaSetReplySchema},
-                              "errors": [403]},
-    "quotas.quota_update": {"body": _wrap("quota_set", schemas.QuotaSetSchema),
-                            "responses": {200: schemas.QuotaSetReplySchema},
-                            "errors": [400, 403], "notes": "Admin only."},
-    "quotas.quota_delete": {"responses": {200: None}, "errors": [403], "notes": "Admin only."},
-    "limits.limits": {"responses": {200: schemas.LimitsReplySchema}},
-    "services.services": {"query": [_q("host", "Only this host."),
-                                    _q("binary", "Only this binary.")],
-                          "responses": {200: schemas.ServiceListSchema}, "errors": [403],
-                          "notes": "Admin only."},
-    "services.service_toggle": {"body": {"$ref": _ref(schemas.ServiceToggleSchema)},
-                                "responses": {200: schemas.ServiceToggleReplySchema},
-                                "errors": [400, 403, 404], "notes": "Admin only."},
-    "availability_zones.availability_zones": {
-        "responses": {200: schemas.AvailabilityZoneListSchema}},
-}
-
-
-# ------------------------------------------------------------------------ marshmallow → JSON Schema
-
-
-def _validators(field: fields.Field) -> list:
-    v = field.validators if hasattr(field, "validators") else []
-    return list(v or [])
-
-
-def field_schema(field: fields.Field, components: dict) -> dict:
-    """The JSON Schema (OpenAPI 3.0 dialect) of one marshmallow field."""
-    out: dict
-    if isinstance(field, fields.Nested):
-        nested = field.nested if isinstance(field.nested, type) else type(field.nested)
-        out = {"$ref": register(nested, components)}
-    elif isinstance(field, fields.List):
-        out = {"type": "array", "items": field_schema(field.inner, components)}
-    elif isinstance(field, fields.Dict):
-        out = {"type": "object"}
-        if field.value_field is not None:
-            out["additionalProperties"] = field_schema(field.value_field, components)
-        if field.key_field is not None:
-            for v in _validators(field.key_field):
-                if isinstance(v, validate.Regexp):
-                    out["x-key-pattern"] = v.regex.pattern
-    elif isinstance(field, (schemas.UUIDString, fields.UUID)):
-        out = {"type": "string", "format": "uuid"}
-    elif isinstance(field, fields.String):
-        out = {"type": "string"}
-    elif isinstance(field, schemas.LenientBool):
-        out = {"oneOf": [{"type": "boolean"},
-                         {"type": "string", "enum": sorted(schemas.TRUE | schemas.FALSE),
-                          "description": "any case"}]}
-    elif isinstance(field, schemas.WholeNumber):
-        out = {"oneOf": [{"type": "integer"}, {"type": "string", "pattern": "^-?[0-9]+$"}]}
-    elif isinstance(field, fields.Integer):
-        out = {"type": "integer"}
-    elif isinstance(field, fields.Boolean):
-        out = {"type": "boolean"}
-    else:
-        out = {}
-    for v in _validators(field):
-        if isinstance(v, validate.Length):
-            if v.min is not None:
-                out["minLength"] = v.min
-            if v.max is not None:
-                out["maxLength"] = v.max
-        elif isinstance(v, validate.Range):
-            target = out if "type" in out else {}
-            if v.min is not None:
-                target["minimum"] = v.min
-            if v.max is not None:
-                target["maximum"] = v.max
-            if target is not out:
-                out["x-range"] = target
-        elif isinstance(v, validate.Regexp):
-            out["pattern"] = v.regex.pattern
-    if field.allow_none:
-        out["nullable"] = True
-    description = (field.metadata or {}).get("description")
-    if description:
-        out["description"] = description
-    enum = (field.metadata or {}).get("enum")
-    if enum:
-        out["enum"] = enum
-    return out
-
-
-def register(schema: type[Schema], components: dict) -> str:
-    """Add a schema (and the schemas it nests) to ``components``; returns its $ref."""
-    name = _schema_name(schema)
-    if name in components:
-        return _ref_name(name)
-    components[name] = {}  # placeholder: stops recursion on self-references
-    instance = schema()
-    properties, required = {}, []
-    for attr, field in instance.fields.items():
-        key = field.data_key or attr
-        properties[key] = field_schema(field, components)
-        if field.required:
-            required.append(key)
-    body: dict = {"type": "object", "properties": properties}
-    if required:
-        body["required"] = required
-    if instance.unknown == RAISE and issubclass(schema, schemas.StrictSchema):
-        body["additionalProperties"] = False
-    if schema.__doc__:
-        body["description"] = " ".join(schema.__doc__.split())
-    components[name] = body
-    return _ref_name(name)
-
-
-def _resolve(value, components: dict):
-    """Swap the schema classes left in OPERATIONS for $refs, registering them."""
-    if isinstance(value, type) and issubclass(value, Schema):
-        return {"$ref": register(value, components)}
-    if isinstance(value, dict):
-        if "$ref" in value and value["$ref"].startswith(_ref_name("")):
-            name = value["$ref"][len(_ref_name("")):]
-            for candidate in vars(schemas).values():
-                if isinstance(candidate, type) and issubclass(candidate, Schema) and \
-                        _schema_name(candidate) == name:
-                    register(candidate, components)
-        return {k: _resolve(v, components) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_resolve(v, components) for v in value]
-    return value
-
-
-# ----------------------------------------------------------------------------- document
-
-_RULE_ARG = re.compile(r"<(?:[a-z]+:)?([A-Za-z_][A-Za-z0-9_]*)>")
+VERSION = f"{MAX_VERSION[0]}.{MAX_VERSION[1]}"
+AFTER_LOOKUP = "After the lookup (403 on a visible resource, 404 on another project's)"
 FAULT_TEXT = {400: "badRequest", 401: "unauthorized", 403: "forbidden", 404: "itemNotFound",
               405: "badMethod", 406: "computeFault (microversion outside 3.0-3.71)",
               413: "overLimit (quota, or a body over the size limit)",
               415: "badMediaType", 503: "serviceUnavailable"}
 VERSION_HEADER = {
     "name": "OpenStack-API-Version", "in": "header", "required": False,
-    "description": f"`volume {MIN_VERSION[0]}.{MIN_VERSION[1]}` .. "
-                   f"`volume {MAX_VERSION[0]}.{MAX_VERSION[1]}` or `volume latest`; "
-                   "absent means 3.0. Malformed: 400; out of range: 406.",
-    "schema": {"type": "string", "example": "volume 3.71"}}
+    "description": f"`volume {MIN_VERSION[0]}.{MIN_VERSION[1]}` .. `volume {VERSION}` or "
+                   "`volume latest`; absent means 3.0. Malformed: 400; out of range: 406.",
+    "schema": {"type": "string", "example": f"volume {VERSION}"}}
+BOOLEAN = {"type": "string", "enum": ["true", "false", "1", "0"]}
+_RULE_ARG = re.compile(r"<(?:[a-z]+:)?([A-Za-z_][A-Za-z0-9_]*)>")
+
+
+def _schema_name(schema) -> str:
+    """Component names: the class's qualified name without "Schema" (``Fault._Fault``)."""
+    cls = schema if isinstance(schema, type) else type(schema)
+    return cls.__qualname__.replace("Schema", "") or cls.__qualname__
+
+
+def _field_extras(self, field: fields.Field, ret: dict, **kwargs) -> dict:
+    """What apispec cannot infer from this project's own fields (an apispec attribute
+    function, called with the converter as ``self`` and the property so far as ``ret``)."""
+    if isinstance(field, schemas.LenientBool):
+        return {"oneOf": [{"type": "boolean"},
+                          {"type": "string", "enum": sorted(schemas.TRUE | schemas.FALSE),
+                           "description": "any case"}]}
+    if isinstance(field, schemas.WholeNumber):
+        ret.pop("x-minimum", None)  # apispec's range outside a type: it goes on the integer
+        ret.pop("x-maximum", None)
+        number = {"type": "integer"}
+        for v in field.validators:
+            if isinstance(v, validate.Range):
+                number.update({k: x for k, x in (("minimum", v.min), ("maximum", v.max))
+                               if x is not None})
+        return {"oneOf": [number, {"type": "string", "pattern": "^-?[0-9]+$"}]}
+    if isinstance(field, fields.Dict) and field.key_field is not None:
+        for v in field.key_field.validators:
+            if isinstance(v, validate.Regexp):
+                return {"x-key-pattern": v.regex.pattern}
+    return {}
 
 
 def build_document(app: Flask) -> dict:
-    """The whole OpenAPI document for ``app``'s routes."""
-    components: dict = {}
-    paths: dict = {}
-    fault_ref = register(schemas.FaultSchema, components)
+    """The whole OpenAPI document for ``app``'s declared routes."""
+    plugin = MarshmallowPlugin(schema_name_resolver=_schema_name)
+    spec = APISpec(
+        title="Volume backup orchestrator: Cinder Block Storage API v3 subset",
+        version=VERSION, openapi_version="3.0.3", plugins=[plugin],
+        info={"description": "Cinder v3 compatible. Every /v3 route exists with and without "
+                             "the /{project_id} segment; a project segment other than the "
+                             "caller's is a 400. Faults are "
+                             "{\"<faultName>\": {\"code\": N, \"message\": \"...\"}}."},
+        servers=[{"url": "/"}], security=[{"token": []}])
+    plugin.map_to_openapi_type(schemas.UUIDString, "string", "uuid")
+    plugin.converter.add_attribute_function(_field_extras)
+    spec.components.security_scheme("token", {
+        "type": "apiKey", "in": "header", "name": "X-Auth-Token",
+        "description": "ORCH_AUTH=token: a secret from `orchestrator token create`; "
+                       "ORCH_AUTH=noauth: `user_id:project_id`."})
     for rule in sorted(app.url_map.iter_rules(), key=lambda r: (r.rule, sorted(r.methods))):
-        endpoint = rule.endpoint
-        bp_name, _, func = endpoint.partition(".")
-        key = f"{bp_name.removesuffix('_project')}.{func}"
-        extra = OPERATIONS.get(key)
-        if extra is None:
-            continue
+        view = app.view_functions[rule.endpoint]
+        route: Route | None = getattr(view, "route", None)
         path = _RULE_ARG.sub(r"{\1}", rule.rule)
-        if path != "/" and path.endswith("/"):
-            continue  # the trailing-slash twin of a documented path
-        view = app.view_functions[endpoint]
-        summary = (view.__doc__ or func).strip().splitlines()[0]
-        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
-            op = _operation(method, path, key, summary, extra, fault_ref, components)
-            paths.setdefault(path, {})[method.lower()] = op
-    return {
-        "openapi": "3.0.3",
-        "info": {"title": "Volume backup orchestrator: Cinder Block Storage API v3 subset",
-                 "version": f"{MAX_VERSION[0]}.{MAX_VERSION[1]}",
-                 "description": "Cinder v3 compatible. Every /v3 route exists with and without "
-                                "the /{project_id} segment; a project segment other than the "
-                                "caller's is a 400. Faults are "
-                                "{\"<faultName>\": {\"code\": N, \"message\": \"...\"}}."},
-        "servers": [{"url": "/"}],
-        "paths": paths,
-        "components": {
-            "schemas": components,
-            "securitySchemes": {"token": {
-                "type": "apiKey", "in": "header", "name": "X-Auth-Token",
-                "description": "ORCH_AUTH=token: a secret from `orchestrator token create`; "
-                               "ORCH_AUTH=noauth: `user_id:project_id`."}},
-        },
-        "security": [{"token": []}],
-    }
+        if route is None or (path != "/" and path.endswith("/")):
+            continue  # not declared (this document), or the trailing-slash twin of a path
+        tag = app.blueprints[rule.endpoint.partition(".")[0]].tag
+        spec.path(path=path, operations={route.method.lower(): _operation(route, path, tag)})
+    doc = spec.to_dict()
+    _describe_components(doc["components"]["schemas"])
+    return doc
 
 
-def _operation(method: str, path: str, key: str, summary: str, extra: dict, fault_ref: str,
-               components: dict) -> dict:
-    area = key.split(".")[0]
-    op: dict = {"operationId": _operation_id(method, path), "summary": summary,
-                "tags": extra.get("tags") or [area if area not in MISC
-                                              else path.split("/")[-1].split("{")[0] or "misc"]}
-    params = []
+def _describe_components(components: dict) -> None:
+    """Each component's description from its schema's docstring."""
+    for cls in _schema_classes():
+        name = _schema_name(cls)
+        if name in components and cls.__doc__ and "description" not in components[name]:
+            components[name]["description"] = " ".join(cls.__doc__.split())
+
+
+def _schema_classes():
+    """Every schema class of schemas.py, nested ones included."""
+    pending = [v for v in vars(schemas).values() if isinstance(v, type) and issubclass(v, Schema)]
+    while pending:
+        cls = pending.pop()
+        yield cls
+        pending += [v for v in vars(cls).values() if isinstance(v, type) and
+                    issubclass(v, Schema) and v.__qualname__.startswith(cls.__qualname__ + ".")]
+
+
+def _operation(route: Route, path: str, tag: str) -> dict:
+    """One operation object; schema classes are left for apispec to resolve."""
+    op: dict = {"operationId": _operation_id(route.method, path), "summary": route.summary,
+                "tags": [tag]}
+    params: list = []
     for name in _RULE_ARG.findall(path.replace("{", "<").replace("}", ">")):
-        params.append({"name": name, "in": "path", "required": True,
-                       "schema": {"type": "string"}})
-    params.extend(extra.get("query", []))
-    if extra.get("auth", True):
-        params.append(VERSION_HEADER)
-    else:
+        schema: dict = {"type": "string"}
+        if name in route.choices:
+            schema["enum"] = list(route.choices[name])
+        params.append({"name": name, "in": "path", "required": True, "schema": schema})
+    params += [_query(q.name, q.description, {"type": "string", "enum": list(q.enum)}
+                      if q.enum else None) for q in route.query]
+    if route.listing is not None:
+        params += _listing(route.listing)
+    if route.public:
         op["security"] = []
+    else:
+        params.append(VERSION_HEADER)
     if params:
         op["parameters"] = params
-    if extra.get("notes"):
-        op["description"] = extra["notes"]
-    if extra.get("body") is not None:
+    description = _notes(route)
+    if description:
+        op["description"] = description
+    if route.policies():
+        op["x-policy"] = route.policies()
+    if route.body is not None:
         op["requestBody"] = {"required": True, "content": {"application/json": {
-            "schema": _resolve(extra["body"], components)}}}
-    responses: dict = {}
-    for status, schema in extra.get("responses", {}).items():
-        if schema is None:
-            responses[str(status)] = {"description": "No body."}
-        else:
-            responses[str(status)] = {"description": "OK", "content": {"application/json": {
-                "schema": _resolve(schema, components)}}}
-    codes = set(extra.get("errors", []))
-    if extra.get("auth", True):
-        codes |= {400, 401, 406}
-        if method in ("POST", "PUT"):
-            codes |= {413, 415}
-        if method != "GET":
-            codes.add(403)
-    for code in sorted(codes):
-        responses[str(code)] = {"description": FAULT_TEXT.get(code, "fault"),
-                                "content": {"application/json": {"schema": {"$ref": fault_ref}}}}
-    op["responses"] = responses
+            "schema": _request_schema(route.body)}}}
+    op["responses"] = {str(route.status): _reply(route), **_faults(route)}
     return op
+
+
+def _query(name: str, description: str, schema: dict | None = None) -> dict:
+    return {"name": name, "in": "query", "required": False, "description": description,
+            "schema": schema or {"type": "string"}}
+
+
+def _listing(listing: Listing) -> list[dict]:
+    """Paging, sorting, scoping and the filters of a list."""
+    out = [
+        _query("limit", "Page size (>= 0; larger than the server maximum is clamped).",
+               {"type": "integer", "minimum": 0}),
+        _query("marker", "Id of the last item of the previous page (unknown id: 404)."),
+        _query("offset", f"Items to skip (0 .. {schemas.DB_MAX_INT}).",
+               {"type": "integer", "minimum": 0, "maximum": schemas.DB_MAX_INT}),
+        _query("sort", "key[:asc|desc][,key2[:dir]] (default direction desc)." +
+               (f" `name` from {listing.name_sort_since}." if listing.name_sort_since else "")),
+        _query("sort_key", "Legacy sort key(s), comma-separated (not with `sort`)."),
+        _query("sort_dir", "Legacy sort direction(s): asc or desc (not with `sort`)."),
+        _query("with_count", f"{query.WITH_COUNT_SINCE}+: add the total `count` of matching "
+                             "items.", BOOLEAN),
+        _query("all_tenants", "Admins: list every project. Ignored for other callers.",
+               BOOLEAN),
+    ]
+    for column in listing.filters:
+        name = "name" if column == listing.name_column else column
+        if column == "metadata":
+            out.append(_query(name, "Items whose metadata holds these pairs, as JSON "
+                                    "(`{\"k\": \"v\"}`)."))
+            continue
+        out.append(_query(name, f"Exact match on {name}."))
+        out.append(_query(f"{name}~", f"{query.LIKE_SINCE}+: substring match on {name}."))
+    for column in listing.admin_filters:
+        out.append(_query(column, "Admins: items whose metadata holds these pairs, as JSON "
+                                  "(`{\"k\": \"v\"}`)." if column == "metadata"
+                          else f"Admins: exact match on {column}."))
+    return out
+
+
+def _notes(route: Route) -> str:
+    """The description: the docstring's text, then what the declaration says."""
+    notes = [route.description] if route.description else []
+    if route.since:
+        notes.append(f"From {route.since} (404 below).")
+    body = route.body
+    if isinstance(body, Body):
+        if body.gates:
+            notes.append(", ".join(f"`{name}` from {v}" for name, v in body.gates.items()) +
+                         " (refused below).")
+        if body.ignored_before:
+            notes.append(", ".join(f"`{name}` from {v}"
+                                   for name, v in body.ignored_before.items()) +
+                         " (ignored below).")
+        if body.strict_from:
+            notes.append(f"Unknown keys are ignored below {body.strict_from} and refused "
+                         "from it.")
+    for q in route.query:
+        if q.since:
+            notes.append(f"`{q.name}` from {q.since} (ignored below).")
+    if route.policy and route.owner:
+        notes.append(f"The caller's own project, or any project with `{route.policy}` "
+                     f"({policy.RULES[route.policy]}).")
+    elif route.policy and policy.RULES[route.policy] is policy.Role.ADMIN:
+        notes.append(f"Admin only (`{route.policy}`).")
+    after = [(None, route.resource_policy)] + [(f"`{q.name}`", q.policy) for q in route.query]
+    if isinstance(body, Actions):
+        after += [(f"`{a.name}`", a.policy) for a in body.actions]
+    after = [(what, rule) for what, rule in after if rule]
+    if after:
+        notes.append(f"{AFTER_LOOKUP}: " + ", ".join(
+            f"{what + ' ' if what else ''}needs `{rule}` ({policy.RULES[rule]})"
+            for what, rule in after) + ".")
+    return " ".join(notes)
+
+
+def _request_schema(body: Body | Actions) -> dict:
+    """The request body's JSON Schema, around the declared schema classes."""
+    if isinstance(body, Actions):
+        return {"oneOf": [_envelope(a.name, a.body.schema if a.body else
+                                    {"description": a.description, "nullable": True})
+                          for a in body.actions]}
+    if body.envelope is None:
+        return body.schema
+    inner = body.schema
+    if body.null_is_empty:
+        inner = {"anyOf": [inner, {"type": "object", "nullable": True}], "nullable": True}
+    out = _envelope(body.envelope, inner)
+    for sibling in body.siblings:
+        out["properties"][sibling] = {"type": "object"}
+    return out
+
+
+def _envelope(key: str, inner) -> dict:
+    return {"type": "object", "required": [key], "additionalProperties": False,
+            "properties": {key: inner}}
+
+
+def _reply(route: Route) -> dict:
+    """The success response: the reply schema in its envelope (a page for lists)."""
+    reply = route.reply
+    if reply is None:
+        return {"description": "No body."}
+    inner = {"type": "array", "items": reply.schema} if reply.many else reply.schema
+    schema = inner
+    if reply.envelope is not None:
+        schema = {"type": "object", "required": [reply.envelope],
+                  "properties": {reply.envelope: inner}}
+        if route.listing is not None:
+            schema["properties"][f"{reply.envelope}_links"] = {
+                "type": "array", "items": schemas.LinkSchema,
+                "description": "the next page, when there may be one"}
+            schema["properties"]["count"] = {
+                "type": "integer",
+                "description": f"{query.WITH_COUNT_SINCE}+ with with_count=true"}
+    return {"description": "OK", "content": {"application/json": {"schema": schema}}}
+
+
+def _faults(route: Route) -> dict:
+    """The faults an operation may answer: the declared ones and what the layer adds."""
+    codes = set(route.errors)
+    if not route.public:
+        codes |= {400, 401, 406}
+        if route.method in ("POST", "PUT"):
+            codes |= {413, 415}
+        if route.method != "GET" or any(policy.RULES[rule] is not policy.Role.READER
+                                        for rule in route.policies()):
+            codes.add(403)
+        if route.since or route.choices:
+            codes.add(404)
+    return {str(code): {"description": FAULT_TEXT.get(code, "fault"),
+                        "content": {"application/json": {"schema": schemas.FaultSchema}}}
+            for code in sorted(codes)}
 
 
 def _operation_id(method: str, path: str) -> str:

@@ -1,15 +1,19 @@
 """marshmallow schemas: request bodies (unknown keys refused) and, for the OpenAPI
-document, the shapes of the replies built in views.py."""
+document, the shapes of the replies render.py builds."""
 from __future__ import annotations
 
 import re
 import uuid
 
+from marshmallow import EXCLUDE
+from marshmallow import INCLUDE
 from marshmallow import RAISE
 from marshmallow import Schema
 from marshmallow import ValidationError
 from marshmallow import fields
 from marshmallow import validate
+
+from orchestrator.states import BackupStatus
 
 METADATA_KEY = re.compile(r"^[a-zA-Z0-9-_:. /]{1,255}$")
 TRUE = {"true", "1", "yes", "on", "t", "y"}
@@ -109,7 +113,10 @@ class ResetStatusSchema(StrictSchema):
 
 
 class VolumeCreateSchema(Schema):
-    """Cinder ignores unknown keys below 3.53 (the view enforces RAISE from 3.53)."""
+    """Unknown keys are ignored below 3.53 and refused from 3.53."""
+
+    class Meta:
+        unknown = EXCLUDE
 
     size = WholeNumber(allow_none=True, validate=validate.Range(min=1, max=DB_MAX_INT))
     name = Name()
@@ -164,24 +171,36 @@ class ServiceToggleSchema(StrictSchema):
 
 
 # ----------------------------------------------------------------------------- replies
-# Documentation only: views.py builds these dicts; the OpenAPI document shows them.
+# Documentation only: render.py builds these dicts; the OpenAPI document shows them, inside
+# the envelope each route declares.
 
 
-class LinkSchema(Schema):
+class ReplySchema(Schema):
+    """A reply's shape: replies may carry more keys than it lists (clients ignore them)."""
+
+    class Meta:
+        unknown = INCLUDE
+
+
+class EmptySchema(StrictSchema):
+    """An empty object."""
+
+
+class LinkSchema(ReplySchema):
     rel = fields.String(metadata={"description": "self, bookmark or next"})
     href = fields.String(metadata={"description": "absolute URL"})
 
 
-class BackupSummarySchema(Schema):
+class BackupSummarySchema(ReplySchema):
     id = fields.UUID()
     name = fields.String(allow_none=True)
     links = fields.List(fields.Nested(LinkSchema))
 
 
-class BackupDetailSchema(Schema):
+class BackupDetailSchema(ReplySchema):
     id = fields.UUID()
-    status = fields.String(metadata={"enum": ["creating", "available", "deleting", "error",
-                                              "restoring", "error_deleting"]})
+    status = fields.String(metadata={"enum": [s.value for s in BackupStatus
+                                              if s is not BackupStatus.DELETED]})
     size = fields.Integer()
     object_count = fields.Integer()
     availability_zone = fields.String(allow_none=True)
@@ -206,30 +225,19 @@ class BackupDetailSchema(Schema):
     encryption_key_id = fields.String(metadata={"description": "3.64+, only when set"})
 
 
-class BackupListSchema(Schema):
-    backups = fields.List(fields.Nested(BackupDetailSchema))
-    backups_links = fields.List(fields.Nested(LinkSchema))
-    count = fields.Integer(metadata={"description": "3.45+ with with_count=true"})
+class RestoreResultSchema(ReplySchema):
+    backup_id = fields.UUID()
+    volume_id = fields.UUID()
+    volume_name = fields.String(allow_none=True)
 
 
-class BackupReplySchema(Schema):
-    backup = fields.Nested(BackupDetailSchema)
+class VolumeSummarySchema(ReplySchema):
+    id = fields.UUID()
+    name = fields.String(allow_none=True)
+    links = fields.List(fields.Nested(LinkSchema))
 
 
-class RestoreReplySchema(Schema):
-    class _Restore(Schema):
-        backup_id = fields.UUID()
-        volume_id = fields.UUID()
-        volume_name = fields.String(allow_none=True)
-
-    restore = fields.Nested(_Restore)
-
-
-class BackupRecordReplySchema(Schema):
-    record = fields.Nested(BackupRecordSchema, data_key="backup-record")
-
-
-class VolumeDetailSchema(Schema):
+class VolumeDetailSchema(ReplySchema):
     id = fields.UUID()
     status = fields.String()
     size = fields.Integer()
@@ -250,17 +258,7 @@ class VolumeDetailSchema(Schema):
     attachments = fields.List(fields.Dict())
 
 
-class VolumeReplySchema(Schema):
-    volume = fields.Nested(VolumeDetailSchema)
-
-
-class VolumeListSchema(Schema):
-    volumes = fields.List(fields.Nested(VolumeDetailSchema))
-    volumes_links = fields.List(fields.Nested(LinkSchema))
-    count = fields.Integer()
-
-
-class SnapshotDetailSchema(Schema):
+class SnapshotDetailSchema(ReplySchema):
     id = fields.UUID()
     created_at = fields.String()
     updated_at = fields.String(allow_none=True)
@@ -274,31 +272,18 @@ class SnapshotDetailSchema(Schema):
     project_id = fields.String(data_key="os-extended-snapshot-attributes:project_id")
 
 
-class SnapshotReplySchema(Schema):
-    snapshot = fields.Nested(SnapshotDetailSchema)
+class QuotaSetReplySchema(ReplySchema):
+    """Resource → limit, or with usage=true resource → {limit, in_use, reserved}."""
+
+    id = fields.String(metadata={"description": "the project (absent after an update)"})
 
 
-class SnapshotListSchema(Schema):
-    snapshots = fields.List(fields.Nested(SnapshotDetailSchema))
-    snapshots_links = fields.List(fields.Nested(LinkSchema))
-    count = fields.Integer()
+class LimitsSchema(ReplySchema):
+    rate = fields.List(fields.Dict())
+    absolute = fields.Dict(keys=fields.String(), values=fields.Integer())
 
 
-class QuotaSetReplySchema(Schema):
-    quota_set = fields.Dict(metadata={"description": "resource → limit, or with usage=true "
-                                                     "resource → {limit, in_use, reserved}; "
-                                                     "`id` is the project"})
-
-
-class LimitsReplySchema(Schema):
-    class _Limits(Schema):
-        rate = fields.List(fields.Dict())
-        absolute = fields.Dict(keys=fields.String(), values=fields.Integer())
-
-    limits = fields.Nested(_Limits)
-
-
-class ServiceSchema(Schema):
+class ServiceSchema(ReplySchema):
     binary = fields.String()
     host = fields.String()
     zone = fields.String()
@@ -309,11 +294,7 @@ class ServiceSchema(Schema):
     cluster = fields.String(allow_none=True)
 
 
-class ServiceListSchema(Schema):
-    services = fields.List(fields.Nested(ServiceSchema))
-
-
-class ServiceToggleReplySchema(Schema):
+class ServiceToggleReplySchema(ReplySchema):
     host = fields.String()
     binary = fields.String()
     status = fields.String()
@@ -321,25 +302,22 @@ class ServiceToggleReplySchema(Schema):
     disabled_reason = fields.String()
 
 
-class AvailabilityZoneListSchema(Schema):
-    class _Zone(Schema):
-        class _State(Schema):
-            available = fields.Boolean()
+class AvailabilityZoneSchema(ReplySchema):
+    class _State(ReplySchema):
+        available = fields.Boolean()
 
-        zoneName = fields.String()
-        zoneState = fields.Nested(_State)
-
-    availabilityZoneInfo = fields.List(fields.Nested(_Zone))
+    zoneName = fields.String()
+    zoneState = fields.Nested(_State)
 
 
-class VersionsSchema(Schema):
+class VersionsSchema(ReplySchema):
     versions = fields.List(fields.Dict())
 
 
-class FaultSchema(Schema):
+class FaultSchema(ReplySchema):
     """{"<faultName>": {"code": N, "message": "..."}}: one key, named after the fault."""
 
-    class _Fault(Schema):
+    class _Fault(ReplySchema):
         code = fields.Integer()
         message = fields.String()
         retryAfter = fields.String(metadata={"description": "413 only"})

@@ -1,64 +1,57 @@
 """Services and their heartbeats: /v3[/{project_id}]/os-services..."""
 from __future__ import annotations
 
-from flask import Blueprint
-from flask import jsonify
-from flask import request
+from sqlalchemy import update
 
 from orchestrator import errors
 from orchestrator import hosts
 from orchestrator.http import schemas
-from orchestrator.http.body import json_body
-from orchestrator.http.body import load
-from orchestrator.http.current import ctx
 from orchestrator.http.current import mv
 from orchestrator.http.current import now
 from orchestrator.http.current import settings
 from orchestrator.http.responses import timestamp
+from orchestrator.http.routes import Body
+from orchestrator.http.routes import Query
+from orchestrator.http.routes import Reply
+from orchestrator.http.routes import RouteBlueprint
 from orchestrator.http.transaction import session
+from orchestrator.models import Service
 
-bp = Blueprint("services", __name__)
+bp = RouteBlueprint("services", __name__, tag="os-services")
 
 
-@bp.get("/os-services")
-def services(project_id=None):
-    """Every registered service with its heartbeat state (admin)."""
-    if not ctx().is_admin:
-        raise errors.PolicyNotAuthorized("volume_extension:services:index")
-    cfg = settings()
-    t = now()
+@bp.declare("GET", "/os-services", policy="volume_extension:services:index",
+            query=(Query("host", "Only this host."), Query("binary", "Only this binary.")),
+            reply=Reply(schemas.ServiceSchema, "services", many=True))
+def index(host, binary):
+    """Every registered service with its heartbeat state."""
+    version, t = mv(), now()
+    down_time = settings().service_down_time
     out = []
-    for svc in hosts.list_services(session(), host=request.args.get("host"),
-                                   binary=request.args.get("binary")):
+    for svc in hosts.list_services(session(), host=host, binary=binary):
         item = {"binary": svc.binary, "host": svc.host, "zone": svc.availability_zone,
                 "status": "disabled" if svc.disabled else "enabled",
-                "state": "up" if hosts.is_up(svc, now=t, down_time=cfg.service_down_time)
-                else "down",
+                "state": "up" if hosts.is_up(svc, now=t, down_time=down_time) else "down",
                 "updated_at": timestamp(svc.updated_at), "disabled_reason": svc.disabled_reason}
-        if mv().matches("3.7"):
+        if version.matches("3.7"):
             item["cluster"] = None
         if svc.binary == hosts.VOLUME_BINARY:
             item.update(replication_status="disabled", active_backend_id=None, frozen=False)
-            if mv().matches("3.49"):
+            if version.matches("3.49"):
                 item["backend_state"] = "up"
         out.append(item)
-    return jsonify({"services": out})
+    return out
 
 
-@bp.put("/os-services/<action>")
-def service_toggle(action, project_id=None):
-    """Enable or disable a service (admin)."""
-    from sqlalchemy import update
-
-    from orchestrator.models import Service
-    if not ctx().is_admin:
-        raise errors.PolicyNotAuthorized("volume_extension:services:update")
-    if action not in ("enable", "disable", "disable-log-reason"):
-        raise errors.NotFound("The resource could not be found.")
-    args = load(schemas.ServiceToggleSchema(), json_body())
-    host, binary = args["host"], args["binary"]
+@bp.declare("PUT", "/os-services/<action>", policy="volume_extension:services:update",
+            choices={"action": ("enable", "disable", "disable-log-reason")},
+            body=Body(schemas.ServiceToggleSchema),
+            reply=Reply(schemas.ServiceToggleReplySchema), errors=(404,))
+def toggle(action, body):
+    """Enable or disable a service."""
+    host, binary = body["host"], body["binary"]
     disabled = action != "enable"
-    reason = args.get("disabled_reason") if action == "disable-log-reason" else None
+    reason = body.get("disabled_reason") if action == "disable-log-reason" else None
     s = session(write=True)
     n = s.execute(update(Service).where(Service.host == host, Service.binary == binary)
                   .values(disabled=disabled, disabled_reason=reason, modified_at=now())).rowcount
@@ -69,4 +62,4 @@ def service_toggle(action, project_id=None):
            "disabled": disabled}
     if reason:
         out["disabled_reason"] = reason
-    return jsonify(out)
+    return out

@@ -1,82 +1,67 @@
 """Snapshots, the subset backups need: /v3[/{project_id}]/snapshots..."""
 from __future__ import annotations
 
-from flask import Blueprint
-from flask import jsonify
-
-from orchestrator import errors
 from orchestrator import volumes
 from orchestrator.http import schemas
-from orchestrator.http.body import json_body
-from orchestrator.http.body import load
-from orchestrator.http.body import unwrap
 from orchestrator.http.current import ctx
 from orchestrator.http.current import mv
 from orchestrator.http.current import now
 from orchestrator.http.current import settings
-from orchestrator.http.query import list_params
 from orchestrator.http.render import snapshot_detail
-from orchestrator.http.responses import empty_response
-from orchestrator.http.responses import list_response
+from orchestrator.http.routes import Body
+from orchestrator.http.routes import Listing
+from orchestrator.http.routes import Reply
+from orchestrator.http.routes import RouteBlueprint
 from orchestrator.http.transaction import commit_and_dispatch
 from orchestrator.http.transaction import session
 
-bp = Blueprint("snapshots", __name__)
+bp = RouteBlueprint("snapshots", __name__)
 
-SNAPSHOT_FILTERS = {"display_name", "status", "volume_id"}
+LISTING = Listing(filters=("display_name", "status", "volume_id"))
+DETAIL = Reply(schemas.SnapshotDetailSchema, "snapshot")
+IN_USE_SINCE = "3.66"  # a snapshot of an in-use volume without force
 
 
-@bp.post("/snapshots")
-def create_snapshot(project_id=None):
+@bp.declare("POST", "/snapshots", status=202, reply=DETAIL,
+            body=Body(schemas.SnapshotCreateSchema, "snapshot"), errors=(404, 413))
+def create(body):
     """Snapshot a volume."""
-    data = unwrap(json_body(), "snapshot")
-    if not isinstance(data, dict):
-        raise errors.InvalidInput("Invalid input received: 'snapshot' must be an object.")
-    args = load(schemas.SnapshotCreateSchema(), data)
     s = session(write=True)
     snap, job = volumes.new_snapshot(
-        s, ctx(), settings(), volume_id=args["volume_id"],
-        name=args.get("name", args.get("display_name")),
-        description=args.get("description", args.get("display_description")),
-        force=bool(args.get("force")), metadata=args.get("metadata"), now=now(),
-        allow_in_use=mv().matches("3.66"))
+        s, ctx(), settings(), volume_id=body["volume_id"],
+        name=body.get("name", body.get("display_name")),
+        description=body.get("description", body.get("display_description")),
+        force=bool(body.get("force")), metadata=body.get("metadata"), now=now(),
+        allow_in_use=mv().matches(IN_USE_SINCE))
     commit_and_dispatch([job])
-    return jsonify({"snapshot": snapshot_detail(snap)}), 202
+    return snapshot_detail(snap)
 
 
-def _list_snapshots(detail: bool):
-    p = list_params(user_filters=SNAPSHOT_FILTERS)
-    items, count = volumes.list_snapshots(
-        session(), ctx(), all_tenants=p["all_tenants"], filters=p["filters"],
-        like_filters=p["like_filters"], sort=p["sort"], marker=p["marker"], limit=p["limit"],
-        offset=p["offset"], with_count=p["with_count"])
-    return list_response("snapshots", [snapshot_detail(x) for x in items], items, p["limit"],
-                         count)
-
-
-@bp.get("/snapshots")
-def list_snapshots(project_id=None):
+@bp.declare("GET", "/snapshots", listing=LISTING,
+            reply=Reply(schemas.SnapshotDetailSchema, "snapshots", many=True))
+def index(page):
     """List snapshots."""
-    return _list_snapshots(False)
+    items, count = volumes.list_snapshots(session(), ctx(), **page)
+    return [snapshot_detail(x) for x in items], items, count
 
 
-@bp.get("/snapshots/detail")
-def list_snapshots_detail(project_id=None):
+@bp.declare("GET", "/snapshots/detail", listing=LISTING,
+            reply=Reply(schemas.SnapshotDetailSchema, "snapshots", many=True))
+def detail(page):
     """List snapshots with details."""
-    return _list_snapshots(True)
+    items, count = volumes.list_snapshots(session(), ctx(), **page)
+    return [snapshot_detail(x) for x in items], items, count
 
 
-@bp.get("/snapshots/<snapshot_id>")
-def show_snapshot(snapshot_id, project_id=None):
+@bp.declare("GET", "/snapshots/<snapshot_id>", reply=DETAIL, errors=(404,))
+def show(snapshot_id):
     """Show a snapshot."""
-    return jsonify({"snapshot": snapshot_detail(volumes.get_snapshot(session(), ctx(),
-                                                                     snapshot_id))})
+    return snapshot_detail(volumes.get_snapshot(session(), ctx(), snapshot_id))
 
 
-@bp.delete("/snapshots/<snapshot_id>")
-def delete_snapshot(snapshot_id, project_id=None):
+@bp.declare("DELETE", "/snapshots/<snapshot_id>", status=202, errors=(404,))
+def delete(snapshot_id):
     """Delete a snapshot."""
     s = session(write=True)
     job = volumes.delete_snapshot(s, ctx(), snapshot_id, now=now())
     commit_and_dispatch([job])
-    return empty_response(202)

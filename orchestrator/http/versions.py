@@ -1,17 +1,20 @@
 """Version discovery: / and /v3 (no credentials needed)."""
 from __future__ import annotations
 
-from flask import Blueprint
-from flask import jsonify
-
+from orchestrator.http import schemas
 from orchestrator.http.microversion import MAX_VERSION
 from orchestrator.http.microversion import MIN_VERSION
 from orchestrator.http.responses import base_url
+from orchestrator.http.routes import Reply
+from orchestrator.http.routes import RouteBlueprint
 
-bp = Blueprint("versions", __name__)
+bp = RouteBlueprint("versions", __name__, project_twin=False)
+
+VERSIONS = Reply(schemas.VersionsSchema)
 
 
 def _versions() -> dict:
+    """The one version document this API serves."""
     return {"versions": [{
         "id": "v3.0", "status": "CURRENT",
         "version": f"{MAX_VERSION[0]}.{MAX_VERSION[1]}",
@@ -25,16 +28,14 @@ def _versions() -> dict:
     }]}
 
 
-@bp.get("/")
+@bp.declare("GET", "/", public=True, status=300, reply=VERSIONS)
 def root():
     """Version discovery (no credentials needed)."""
-    return jsonify(_versions()), 300
+    return _versions()
 
 
-@bp.get("/v3")
-@bp.get("/v3/")
-@bp.get("/v3/<project:project_id>")
-@bp.get("/v3/<project:project_id>/")
-def v3(project_id=None):
+@bp.declare("GET", "/v3", public=True, reply=VERSIONS,
+            aliases=("/v3/", "/v3/<project:project_id>", "/v3/<project:project_id>/"))
+def v3():
     """The v3 version document (no credentials needed)."""
-    return jsonify(_versions())
+    return _versions()
