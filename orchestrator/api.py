@@ -418,12 +418,28 @@ def restore_backup(session: Session, ctx: RequestContext, settings: Settings, ba
 # ----------------------------------------------------------------------------- admin actions
 
 
+def _data_complete(session: Session, backup_id: str) -> bool:
+    """Whether the backup's objects are all there: its create (or import) succeeded and
+    no delete has started on it since."""
+    last = session.execute(
+        select(Job.op, Job.state).where(
+            Job.resource_id == backup_id,
+            Job.op.in_(("backup_create", "backup_import", "backup_delete")),
+            (Job.op != "backup_delete") | Job.started_at.is_not(None))
+        .order_by(Job.created_at.desc()).limit(1)).first()
+    return last is not None and last.op != "backup_delete" and last.state == JobState.SUCCEEDED
+
+
 def reset_status(session: Session, ctx: RequestContext, backup_id: str, status: str, *,
-                 now: dt.datetime) -> None:
+                 now: dt.datetime) -> list[Job]:
     """Set a backup to available or error whatever it was doing (admin).
 
-    A job still working on it is asked to stop; its completion cannot undo
-    the reset because every completion is a compare-and-swap.
+    Every job on it ends: a running one is asked to stop (its completion cannot
+    undo the reset: every completion is a compare-and-swap), a queued or
+    waiting one is cancelled here with its failure handling, so nothing runs
+    later on what the administrator released. A backup goes to ``available``
+    only if its data is complete. Returns jobs to dispatch (a force delete
+    chained after a cancelled job still runs).
 
     :raises BackupNotFound, PolicyNotAuthorized, InvalidBackup:
     """
@@ -433,12 +449,32 @@ def reset_status(session: Session, ctx: RequestContext, backup_id: str, status: 
     if status not in RESET_STATUSES:
         raise errors.InvalidBackup(f"Invalid backup: Backup status: {status} is invalid, valid "
                                    f"statuses are: ['available', 'error'].")
-    session.execute(update(Job).where(Job.resource_id == backup.id, Job.state == JobState.RUNNING)
-                    .values(cancel_requested=True))
-    backup.status = status
-    if status == BackupStatus.ERROR and not backup.fail_reason:
-        backup.fail_reason = "reset to error by an administrator"
-    backup.updated_at = now
+    if status == BackupStatus.AVAILABLE and not _data_complete(session, backup.id):
+        raise errors.InvalidBackup(
+            f"Invalid backup: Backup {backup.id} has no complete data (it was never created "
+            "successfully, or a delete has started on it); it can only be reset to error.")
+    to_dispatch: list[Job] = []
+    # Jobs first, then the backup: the lock order of every path.
+    active = session.scalars(select(Job).where(Job.resource_id == backup.id,
+                                               Job.state.in_(ACTIVE_JOB_STATES))
+                             .with_for_update()).all()
+    for job in active:
+        if job.state == JobState.RUNNING:
+            session.execute(update(Job).where(Job.id == job.id).values(cancel_requested=True))
+            continue
+        if job.state == JobState.WAITING:
+            session.execute(update(Job).where(Job.id == job.id, Job.state == JobState.WAITING)
+                            .values(state=JobState.QUEUED))
+        if jobs.finish(session, job, JobState.CANCELLED, now=now,
+                       error="cancelled by a status reset"):
+            to_dispatch.extend(jobs.on_failure(session, job, "cancelled by a status reset",
+                                               now=now, cancelled=True))
+    session.execute(update(Backup).where(Backup.id == backup.id).values(
+        status=status, updated_at=now,
+        fail_reason="reset to error by an administrator" if status == BackupStatus.ERROR
+        else None))
+    session.expire(backup)
+    return to_dispatch
 
 
 def verify_backup(session: Session, ctx: RequestContext, settings: Settings, backup_id: str, *,

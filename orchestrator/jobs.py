@@ -158,11 +158,23 @@ def abandon(session: Session, jobs: Iterable[Job], *, now: dt.datetime) -> None:
     The request is answered 503 and must leave nothing behind: rows it created
     are removed (with their quota), and rows it moved go back.
     """
-    for job in jobs:
-        session.execute(update(Job).where(Job.id == job.id).values(
-            state=JobState.CANCELLED, error="could not be queued", finished_at=now))
-        op = operations.get(job.op)
-        op.abandon(session, job, op.params(job), now=now)
+    for first in jobs:
+        for job in _with_chained(session, first):
+            session.execute(update(Job).where(Job.id == job.id).values(
+                state=JobState.CANCELLED, error="could not be queued", finished_at=now))
+            op = operations.get(job.op)
+            op.abandon(session, job, op.params(job), now=now)
+
+
+def _with_chained(session: Session, job: Job) -> list[Job]:
+    """``job`` and the waiting jobs chained after it (a restore after its new volume)."""
+    chain = [job]
+    while chain[-1].next_job_id:
+        nxt = session.get(Job, chain[-1].next_job_id)
+        if nxt is None or nxt.state != JobState.WAITING:
+            break
+        chain.append(nxt)
+    return chain
 
 
 def requeue(session: Session, job: Job, *, host: str, now: dt.datetime, note: str) -> bool:

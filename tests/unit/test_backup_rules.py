@@ -1,0 +1,161 @@
+"""Rules of the backup API, one at a time, in process on SQLite (and PostgreSQL when it
+answers): each test fails when its rule is broken."""
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from orchestrator import api
+from orchestrator import db as dbmod
+from orchestrator import errors
+from orchestrator import hosts
+from orchestrator import jobs
+from orchestrator.config import Settings
+from orchestrator.context import RequestContext
+from orchestrator.db import utcnow
+from orchestrator.dispatch import dispatch
+from orchestrator.migrate import upgrade
+from orchestrator.models import Backup
+from orchestrator.models import Job
+from orchestrator.models import Volume
+from orchestrator.operations.backups import BackupCreate
+from orchestrator.operations.backups import BackupCreateOutcome
+
+DEMO = RequestContext("demo", "demo")
+ADMIN = RequestContext("admin", "admin", is_admin=True, roles=("admin",))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def settings(request, tmp_path):
+    url = request.getfixturevalue("postgres").url if request.param == "postgresql" else ""
+    s = Settings(state_dir=str(tmp_path), broker_url="memory://", database_url=url)
+    upgrade(s.database_url)
+    return s
+
+
+@pytest.fixture
+def database(settings):
+    d = dbmod.get_database(settings.database_url)
+    with d.scope() as s:
+        hosts.record_heartbeat(s, "node1", [hosts.BACKUP_BINARY, hosts.VOLUME_BINARY],
+                               zone="nova", now=utcnow())
+    yield d
+    dbmod._databases.pop(settings.database_url, None)
+    d.dispose()
+
+
+def _volume(database, status="available") -> str:
+    with database.scope() as s:
+        vol = Volume(project_id="demo", user_id="demo", host="node1", availability_zone="nova",
+                     size=1, status=status, display_name="v", created_at=utcnow())
+        s.add(vol)
+        s.flush()
+        return vol.id
+
+
+def _create(database, settings, volume_id) -> tuple[str, str]:
+    with database.scope() as s:
+        backup, (job,) = api.create_backup(s, DEMO, settings, volume_id=volume_id, now=utcnow())
+    return backup.id, job.id
+
+
+def _succeed(database, job_id) -> None:
+    with database.scope() as s:
+        job = jobs.claim(s, job_id, "w1", now=utcnow(), ttl=60)
+    with database.scope() as s:
+        assert jobs.finish(s, job, "succeeded", now=utcnow(), owner="w1")
+        BackupCreate().complete(s, job, BackupCreate().params(job), BackupCreateOutcome(
+            container="c", prefix="p", object_count=1, stored_bytes=1, logical_bytes=1,
+            incremental=False), now=utcnow())
+
+
+def _reset(database, backup_id, status):
+    with database.scope() as s:
+        return api.reset_status(s, ADMIN, backup_id, status, now=utcnow())
+
+
+def _get(database, model, ident):
+    with database.scope(write=False) as s:
+        return s.get(model, ident)
+
+
+def test_reset_to_available_needs_complete_data(settings, database):
+    volume_id = _volume(database)
+    backup_id, job_id = _create(database, settings, volume_id)
+    # While the create is queued (or running) its data is incomplete.
+    with pytest.raises(errors.InvalidBackup, match="no complete data"):
+        _reset(database, backup_id, "available")
+    assert _get(database, Backup, backup_id).status == "creating"
+    _reset(database, backup_id, "error")  # always allowed; cancels the queued create
+    assert _get(database, Job, job_id).state == "cancelled"
+    assert _get(database, Volume, volume_id).status == "available"  # the source is released
+    with pytest.raises(errors.InvalidBackup, match="no complete data"):
+        _reset(database, backup_id, "available")
+
+
+def test_reset_to_available_after_a_good_create_clears_the_reason(settings, database):
+    backup_id, job_id = _create(database, settings, _volume(database))
+    _succeed(database, job_id)
+    _reset(database, backup_id, "error")
+    assert _get(database, Backup, backup_id).fail_reason == "reset to error by an administrator"
+    _reset(database, backup_id, "available")
+    backup = _get(database, Backup, backup_id)
+    assert (backup.status, backup.fail_reason) == ("available", None)
+
+
+def test_reset_after_a_started_delete_cannot_make_it_available(settings, database):
+    backup_id, job_id = _create(database, settings, _volume(database))
+    _succeed(database, job_id)
+    with database.scope() as s:
+        (delete,) = api.delete_backup(s, DEMO, settings, backup_id, now=utcnow())
+    with database.scope() as s:
+        jobs.claim(s, delete.id, "w1", now=utcnow(), ttl=60)  # it may have removed objects
+    _reset(database, backup_id, "error")
+    with pytest.raises(errors.InvalidBackup, match="no complete data"):
+        _reset(database, backup_id, "available")
+
+
+def test_reset_cancels_a_queued_restore(settings, database):
+    """A queued restore must not run later into a volume the administrator released."""
+    backup_id, job_id = _create(database, settings, _volume(database))
+    _succeed(database, job_id)
+    target = _volume(database)
+    with database.scope() as s:
+        _, (restore,) = api.restore_backup(s, DEMO, settings, backup_id, volume_id=target,
+                                           name=None, now=utcnow())
+    assert _get(database, Volume, target).status == "restoring-backup"
+    _reset(database, backup_id, "available")
+    assert _get(database, Job, restore.id).state == "cancelled"
+    assert _get(database, Volume, target).status != "restoring-backup"
+    with database.scope() as s:  # a late delivery of the restore finds nothing to claim
+        assert jobs.claim(s, restore.id, "w1", now=utcnow(), ttl=60) is None
+
+
+def test_reset_asks_a_running_job_to_stop(settings, database):
+    backup_id, job_id = _create(database, settings, _volume(database))
+    with database.scope() as s:
+        jobs.claim(s, job_id, "w1", now=utcnow(), ttl=60)
+    _reset(database, backup_id, "error")
+    job = _get(database, Job, job_id)
+    assert (job.state, job.cancel_requested) == ("running", True)
+
+
+class _Down:
+    def send(self, job):
+        raise errors.BrokerUnavailable("down")
+
+
+def test_broker_down_on_restore_to_a_new_volume_undoes_the_chain(settings, database):
+    backup_id, job_id = _create(database, settings, _volume(database))
+    _succeed(database, job_id)
+    with database.scope() as s:
+        info, to_send = api.restore_backup(s, DEMO, settings, backup_id, volume_id=None,
+                                           name=None, now=utcnow())
+    with pytest.raises(errors.BrokerUnavailable):
+        dispatch(database, _Down(), to_send, undo_on_failure=True)
+    assert _get(database, Backup, backup_id).status == "available"
+    with database.scope(write=False) as s:
+        states = {j.op: j.state for j in s.scalars(select(Job).where(
+            Job.op.in_(("volume_create", "backup_restore"))))}
+        assert states == {"volume_create": "cancelled", "backup_restore": "cancelled"}
+        assert s.get(Volume, info["volume_id"]) is None
