@@ -39,6 +39,7 @@ from orchestrator.operations.backups import BackupCreateParams
 from orchestrator.operations.backups import BackupDeleteParams
 from orchestrator.operations.backups import BackupImportParams
 from orchestrator.operations.backups import BackupRestoreParams
+from orchestrator.operations.backups import parse_time
 from orchestrator.persistence import backups as backup_rows
 from orchestrator.persistence.resources import set_status
 from orchestrator.states import ACTIVE_JOB_STATES
@@ -526,6 +527,53 @@ def export_record(session: Session, ctx: RequestContext, settings: Settings, bac
     return {"backup_service": backup.service or DRIVER_ID, "backup_url": url}
 
 
+UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+METADATA_KEY_RE = re.compile(r"[a-zA-Z0-9-_:. /]{1,255}")
+METADATA_MAX_ITEMS = 128
+NAME_MAX = 255
+# Sizes in GiB and counts beyond what the usage columns hold are nobody's backup.
+RECORD_INT_MAX = 2**31 - 1
+
+
+def _check_record(record: dict) -> tuple[str, int, str | None]:
+    """Every field of an exported record checked as a create checks its own.
+
+    Returns (id, size, container). :raises ValueError, TypeError, InvalidInput:
+    """
+    backup_uuid = record["id"]
+    if not isinstance(backup_uuid, str) or not UUID_RE.fullmatch(backup_uuid):
+        raise ValueError(f"id {backup_uuid!r} is not a UUID")
+    size = record["size"]
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= RECORD_INT_MAX:
+        raise ValueError(f"size {size!r} is not a whole number of GiB")
+    for key in ("volume_id", "snapshot_id", "parent_id"):
+        value = record.get(key)
+        if value is not None and (not isinstance(value, str) or not UUID_RE.fullmatch(value)):
+            raise ValueError(f"{key} {value!r} is not a UUID")
+    for key in ("display_name", "display_description", "service_metadata"):
+        value = record.get(key)
+        if value is not None and (not isinstance(value, str) or len(value) > NAME_MAX):
+            raise ValueError(f"{key} must be a string of at most {NAME_MAX} characters")
+    count = record.get("object_count") or 0
+    if isinstance(count, bool) or not isinstance(count, int) or \
+            not 0 <= count <= RECORD_INT_MAX:
+        raise ValueError(f"object_count {count!r} is not a count")
+    for key in ("created_at", "data_timestamp"):
+        if record.get(key) is not None:
+            if not isinstance(record[key], str):
+                raise ValueError(f"{key} is not a time")
+            parse_time(record[key])
+    metadata = record.get("metadata") or {}
+    if not isinstance(metadata, dict) or len(metadata) > METADATA_MAX_ITEMS:
+        raise ValueError(f"metadata must be an object of at most {METADATA_MAX_ITEMS} items")
+    for key, value in metadata.items():
+        if not METADATA_KEY_RE.fullmatch(key) or not isinstance(value, str) or \
+                len(value) > NAME_MAX:
+            raise ValueError(f"metadata item {key!r} is not a key of at most {NAME_MAX} "
+                             f"characters with a string value of at most {NAME_MAX}")
+    return backup_uuid, size, validate_container(record.get("container"))
+
+
 def _already_exists() -> errors.InvalidBackup:
     return errors.InvalidBackup("Invalid backup: Backup already exists in database.")
 
@@ -548,22 +596,22 @@ def import_record(session: Session, ctx: RequestContext, settings: Settings, *,
     if not isinstance(record, dict):
         raise errors.InvalidInput("Invalid input received: Can't parse backup record.")
     if "id" not in record:
-        raise errors.InvalidBackup("Invalid backup: Provided backup record is missing an id.")
+        raise errors.InvalidInput("Invalid input received: Provided backup record is missing "
+                                  "an id.")
     if "size" not in record:
-        raise errors.InvalidBackup("Invalid backup: Provided backup record is missing size "
-                                   "attribute.")
+        raise errors.InvalidInput("Invalid input received: Provided backup record is missing "
+                                  "size attribute.")
     try:
-        size = int(record["size"])
-        backup_uuid = str(record["id"])
-        if not re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
-                            backup_uuid):
-            raise ValueError(backup_uuid)
-        container = validate_container(record.get("container"))
-        if size < 0:
-            raise ValueError(size)
-    except (TypeError, ValueError, errors.InvalidInput) as exc:
+        backup_uuid, size, container = _check_record(record)
+    except (TypeError, ValueError, OverflowError, errors.InvalidInput) as exc:
         raise errors.InvalidInput(f"Invalid input received: Can't parse backup record "
                                   f"({exc}).") from None
+    parent_id = record.get("parent_id")
+    if parent_id is not None and session.scalar(select(Backup.id).where(
+            Backup.id == parent_id, Backup.project_id == ctx.project_id,
+            Backup.deleted.is_(False))) is None:
+        raise errors.InvalidInput(f"Invalid input received: the record's parent backup "
+                                  f"{parent_id} is not a backup of project {ctx.project_id}.")
     # Locked (PostgreSQL): two imports of one deleted record revive it once; the second
     # waits, then finds it live.
     existing = session.scalar(select(Backup).where(Backup.id == backup_uuid)

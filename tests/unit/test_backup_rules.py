@@ -159,3 +159,48 @@ def test_broker_down_on_restore_to_a_new_volume_undoes_the_chain(settings, datab
             Job.op.in_(("volume_create", "backup_restore"))))}
         assert states == {"volume_create": "cancelled", "backup_restore": "cancelled"}
         assert s.get(Volume, info["volume_id"]) is None
+
+
+def _record(**fields) -> dict:
+    import base64
+    import json
+    record = {"id": "0f0e0d0c-0b0a-4908-8706-050403020100", "size": 1, "container": "c",
+              "service_metadata": "backup_x", **fields}
+    record = {k: v for k, v in record.items() if v is not ...}
+    return {"backup_service": "orchestrator.drivers.chunked",
+            "backup_url": base64.b64encode(json.dumps(record).encode()).decode()}
+
+
+@pytest.mark.parametrize("fields, needle", [
+    ({"id": ...}, "missing an id"),
+    ({"size": ...}, "missing size attribute"),
+    ({"size": 2**40}, "size"),
+    ({"size": -1}, "size"),
+    ({"size": "1"}, "size"),
+    ({"id": "not-a-uuid"}, "UUID"),
+    ({"volume_id": "x" * 400}, "volume_id"),
+    ({"display_name": "n" * 256}, "display_name"),
+    ({"display_description": 5}, "display_description"),
+    ({"object_count": -3}, "object_count"),
+    ({"created_at": "yesterday"}, "parse"),
+    ({"metadata": {"k": 1}}, "metadata"),
+    ({"metadata": {"bad\n": "v"}}, "metadata"),
+    ({"metadata": {f"k{i}": "v" for i in range(129)}}, "metadata"),
+    ({"container": "../escape"}, "container"),
+])
+def test_import_validates_every_field_of_the_record(settings, database, fields, needle):
+    with database.scope() as s, pytest.raises(errors.InvalidInput, match=needle):
+        api.import_record(s, ADMIN, settings, now=utcnow(), **_record(**fields))
+    with database.scope(write=False) as s:
+        assert s.scalar(select(Backup.id)) is None
+        assert s.scalar(select(Job.id)) is None
+
+
+def test_import_parent_must_be_a_backup_of_the_importing_project(settings, database):
+    other, job_id = _create(database, settings, _volume(database))  # project demo's
+    _succeed(database, job_id)
+    with database.scope() as s, pytest.raises(errors.InvalidInput, match="parent backup"):
+        api.import_record(s, ADMIN, settings, now=utcnow(), **_record(parent_id=other))
+    with database.scope() as s:  # the admin's own backups may be parents
+        backup, _ = api.import_record(s, ADMIN, settings, now=utcnow(), **_record())
+    assert _get(database, Backup, backup.id).status == "creating"

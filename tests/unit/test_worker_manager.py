@@ -255,3 +255,31 @@ def test_a_job_chained_while_running_is_queued_when_it_ends(settings, database, 
     with database.scope(write=False) as s:
         assert s.get(Job, job_id).state == outcome
         assert s.get(Job, chained[0]).state == "queued"
+
+
+@pytest.mark.parametrize("size", [1, 3])
+def test_import_checks_the_records_size_against_the_manifest(settings, database, node, size):
+    """A record whose size differs from the manifest's volume would let a restore grow a
+    target past its recorded size (and past quota): the import fails instead."""
+    import base64
+    import json
+    volume_id = _volume(settings, database, image=True)
+    backup_id, job_id = _backup(settings, database, volume_id)
+    assert manager.run_job(settings, job_id, owner="w1") == "succeeded"
+    admin = RequestContext("admin", "admin", is_admin=True, roles=("admin",))
+    with database.scope() as s:
+        export = api.export_record(s, admin, settings, backup_id)
+        s.execute(update(Backup).where(Backup.id == backup_id)
+                  .values(deleted=True, status="deleted"))
+    record = json.loads(base64.b64decode(export["backup_url"]))
+    record["size"] = size
+    export["backup_url"] = base64.b64encode(json.dumps(record).encode()).decode()
+    with database.scope() as s:
+        _, (job,) = api.import_record(s, admin, settings, now=utcnow(), **export)
+    expected = "succeeded" if size == 1 else "failed"
+    assert manager.run_job(settings, job.id, owner="w1") == expected
+    with database.scope(write=False) as s:
+        backup = s.get(Backup, backup_id)
+        assert backup.status == ("available" if size == 1 else "error")
+        if size != 1:
+            assert "3 GiB" in backup.fail_reason and "1 GiB volume" in backup.fail_reason

@@ -115,6 +115,12 @@ class BackupImportRun(RunHalf):
         if manifest.get("backup_id") not in (None, record["id"]):
             raise ValueError(f"the manifest in the store belongs to backup "
                              f"{manifest.get('backup_id')}, not {record['id']}")
+        # The record's size is what quota was charged and what a restore makes room for:
+        # it must be the size of the volume the manifest describes.
+        volume_gib = -(-int(manifest.get("size_bytes") or 0) // GiB)
+        if int(record.get("size") or 0) != volume_gib:
+            raise ValueError(f"the record says {record.get('size')} GiB but the backup in the "
+                             f"store is of a {volume_gib} GiB volume")
 
 
 @runs
