@@ -49,7 +49,7 @@ from orchestrator.states import SnapshotStatus
 from orchestrator.states import VerifyStatus
 from orchestrator.states import VolumeStatus
 
-CONTAINER_RE = re.compile(r"^[A-Za-z0-9._/-]{1,255}$")
+CONTAINER_RE = re.compile(r"[A-Za-z0-9._/-]{1,255}")
 RESET_STATUSES = (BackupStatus.AVAILABLE, BackupStatus.ERROR)
 SORT_KEYS = {"id", "status", "size", "availability_zone", "created_at", "updated_at",
              "display_name", "volume_id", "data_timestamp", "container", "object_count",
@@ -57,17 +57,19 @@ SORT_KEYS = {"id", "status", "size", "availability_zone", "created_at", "updated
 
 
 def validate_container(container: str | None) -> str | None:
-    """Containers are relative paths of [A-Za-z0-9._/-] without `..` (fixes Cinder's W19).
+    """Containers are relative paths of [A-Za-z0-9._/-], every component non-empty and not
+    `.` or `..` (fixes Cinder's W19): exactly what the data path's stores accept, so a
+    create the API takes is never refused by the worker.
 
     :raises InvalidInput:
     """
     if container is None or container == "":
         return None
-    if not CONTAINER_RE.match(container) or container.startswith("/") or \
-            any(part in ("..", ".") for part in container.split("/")) or "//" in container:
+    if not CONTAINER_RE.fullmatch(container) or \
+            any(part in ("", ".", "..") for part in container.split("/")):
         raise errors.InvalidInput(
             f"Invalid input received: container '{container}' must be a relative path of "
-            "letters, digits, '.', '_', '-' and '/', without '.' or '..' components.")
+            "letters, digits, '.', '_', '-' and '/', without empty, '.' or '..' components.")
     return container
 
 

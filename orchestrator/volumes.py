@@ -29,6 +29,7 @@ from orchestrator.models import new_id
 from orchestrator.operations.volumes import SnapshotParams
 from orchestrator.operations.volumes import VolumeCreateParams
 from orchestrator.operations.volumes import VolumeDeleteParams
+from orchestrator.states import SnapshotStatus
 from orchestrator.states import VolumeStatus
 
 VOLUME_DELETABLE = ("available", "error", "error_restoring", "error_extending")
@@ -116,6 +117,12 @@ def delete_volume(session: Session, ctx: RequestContext, settings: Settings, vol
     if snaps and not cascade:
         raise errors.InvalidVolume(f"Invalid volume: Volume {vol.id} still has "
                                    f"{len(snaps)} dependent snapshots.")
+    busy = [snap for snap in snaps
+            if snap.status not in (SnapshotStatus.AVAILABLE, SnapshotStatus.ERROR)]
+    if busy and not force:
+        raise errors.InvalidVolume(
+            f"Invalid volume: Snapshot {busy[0].id} of volume {vol.id} is {busy[0].status}; "
+            "the volume can be deleted with its snapshots once that ends.")
     previous = vol.status  # read before the CAS: the ORM syncs the object after it
     allowed = None if force else VOLUME_DELETABLE
     cond = [Volume.id == vol.id, Volume.deleted.is_(False), Volume.status != "deleting"]

@@ -3,13 +3,18 @@ answers): each test fails when its rule is broken."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as settings_
+from hypothesis import strategies as st
 from sqlalchemy import select
+from sqlalchemy import update
 
 from orchestrator import api
 from orchestrator import db as dbmod
 from orchestrator import errors
 from orchestrator import hosts
 from orchestrator import jobs
+from orchestrator import volumes
 from orchestrator.config import Settings
 from orchestrator.context import RequestContext
 from orchestrator.db import utcnow
@@ -17,6 +22,7 @@ from orchestrator.dispatch import dispatch
 from orchestrator.migrate import upgrade
 from orchestrator.models import Backup
 from orchestrator.models import Job
+from orchestrator.models import Snapshot
 from orchestrator.models import Volume
 from orchestrator.operations.backups import BackupCreate
 from orchestrator.operations.backups import BackupCreateOutcome
@@ -204,3 +210,38 @@ def test_import_parent_must_be_a_backup_of_the_importing_project(settings, datab
     with database.scope() as s:  # the admin's own backups may be parents
         backup, _ = api.import_record(s, ADMIN, settings, now=utcnow(), **_record())
     assert _get(database, Backup, backup.id).status == "creating"
+
+
+@given(st.text(alphabet="ab./-_\n\\ é", max_size=12) | st.sampled_from(
+    ["a/", "/a", "a//b", "a/./b", "a/../b", "..", ".", "a\n", "a" * 256, "x" * 255]))
+@settings_(max_examples=400, deadline=None)
+def test_a_container_the_api_accepts_the_data_path_accepts(container):
+    """Whatever the API takes, the worker's stores take (else a 202 that never ends)."""
+    from workers.datapath import InvalidContainer
+    from workers.datapath import validate_container as store_rule
+    try:
+        accepted = api.validate_container(container)
+    except errors.InvalidInput:
+        return
+    if accepted is None:
+        return
+    try:
+        store_rule(accepted)
+    except InvalidContainer as exc:
+        raise AssertionError(f"the API accepts {container!r}, the store does not: {exc}") from exc
+
+
+def test_a_cascading_volume_delete_waits_for_a_snapshot_backup(settings, database):
+    volume_id = _volume(database)
+    with database.scope() as s:
+        snap, _ = volumes.new_snapshot(s, DEMO, settings, volume_id=volume_id, name="s",
+                                       description=None, force=False, metadata=None,
+                                       now=utcnow())
+        s.execute(update(Snapshot).where(Snapshot.id == snap.id).values(status="available"))
+    with database.scope() as s:
+        api.create_backup(s, DEMO, settings, volume_id=volume_id, snapshot_id=snap.id,
+                          now=utcnow())
+    with database.scope() as s, pytest.raises(errors.InvalidVolume, match="backing-up"):
+        volumes.delete_volume(s, DEMO, settings, volume_id, cascade=True, now=utcnow())
+    assert _get(database, Volume, volume_id).status == "available"
+    assert _get(database, Snapshot, snap.id).status == "backing-up"
