@@ -140,8 +140,7 @@ def _choose_parent(session: Session, ctx: RequestContext, volume_id: str,
         Backup.volume_id == volume_id, Backup.project_id == ctx.project_id,
         Backup.deleted.is_(False))).all()
     if not candidates:
-        raise errors.InvalidBackup("Invalid backup: No backups available to do an incremental"
-                                   " backup.")
+        raise _no_parent()
     minimum = dt.datetime.min
     eligible = [b for b in candidates if b.status == BackupStatus.AVAILABLE and (
         snapshot_created_at is None or (b.data_timestamp or minimum) < snapshot_created_at)]
@@ -151,9 +150,13 @@ def _choose_parent(session: Session, ctx: RequestContext, volume_id: str,
     # parent waits for it and then sees the child (and a delete that came first is seen
     # here as the parent's new status).
     if parent is None or _lock_backup(session, parent.id) != (BackupStatus.AVAILABLE, False):
-        raise errors.InvalidBackup("Invalid backup: The parent backup must be available for"
-                                   " incremental backup.")
+        raise _no_parent()
     return parent
+
+
+def _no_parent() -> errors.InvalidBackup:
+    return errors.InvalidBackup("Invalid backup: No backups available to do an incremental "
+                                "backup.")
 
 
 def create_backup(session: Session, ctx: RequestContext, settings: Settings, *, volume_id: str,
@@ -186,12 +189,18 @@ def create_backup(session: Session, ctx: RequestContext, settings: Settings, *, 
         if volume.status == VolumeStatus.IN_USE and not force:
             raise errors.InvalidVolume(f"Invalid volume: Backing up an in-use volume {volume.id}"
                                        " must use the force flag.")
+    if availability_zone:
+        hosts.check_zone(session, availability_zone)
     az = availability_zone or volume.availability_zone
     host = hosts.select_host(session, hosts.BACKUP_BINARY, now=now,
                              down_time=settings.service_down_time, az=az,
                              preferred=volume.host, use_same_host=settings.backup_use_same_host)
     parent = None
     if incremental:
+        # Quota is Cinder's step before the parent choice: an over-quota incremental with no
+        # parent is a 413, not a 400. (Checked here, charged at the end: see below.)
+        quota.check(session, ctx.project_id, {"backups": 1, "backup_gigabytes": volume.size},
+                    settings)
         parent = _choose_parent(session, ctx, volume.id,
                                 snapshot.created_at if snapshot else None)
     if snapshot is not None:
@@ -234,6 +243,9 @@ def update_backup(session: Session, ctx: RequestContext, backup_id: str, *,
                   fields: dict, now: dt.datetime) -> Backup:
     """Change name, description and (whole-set) metadata; allowed in any status."""
     backup = get_backup(session, ctx, backup_id)
+    if "metadata" in fields and fields["metadata"] is None:
+        raise errors.InvalidInput("Invalid input received: metadata must be an object, "
+                                  "not null.")
     if "name" in fields:
         backup.display_name = fields["name"]
     if "description" in fields:
@@ -264,11 +276,18 @@ def _has_children(session: Session, backup: Backup) -> bool:
                                                   Backup.deleted.is_(False)).limit(1)) is not None
 
 
-def _delete_host(session: Session, settings: Settings, backup: Backup, now: dt.datetime) -> str:
-    return hosts.select_host(session, hosts.BACKUP_BINARY, now=now,
-                             down_time=settings.service_down_time,
-                             az=backup.availability_zone, preferred=backup.host,
-                             use_same_host=settings.backup_use_same_host)
+def _backup_host(session: Session, settings: Settings, backup: Backup, now: dt.datetime) -> str:
+    """A live backup host for a job on an existing backup (delete, restore, verify).
+
+    :raises ServiceNotFound: Cinder's 404 when none is alive.
+    """
+    try:
+        return hosts.select_host(session, hosts.BACKUP_BINARY, now=now,
+                                 down_time=settings.service_down_time,
+                                 az=backup.availability_zone, preferred=backup.host,
+                                 use_same_host=settings.backup_use_same_host)
+    except errors.NoLiveHost:
+        raise errors.ServiceNotFound(hosts.BACKUP_BINARY) from None
 
 
 def delete_backup(session: Session, ctx: RequestContext, settings: Settings, backup_id: str, *,
@@ -282,7 +301,7 @@ def delete_backup(session: Session, ctx: RequestContext, settings: Settings, bac
         raise errors.InvalidBackup("Invalid backup: Backup status must be available or error")
     if _has_children(session, backup):
         raise errors.InvalidBackup("Invalid backup: Incremental backups exist for this backup.")
-    host = _delete_host(session, settings, backup, now)
+    host = _backup_host(session, settings, backup, now)
     previous = backup.status  # read before the CAS: the ORM syncs the object after it
     if session.execute(update(Backup).where(Backup.id == backup.id, Backup.status == previous)
                        .values(status=BackupStatus.DELETING, host=host,
@@ -311,7 +330,7 @@ def force_delete_backup(session: Session, ctx: RequestContext, settings: Setting
         raise errors.InvalidBackup("Invalid backup: Incremental backups exist for this backup.")
     if backup.status == BackupStatus.DELETING and active_operation(session, backup) is not None:
         return []  # already being deleted
-    host = _delete_host(session, settings, backup, now)
+    host = _backup_host(session, settings, backup, now)
     previous = backup.status
     running = active_operation(session, backup, lock=True)  # the job first, then the backup
     session.execute(update(Backup).where(Backup.id == backup.id)
@@ -367,13 +386,11 @@ def restore_backup(session: Session, ctx: RequestContext, settings: Settings, ba
         raise errors.InvalidBackup("Invalid backup: Backup status must be available")
     if backup.size is None:
         raise errors.InvalidBackup(f"Invalid backup: Backup {backup.id} has no size.")
-    host = hosts.select_host(session, hosts.BACKUP_BINARY, now=now,
-                             down_time=settings.service_down_time,
-                             az=backup.availability_zone, preferred=backup.host,
-                             use_same_host=settings.backup_use_same_host)
     to_dispatch: list[Job] = []
-    if volume_id:
-        volume = volumes.get_volume(session, ctx, volume_id)
+    volume = volumes.get_volume(session, ctx, volume_id) if volume_id else None
+    # The target is checked before a host is chosen (a bad target is a 400 whatever the
+    # fleet's state).
+    if volume is not None:
         if volume.status != VolumeStatus.AVAILABLE:
             raise errors.InvalidVolume(f"Invalid volume: Volume to be restored to must be "
                                        f"available, but the current status is {volume.status}.")
@@ -381,6 +398,8 @@ def restore_backup(session: Session, ctx: RequestContext, settings: Settings, ba
             raise errors.InvalidVolume(
                 f"Invalid volume: volume size {volume.size} is smaller than backup size "
                 f"{backup.size}.")
+    host = _backup_host(session, settings, backup, now)
+    if volume is not None:
         if set_status(session, Volume, volume.id, VolumeStatus.AVAILABLE,
                       VolumeStatus.RESTORING_BACKUP, now=now) != 1:
             raise errors.InvalidVolume(f"Invalid volume: Volume {volume.id} changed status "
@@ -388,8 +407,9 @@ def restore_backup(session: Session, ctx: RequestContext, settings: Settings, ba
         volume_is_new = False
         restore_state = JobState.QUEUED
     else:
+        # The new volume goes to the default zone unless the request names one (Cinder).
         attrs = {"size": backup.size, "description": "auto-created_from_restore_from_backup",
-                 "availability_zone": backup.availability_zone, "metadata": None,
+                 "availability_zone": None, "metadata": None,
                  "volume_type": None, **(new_volume or {})}
         if attrs["size"] < backup.size:
             raise errors.InvalidVolume(f"Invalid volume: volume size {attrs['size']} is smaller"
@@ -496,7 +516,7 @@ def verify_backup(session: Session, ctx: RequestContext, settings: Settings, bac
     if active_operation(session, backup) is not None:
         raise errors.InvalidBackup(f"Invalid backup: Backup {backup.id} has an operation in "
                                    "progress; verify it afterwards.")
-    host = _delete_host(session, settings, backup, now)
+    host = _backup_host(session, settings, backup, now)
     backup.verify_status = VerifyStatus.VERIFYING
     backup.verify_message = None
     return [jobs.create(session, "backup_verify", resource_id=backup.id, host=host,

@@ -100,6 +100,18 @@ class ServiceUnavailable(OrchestratorError):
     default_message = "Service unavailable."
 
 
+class ServiceNotFound(NotFound):
+    """No live backup host for a delete, restore or reset: Cinder answers 404 here."""
+
+    def __init__(self, binary: str = "cinder-backup"):
+        super().__init__(f"Service {binary} could not be found.")
+
+
+class InvalidAvailabilityZone(Invalid):
+    def __init__(self, zone: str):
+        super().__init__(f"Availability zone '{zone}' is invalid.")
+
+
 class NoLiveHost(ServiceUnavailable):
     def __init__(self, binary: str, az: str | None):
         where = f" in availability zone {az}" if az else ""

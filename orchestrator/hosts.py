@@ -130,7 +130,15 @@ def list_services(session: Session, *, host: str | None = None,
     return list(session.scalars(query.order_by(Service.binary, Service.host)))
 
 
-def availability_zones(session: Session, *, now: dt.datetime, down_time: float) -> dict[str, bool]:
+def check_zone(session: Session, zone: str) -> None:
+    """:raises InvalidAvailabilityZone: no service was ever registered in ``zone``."""
+    if session.scalar(select(Service.id).where(Service.availability_zone == zone)
+                      .limit(1)) is None:
+        raise errors.InvalidAvailabilityZone(zone)
+
+
+def availability_zones(session: Session, *, now: dt.datetime,
+                       down_time: float) -> dict[str, bool]:
     """Every zone with a registered service, and whether any of its services is up."""
     zones: dict[str, bool] = {}
     for svc in session.scalars(select(Service)):

@@ -212,6 +212,27 @@ def rollback(session: Session, reservation_ids: list[str], *, now: dt.datetime) 
     _finish(session, reservation_ids, apply=False, now=now)
 
 
+def check(session: Session, project_id: str, deltas: dict[str, int],
+          settings: Settings) -> None:
+    """Refuse, without charging or locking, what charge() would refuse right now.
+
+    For a rule that must answer 413 before another check: the charge itself,
+    later in the same transaction, stays the one that counts.
+
+    :raises OverQuota:
+    """
+    limits = get_limits(session, project_id, settings)
+    for resource in sorted(deltas):
+        limit = limits.get(resource, -1)
+        if limit < 0:
+            continue
+        consumed = quota_rows.consumed(session, project_id, resource)
+        if consumed is None:
+            consumed = recount(session, project_id, resource)
+        if consumed + int(deltas[resource]) > limit:
+            raise _over_quota(resource, int(deltas[resource]), limit, consumed)
+
+
 def charge(session: Session, project_id: str, deltas: dict[str, int], settings: Settings, *,
            now: dt.datetime, counted: bool = False) -> None:
     """Check and add usage in one step, in the transaction that creates the counted rows.

@@ -81,6 +81,8 @@ def new_volume(session: Session, ctx: RequestContext, settings: Settings, *, siz
 
     :raises NoLiveHost, OverQuota:
     """
+    if availability_zone:
+        hosts.check_zone(session, availability_zone)
     az = availability_zone or settings.default_availability_zone
     host = hosts.select_host(session, hosts.VOLUME_BINARY, now=now,
                              down_time=settings.service_down_time, az=az)
