@@ -245,3 +245,108 @@ def test_a_cascading_volume_delete_waits_for_a_snapshot_backup(settings, databas
         volumes.delete_volume(s, DEMO, settings, volume_id, cascade=True, now=utcnow())
     assert _get(database, Volume, volume_id).status == "available"
     assert _get(database, Snapshot, snap.id).status == "backing-up"
+
+
+# ----------------------------------------------------------------------------- mutation probes
+# Rules a probe could break without any fast test noticing: each test below fails when its
+# rule is broken.
+
+
+def _at(hour: int, minute: int):
+    return utcnow().replace(year=2026, month=11, day=1, hour=hour, minute=minute, second=0,
+                            microsecond=0)
+
+
+def test_parent_choice_by_data_timestamp_with_a_snapshot(settings, database):
+    """§7.1: backup at 08:00, snapshot at 08:10, backup at 08:20: the snapshot's incremental
+    builds on 08:00 and carries 08:10; the volume's incremental builds on 08:20."""
+    volume_id = _volume(database)
+    first, job = _create(database, settings, volume_id)
+    _succeed(database, job)
+    second, job = _create(database, settings, volume_id)
+    _succeed(database, job)
+    with database.scope() as s:
+        s.execute(update(Backup).where(Backup.id == first).values(data_timestamp=_at(8, 0),
+                                                                  created_at=_at(8, 0)))
+        s.execute(update(Backup).where(Backup.id == second).values(data_timestamp=_at(8, 20),
+                                                                   created_at=_at(8, 20)))
+        snap = Snapshot(project_id="demo", user_id="demo", volume_id=volume_id, size=1,
+                        status="available", created_at=_at(8, 10), display_name="s")
+        s.add(snap)
+        s.flush()
+        snapshot_id = snap.id
+    with database.scope() as s:
+        of_snapshot, _ = api.create_backup(s, DEMO, settings, volume_id=volume_id,
+                                           snapshot_id=snapshot_id, incremental=True,
+                                           now=utcnow())
+    assert (of_snapshot.parent_id, of_snapshot.data_timestamp) == (first, _at(8, 10))
+    with database.scope() as s:
+        of_volume, _ = api.create_backup(s, DEMO, settings, volume_id=volume_id,
+                                         incremental=True, force=True, now=utcnow())
+    assert of_volume.parent_id == second
+
+
+def test_a_soft_deleted_incremental_no_longer_blocks_its_parents_delete(settings, database):
+    volume_id = _volume(database)
+    parent, job = _create(database, settings, volume_id)
+    _succeed(database, job)
+    child, job = _create(database, settings, volume_id)
+    with database.scope() as s:
+        s.execute(update(Backup).where(Backup.id == child).values(parent_id=parent))
+    with database.scope() as s, pytest.raises(errors.InvalidBackup, match="Incremental"):
+        api.delete_backup(s, DEMO, settings, parent, now=utcnow())
+    with database.scope() as s:
+        s.execute(update(Backup).where(Backup.id == child).values(deleted=True,
+                                                                  status="deleted"))
+    with database.scope() as s:
+        assert api.delete_backup(s, DEMO, settings, parent, now=utcnow())
+
+
+def test_the_reaper_puts_an_in_use_volume_back_in_use(settings, database):
+    from orchestrator import maintenance
+    volume_id = _volume(database, status="in-use")
+    with database.scope() as s:
+        backup, (job,) = api.create_backup(s, DEMO, settings, volume_id=volume_id, force=True,
+                                           now=utcnow())
+    assert _get(database, Volume, volume_id).status == "backing-up"
+    with database.scope() as s:  # a worker that claimed it and died: the lease ran out
+        jobs.claim(s, job.id, "dead", now=utcnow().replace(year=2020), ttl=1)
+    assert maintenance.reap(settings, publisher=None)["failed"] == 1
+    assert _get(database, Volume, volume_id).status == "in-use"
+    assert _get(database, Backup, backup.id).status == "error"
+
+
+def test_a_late_completion_never_overwrites_a_reset(settings, database):
+    backup_id, job_id = _create(database, settings, _volume(database))
+    with database.scope() as s:
+        job = jobs.claim(s, job_id, "w1", now=utcnow(), ttl=60)
+    _reset(database, backup_id, "error")
+    with database.scope() as s:  # the worker had not seen the cancellation yet
+        assert jobs.finish(s, job, "succeeded", now=utcnow(), owner="w1")
+        BackupCreate().complete(s, job, BackupCreate().params(job), BackupCreateOutcome(
+            container="c", prefix="p", object_count=1, stored_bytes=1, logical_bytes=1,
+            incremental=False), now=utcnow())
+    assert _get(database, Backup, backup_id).status == "error"
+
+
+def test_a_host_is_up_exactly_while_its_heartbeat_is_younger_than_the_down_time(database):
+    import datetime as dt
+    now = utcnow()
+    service = hosts.Service(host="h", binary=hosts.BACKUP_BINARY, availability_zone="nova",
+                            updated_at=now - dt.timedelta(seconds=60))
+    assert hosts.is_up(service, now=now, down_time=60)
+    assert not hosts.is_up(service, now=now + dt.timedelta(seconds=1), down_time=60)
+    service.updated_at = None
+    assert not hosts.is_up(service, now=now, down_time=60)
+
+
+def test_a_token_with_reader_and_member_may_write():
+    from orchestrator import policy
+    both = RequestContext("u", "p", roles=("reader", "member"))
+    reader = RequestContext("u", "p", roles=("reader",))
+    assert policy.allowed(both, "backup:create") and both.can_write()
+    assert not policy.allowed(reader, "backup:create") and not reader.can_write()
+    assert policy.allowed(reader, "backup:get")
+    with pytest.raises(errors.PolicyNotAuthorized):
+        policy.authorize_method(reader, "POST", "/v3/backups")
+    policy.authorize_method(both, "POST", "/v3/backups")
