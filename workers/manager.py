@@ -11,6 +11,7 @@ failure handling the reaper applies to a dead worker's jobs.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Any
 
@@ -143,20 +144,37 @@ def _fail(db: Database, job: Job, op, exc: Exception, owner: str) -> tuple[str, 
     cancelled = isinstance(exc, (JobCancelled, BackupCancelled))
     state = JobState.CANCELLED if cancelled else JobState.FAILED
     if cancelled:
-        reason = f"{op.what} was cancelled"
+        detail = reason = f"{op.what} was cancelled"
     else:
-        reason = f"{exc.__class__.__name__}: {str(exc) or exc.__class__.__name__}"
-        if isinstance(exc, DataPathError):  # a failure the data path names: its reason says it
-            log.error("job %s %s failed: %s", job.id, job.op, reason)
+        detail = f"{exc.__class__.__name__}: {str(exc) or exc.__class__.__name__}"
+        reason = public_reason(op, exc, detail)
+        if _NAMED_FAILURES and isinstance(exc, _NAMED_FAILURES):
+            log.error("job %s %s failed: %s", job.id, job.op, detail)
         else:  # anything else may be a bug: keep the traceback
             log.exception("job %s %s failed", job.id, job.op)
     with db.scope() as session:
         # finish refreshes job.next_job_id: a force delete may have chained a job after
         # this one meanwhile.
-        if jobs.finish(session, job, state, now=utcnow(), error=reason, owner=owner):
+        if jobs.finish(session, job, state, now=utcnow(), error=detail, owner=owner):
             return state, jobs.on_failure(session, job, reason, now=utcnow(),
                                           cancelled=cancelled)
     return state, []
+
+
+# Failures whose message is meant for people: the data path's, and the run halves' own
+# checks (ValueError, RuntimeError). Anything else may be a bug.
+_NAMED_FAILURES = (DataPathError, ValueError, RuntimeError)
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.])/(?:[^\s'\":]+/)*([^\s'\":/]+)")
+
+
+def public_reason(op, exc: Exception, detail: str) -> str:
+    """The failure as a tenant may read it (a backup's fail_reason): no server paths and
+    no internals. The full detail stays in the job row and the worker's log."""
+    if isinstance(exc, _NAMED_FAILURES):
+        return _ABSOLUTE_PATH.sub(r"\1", detail)  # a file keeps its name, not its directory
+    return (f"The {op.what} failed because of an internal error "
+            f"({exc.__class__.__name__}); an administrator can find the details in the "
+            "worker's log.")
 
 
 def cleanup_after_restart(settings: Settings, owners: list[str], *,

@@ -199,12 +199,16 @@ def test_backup_create_fails_without_the_volume_image(settings, database, node):
     with database.scope(write=False) as s:
         b = s.get(Backup, backup_id)
         assert b.status == "error" and "VolumeIOError" in b.fail_reason
+        # A tenant reads no server path; the job keeps the whole detail for admins.
+        assert settings.volume_path not in b.fail_reason, b.fail_reason
+        assert f"volume-{volume_id}" in b.fail_reason
         # Where the objects would have gone is recorded before the data path starts.
         assert b.service_metadata == f"backup_{backup_id}"
         assert (b.progress_bytes, b.progress_total) == (0, GiB)
         assert s.get(Volume, volume_id).status == "available"
         job = s.get(Job, job_id)
         assert job.state == "failed" and "VolumeIOError" in job.error
+        assert settings.volume_path in job.error
     assert statements <= 6, seen
     # A second delivery of the same job finds it taken.
     assert manager.run_job(settings, job_id, owner="w1") == "skipped"
@@ -283,3 +287,21 @@ def test_import_checks_the_records_size_against_the_manifest(settings, database,
         assert backup.status == ("available" if size == 1 else "error")
         if size != 1:
             assert "3 GiB" in backup.fail_reason and "1 GiB volume" in backup.fail_reason
+
+
+def test_a_bug_in_a_run_half_shows_the_tenant_no_internals(settings, database, node,
+                                                            monkeypatch):
+    class Broken(RunHalf):
+        operation = "backup_create"
+
+        def run(self, run, params):
+            raise KeyError("/srv/secret/config.ini line 3")
+    monkeypatch.setitem(RUNNERS, "backup_create", Broken())
+    volume_id = _volume(settings, database, image=True)
+    backup_id, job_id = _backup(settings, database, volume_id)
+    assert manager.run_job(settings, job_id, owner="w1") == "failed"
+    with database.scope(write=False) as s:
+        reason = s.get(Backup, backup_id).fail_reason
+        assert "secret" not in reason and "internal error (KeyError)" in reason
+        assert "/srv/secret/config.ini" in s.get(Job, job_id).error
+        assert s.get(Volume, volume_id).status == "available"
