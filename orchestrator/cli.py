@@ -17,6 +17,7 @@ from orchestrator import errors
 from orchestrator import tokens
 from orchestrator.config import Settings
 from orchestrator.config import default_host
+from orchestrator.config import without_password
 from orchestrator.db import get_database
 from orchestrator.db import utcnow
 from orchestrator.embedded import RedisServer
@@ -45,16 +46,16 @@ def db() -> None:
 @click.option("--revision", default="head")
 def db_upgrade(revision: str) -> None:
     """Run the alembic migrations up to REVISION."""
-    settings = Settings.from_env()
+    settings = Settings.load()
     upgrade(settings.database_url, revision)
-    click.echo(f"database at {revision}: {settings.database_url}")
+    click.echo(f"database at {revision}: {without_password(settings.database_url)}")
 
 
 @main.command()
 @click.option("--workers", "-w", type=int, default=None, help="API worker processes")
 def api(workers: int | None) -> None:
     """Serve the HTTP API with granian on ORCH_API_HOST:ORCH_API_PORT."""
-    settings = Settings.from_env()
+    settings = Settings.load()
     os.execvpe(sys.executable, api_command(settings, workers=workers), _env(settings))
 
 
@@ -69,7 +70,7 @@ def worker(args) -> None:
 @main.command()
 def beat() -> None:
     """The periodic scheduler (run exactly one per deployment)."""
-    settings = Settings.from_env()
+    settings = Settings.load()
     Path(settings.state_dir).mkdir(parents=True, exist_ok=True)
     os.execvpe(sys.executable, _beat_args(settings), _env(settings))
 
@@ -83,7 +84,7 @@ def _beat_args(settings: Settings) -> list[str]:
 @click.option("--port", default=5555, type=int)
 def flower(port: int) -> None:
     """Flower on 127.0.0.1 against the configured broker."""
-    settings = Settings.from_env()
+    settings = Settings.load()
     env = _env(settings)
     env.setdefault("FLOWER_UNAUTHENTICATED_API", "true")
     os.execvpe(sys.executable, [sys.executable, "-m", "celery", "-A", "orchestrator.celery_app",
@@ -96,7 +97,7 @@ def flower(port: int) -> None:
 def run(host: str | None, zone: str) -> None:
     """Run the whole stack on one machine: Redis, API, worker, maintenance worker, beat."""
 
-    settings = Settings.from_env()
+    settings = Settings.load()
     state = Path(settings.state_dir)
     logs = Path(settings.log_dir)
     logs.mkdir(parents=True, exist_ok=True)
@@ -195,7 +196,7 @@ def _parse_duration(text: str) -> float:
 
 def _token_db():
 
-    settings = Settings.from_env()
+    settings = Settings.load()
     db = get_database(settings.database_url)
     if not inspect(db.engine).has_table("api_tokens"):
         raise click.ClickException(f"{settings.database_url} has no api_tokens table; run "

@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from sqlalchemy.engine import make_url
 
 
 def _bool(value: str) -> bool:
@@ -31,6 +35,31 @@ def normalise_host(name: str) -> str:
     if not out:
         raise ValueError("host name must not be empty")
     return out
+
+
+CHOICES = {
+    "backup_store": ("posix", "s3"),
+    "backup_compression": ("zstd", "zlib", "none"),
+    "auth": ("noauth", "token"),
+    "log_level": ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+}
+_LARGE = 2**31 - 1
+BOUNDS = (
+    ("api_port", 0, 65535), ("api_workers", 1, 256), ("api_threads", 1, 1024),
+    ("heartbeat_interval", 0.01, 86400), ("service_down_time", 0.01, 86400 * 7),
+    ("lease_ttl", 0.1, 86400), ("reaper_interval", 0.01, 86400),
+    ("dispatch_resend_after", 0.01, 86400), ("reservation_expire", 1, 86400 * 365),
+    ("quota_backups", -1, _LARGE), ("quota_backup_gigabytes", -1, _LARGE),
+    ("quota_volumes", -1, _LARGE), ("quota_gigabytes", -1, _LARGE),
+    ("quota_snapshots", -1, _LARGE), ("max_list_limit", 1, 100000),
+    ("max_body_bytes", 1, 1 << 30),
+)
+BROKER_SCHEMES = ("redis", "rediss", "redis+socket", "amqp", "amqps", "pyamqp", "memory")
+
+
+def without_password(url: str) -> str:
+    """A URL as it may be printed: any password replaced by ***."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
 @dataclass
@@ -88,6 +117,33 @@ class Settings:
         if self.service_down_time <= self.heartbeat_interval:
             # Cinder's rule: a down time not above the report interval would flap.
             self.service_down_time = self.heartbeat_interval * 2.5
+        self.validate()
+
+    def validate(self) -> None:
+        """Refuse a value no process could work with, naming its variable.
+
+        :raises ValueError: one line, e.g. ``ORCH_BACKUP_COMPRESSION must be one of
+            zstd, zlib, none (not 'lz4')``.
+        """
+        for name, allowed in CHOICES.items():
+            value = getattr(self, name)
+            if (value.upper() if name == "log_level" else value) not in allowed:
+                raise ValueError(f"ORCH_{name.upper()} must be one of {', '.join(allowed)} "
+                                 f"(not {value!r})")
+        for name, low, high in BOUNDS:
+            value = getattr(self, name)
+            if not low <= value <= high:
+                raise ValueError(f"ORCH_{name.upper()} must be between {low} and {high} "
+                                 f"(not {value!r})")
+        scheme = self.broker_url.split("://", 1)[0] if "://" in self.broker_url else ""
+        if scheme not in BROKER_SCHEMES:
+            raise ValueError(f"ORCH_BROKER_URL must be a URL of {', '.join(BROKER_SCHEMES)} "
+                             f"(not {without_password(self.broker_url)!r})")
+        try:
+            make_url(self.database_url)
+        except Exception:
+            raise ValueError("ORCH_DATABASE_URL is not a database URL (such as "
+                             "sqlite:///path or postgresql+psycopg://user@host/db)") from None
 
     @property
     def admin_set(self) -> frozenset[str]:
@@ -97,6 +153,16 @@ class Settings:
     @property
     def log_dir(self) -> str:
         return str(Path(self.state_dir) / "logs")
+
+    @classmethod
+    def load(cls, program: str = "orchestrator") -> Settings:
+        """Settings from the environment for a process that starts: a bad value ends it
+        with one clear line on stderr (exit status 2) before it says it is running."""
+        try:
+            return cls.from_env()
+        except ValueError as exc:
+            print(f"{program}: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
 
     @classmethod
     def from_env(cls, environ: dict | None = None, **overrides) -> Settings:

@@ -99,7 +99,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    settings = Settings.from_env()
+    settings = Settings.load("python -m workers")
     host = normalise_host(args.host) if args.host else default_host()
     zone = args.zone or settings.default_availability_zone
     loglevel = (args.loglevel or settings.log_level).upper()

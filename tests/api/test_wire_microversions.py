@@ -116,10 +116,10 @@ def test_3_51_availability_zone(stack, world):
     r = raw(stack, "/backups", "volume 3.50", "POST",
             json={"backup": {"volume_id": vid, "availability_zone": "nova"}})
     assert_fault(r, 400, "badRequest", "availability_zone", "3.51")
-    # At 3.51 the key is accepted; a zone without a backup host is a 503, not a 400.
+    # At 3.51 the key is accepted; a zone no service is registered in is Cinder's 400.
     r = raw(stack, "/backups", "volume 3.51", "POST",
             json={"backup": {"volume_id": vid, "availability_zone": "nowhere"}})
-    assert_fault(r, 503, "serviceUnavailable", "nowhere")
+    assert_fault(r, 400, "badRequest", "Availability zone 'nowhere' is invalid.")
 
 
 def test_3_18_and_3_56_admin_attributes(stack, world):
