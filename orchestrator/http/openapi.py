@@ -159,6 +159,7 @@ def _operation(route: Route, path: str, tag: str) -> dict:
 
 
 def _query(name: str, description: str, schema: dict | None = None) -> dict:
+    """An optional query parameter (a string unless ``schema`` says otherwise)."""
     return {"name": name, "in": "query", "required": False, "description": description,
             "schema": schema or {"type": "string"}}
 
@@ -249,6 +250,7 @@ def _request_schema(body: Body | Actions) -> dict:
 
 
 def _envelope(key: str, inner) -> dict:
+    """An object holding exactly ``key``."""
     return {"type": "object", "required": [key], "additionalProperties": False,
             "properties": {key: inner}}
 
@@ -291,6 +293,7 @@ def _faults(route: Route) -> dict:
 
 
 def _operation_id(method: str, path: str) -> str:
+    """``post_v3_project_id_backups``: the method and the path's words."""
     words = [w.strip("{}").replace("-", "_").replace("~", "") for w in path.split("/") if w]
     return method.lower() + "_" + "_".join(words or ["root"])
 

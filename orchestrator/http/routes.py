@@ -158,6 +158,7 @@ class Route:
     public: bool = False               # no credentials, no microversion
 
     def rules(self) -> tuple[str, ...]:
+        """Every werkzeug rule the route is served at."""
         return (self.path, *self.aliases)
 
     def policies(self) -> list[str]:

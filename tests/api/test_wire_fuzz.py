@@ -99,7 +99,7 @@ class Target:
                 self.ids["backup"] += [full.id, incr.id, failed.id]
         if self.mode == "noauth":
             self.good_creds = ["u:alpha", "admin:alpha", "u:beta", ":alpha"]
-            self.creds = self.good_creds + ["garbage token", "", "a:" + "b" * 300]
+            self.creds = [*self.good_creds, "garbage token", "", "a:" + "b" * 300]
         else:
             self.good_creds = []
             with self.db.scope() as s:
@@ -110,7 +110,7 @@ class Target:
                 _, secret = tokens.issue(s, user_id="u", project_id="beta", roles=["member"],
                                          now=now)
                 self.good_creds.append(secret)
-            self.creds = self.good_creds + ["orch_wrong", "", "u:alpha"]
+            self.creds = [*self.good_creds, "orch_wrong", "", "u:alpha"]
 
     def state(self) -> dict:
         """Every row of every table."""
