@@ -5,7 +5,6 @@ import datetime as dt
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ import click
 from sqlalchemy import inspect
 
 from orchestrator import errors
+from orchestrator import jobs
 from orchestrator import tokens
 from orchestrator.config import Settings
 from orchestrator.config import default_host
@@ -23,6 +23,9 @@ from orchestrator.db import utcnow
 from orchestrator.embedded import RedisServer
 from orchestrator.migrate import upgrade
 from orchestrator.serve import api_command
+from orchestrator.supervisor import StateDirBusy
+from orchestrator.supervisor import StateDirLock
+from orchestrator.supervisor import Supervisor
 
 
 def _env(settings: Settings) -> dict:
@@ -99,6 +102,11 @@ def run(host: str | None, zone: str) -> None:
 
     settings = Settings.load()
     state = Path(settings.state_dir)
+    try:  # before anything else: a second stack must not touch the first one's socket
+        lock = StateDirLock(state).acquire()
+    except StateDirBusy as exc:
+        click.echo(f"orchestrator: {exc}", err=True)
+        sys.exit(1)
     logs = Path(settings.log_dir)
     logs.mkdir(parents=True, exist_ok=True)
     host = host or default_host()
@@ -107,18 +115,14 @@ def run(host: str | None, zone: str) -> None:
         redis = RedisServer(str(state)).start()
         settings.broker_url = redis.url
     upgrade(settings.database_url)
-    env = _env(settings)
-    children: dict[str, subprocess.Popen] = {}
-
-    def spawn(name: str, args: list[str]) -> None:
-        log = open(logs / f"{name}.log", "ab")  # noqa: SIM115  (the child keeps it open)
-        children[name] = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                          stdin=subprocess.DEVNULL, start_new_session=True)
-
-    spawn("api", api_command(settings))
-    spawn("worker", [sys.executable, "-m", "workers", "--host", host, "--zone", zone])
-    spawn("maintenance", [sys.executable, "-m", "workers", "--maintenance", "--host", host])
-    spawn("beat", _beat_args(settings))
+    node = f"worker@{host}"
+    supervisor = Supervisor(_env(settings), lambda line: click.echo(line, err=True))
+    supervisor.add("api", api_command(settings), logs / "api.log")
+    supervisor.add("worker", [sys.executable, "-m", "workers", "--host", host, "--zone", zone],
+                   logs / "worker.log")
+    supervisor.add("maintenance", [sys.executable, "-m", "workers", "--maintenance",
+                                   "--host", host], logs / "maintenance.log")
+    supervisor.add("beat", _beat_args(settings), logs / "beat.log")
 
     stopping = {"flag": False}
 
@@ -131,11 +135,11 @@ def run(host: str | None, zone: str) -> None:
     click.echo(f"""
 Backup orchestrator running (state in {state}, logs in {logs}):
   redis        {settings.broker_url}{'' if redis else ' (external)'}
-  database     {settings.database_url}
-  api          {endpoint}   pid {children['api'].pid}
-  worker       host {host}, zone {zone}   pid {children['worker'].pid}
-  maintenance  pid {children['maintenance'].pid}
-  beat         pid {children['beat'].pid}
+  database     {without_password(settings.database_url)}
+  api          {endpoint}   pid {supervisor.pid('api')}
+  worker       host {host}, zone {zone}   pid {supervisor.pid('worker')}
+  maintenance  pid {supervisor.pid('maintenance')}
+  beat         pid {supervisor.pid('beat')}
 
 Try it with the cinder CLI (from this project's virtualenv):
   export OS_AUTH_TYPE=noauth OS_USER_ID=demo OS_PROJECT_ID=demo CINDER_ENDPOINT={endpoint}
@@ -144,35 +148,43 @@ Try it with the cinder CLI (from this project's virtualenv):
   .venv/bin/cinder backup-list
   .venv/bin/cinder backup-restore --name restored b1
 
-Ctrl-C stops everything.
+A process that exits is restarted; Ctrl-C stops everything.
 """)
-    code = 0
     try:
         while not stopping["flag"]:
-            for name, proc in children.items():
-                if proc.poll() is not None:
-                    click.echo(f"{name} exited with {proc.returncode}; see {logs / name}.log",
-                               err=True)
-                    stopping["flag"] = True
-                    code = 1
-                    break
-            time.sleep(0.5)
+            supervisor.poll()
+            time.sleep(0.2)
     finally:
         click.echo("stopping...")
-        for proc in children.values():
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 20
-        for proc in children.values():
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        _stop_jobs(settings, node, supervisor)
         if redis:
             redis.stop()
+        lock.release()
         click.echo("stopped.")
-    sys.exit(code)
+
+
+def _stop_jobs(settings: Settings, node: str, supervisor: Supervisor) -> None:
+    """Stop the stack so that no job is left in a transient state: running jobs are asked
+    to stop (they end cancelled, their sources put back), the worker goes first, and
+    whatever it could not end in time is failed here."""
+    db = get_database(settings.database_url)
+    try:
+        with db.scope() as session:
+            asked = jobs.cancel_leased_by(session, node)
+        if asked:
+            click.echo(f"asked {asked} running job(s) to stop", err=True)
+    except Exception as exc:  # the database may be what failed: stop the processes anyway
+        click.echo(f"could not ask the running jobs to stop: {exc}", err=True)
+    supervisor.stop(timeout=20.0, order=("worker", "maintenance", "beat", "api"))
+    try:
+        with db.scope() as session:
+            failed, _ = jobs.fail_leased_by(session, node, "the stack was stopped while the "
+                                            "{what} ran; retry it", now=utcnow())
+        if failed:
+            click.echo(f"failed {len(failed)} job(s) the worker could not end in time",
+                       err=True)
+    except Exception as exc:
+        click.echo(f"could not end the jobs left running: {exc}", err=True)
 
 
 # ----------------------------------------------------------------------------- API tokens

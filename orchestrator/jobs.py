@@ -220,3 +220,26 @@ def orphaned_waiting(session: Session, *, now: dt.datetime, older_than: float) -
 def leased_by(session: Session, owner: str) -> list[Job]:
     return list(session.scalars(select(Job).where(Job.state == JobState.RUNNING,
                                                   Job.lease_owner == owner)))
+
+
+def cancel_leased_by(session: Session, owner: str) -> int:
+    """Ask every job running under ``owner`` to stop (a node shutting down)."""
+    return session.execute(update(Job).where(Job.state == JobState.RUNNING,
+                                             Job.lease_owner == owner)
+                           .values(cancel_requested=True)).rowcount
+
+
+def fail_leased_by(session: Session, owner: str, reason: str, *,
+                   now: dt.datetime) -> tuple[list[Job], list[Job]]:
+    """End as failed every job still running under ``owner`` (nothing runs them now).
+
+    Returns (the jobs failed, the jobs to dispatch after commit).
+    """
+    failed: list[Job] = []
+    follow_ups: list[Job] = []
+    for job in leased_by(session, owner):
+        text = reason.format(what=operations.get(job.op).what)
+        if finish(session, job, JobState.FAILED, now=now, error=text):
+            failed.append(job)
+            follow_ups.extend(on_failure(session, job, text, now=now))
+    return failed, follow_ups

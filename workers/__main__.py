@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 
+from billiard.exceptions import WorkerLostError
 from celery import signals
 
 from orchestrator import __version__
@@ -29,8 +30,8 @@ from orchestrator.dispatch import Publisher
 from orchestrator.jobs import queue_for
 from orchestrator.tasks import MAINTENANCE_QUEUE
 from orchestrator.tasks import make_celery
+from workers import manager
 from workers import tasks as _job_task  # noqa: F401  (registers the job task on every app)
-from workers.manager import cleanup_after_restart
 
 log = logging.getLogger("workers")
 
@@ -122,9 +123,17 @@ def main(argv: list[str] | None = None) -> int:
     @signals.worker_init.connect(weak=False)
     def _cleanup(**_):
         if not args.maintenance:
-            n = cleanup_after_restart(settings, [nodename], publisher=Publisher(app))
+            n = manager.cleanup_after_restart(settings, [nodename], publisher=Publisher(app))
             if n:
                 log.warning("failed %d job(s) left running by a previous run of %s", n, nodename)
+
+    @signals.task_failure.connect(weak=False)
+    def _pool_process_died(task_id=None, exception=None, **_):
+        # In this (the parent) process: the pool child that ran the job is gone, so
+        # nothing else will end the job before its lease runs out.
+        if isinstance(exception, WorkerLostError) and task_id:
+            manager.end_lost_job(settings, task_id, owner=nodename, why=str(exception),
+                                 publisher=Publisher(app))
 
     @signals.worker_ready.connect(weak=False)
     def _ready(**_):

@@ -179,18 +179,49 @@ def public_reason(op, exc: Exception, detail: str) -> str:
 
 def cleanup_after_restart(settings: Settings, owners: list[str], *,
                           publisher: Publisher | None = None) -> int:
-    """Fail the jobs a previous run of this worker left running (nothing runs them now)."""
+    """Fail the jobs a previous run of this worker left running (nothing runs them now),
+    and remove what they had written."""
     db = get_database(settings.database_url)
-    count = 0
+    failed: list[Job] = []
     follow_ups: list[Job] = []
     with db.scope() as session:
-        now = utcnow()
         for owner in owners:
-            for job in jobs.leased_by(session, owner):
-                reason = f"the worker {owner} restarted while the {job.op.replace('_', ' ')} ran"
-                if jobs.finish(session, job, JobState.FAILED, now=now, error=reason):
-                    follow_ups.extend(jobs.on_failure(session, job, reason, now=now))
-                    count += 1
+            done, more = jobs.fail_leased_by(
+                session, owner, f"the worker {owner} restarted while the {{what}} ran",
+                now=utcnow())
+            failed.extend(done)
+            follow_ups.extend(more)
+    for job in failed:
+        _forget_partial(settings, job)
     if follow_ups and publisher is not None:
         dispatch(db, publisher, follow_ups, undo_on_failure=False)
-    return count
+    return len(failed)
+
+
+def end_lost_job(settings: Settings, job_id: str, *, owner: str, why: str,
+                 publisher: Publisher | None = None) -> bool:
+    """End at once a job whose pool process died under it (the worker's parent saw it):
+    failed, its resources put back, its partial objects removed. False if it had ended."""
+    db = get_database(settings.database_url)
+    with db.scope() as session:
+        job = session.get(Job, job_id)
+        if job is None or job.state != JobState.RUNNING or job.lease_owner != owner:
+            return False
+        reason = f"the process running the {operations.get(job.op).what} died ({why})"
+        if not jobs.finish(session, job, JobState.FAILED, now=utcnow(), error=reason,
+                           owner=owner):
+            return False
+        follow_ups = jobs.on_failure(session, job, reason, now=utcnow())
+    log.error("job %s %s: %s", job.id, job.op, reason)
+    _forget_partial(settings, job)
+    if follow_ups and publisher is not None:
+        dispatch(db, publisher, follow_ups, undo_on_failure=False)
+    return True
+
+
+def _forget_partial(settings: Settings, job: Job) -> None:
+    """What a job that died left in the store goes (its run half knows what that is)."""
+    try:
+        RUNNERS[job.op].lost(settings, job)
+    except Exception:  # best effort: the rows already say the job failed
+        log.exception("could not remove what job %s (%s) left behind", job.id, job.op)

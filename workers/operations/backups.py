@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
+from orchestrator.db import get_database
 from orchestrator.models import Backup
 from orchestrator.models import Volume
 from orchestrator.operations.backups import BackupCreateInputs
@@ -63,6 +64,17 @@ class BackupCreateRun(RunHalf):
             object_count=result.object_count, stored_bytes=result.stored_bytes,
             logical_bytes=result.logical_bytes, incremental=result.incremental,
             message=result.message, final_rate=progress.final_rate)
+
+
+    def lost(self, settings, job) -> None:
+        """A create that died wrote some objects under its recorded prefix: delete them,
+        unless the backup completed after all (then they are its data)."""
+        with get_database(settings.database_url).scope(write=False) as session:
+            backup = session.get(Backup, job.resource_id)
+        if backup is not None and backup.status != BackupStatus.AVAILABLE and \
+                backup.service_metadata:
+            backup_driver(settings).delete(BackupRef(backup.container,
+                                                     backup.service_metadata))
 
 
 @runs

@@ -32,6 +32,9 @@ class RunHalf:
     def run(self, run: JobRun, params: Params) -> Any:
         raise NotImplementedError
 
+    def lost(self, settings, job: Job) -> None:
+        """Remove what a run that died mid-way left behind (nothing, by default)."""
+
 
 RUNNERS: dict[str, RunHalf] = {}
 
