@@ -182,6 +182,10 @@ def cleanup_after_restart(settings: Settings, owners: list[str], *,
     """Fail the jobs a previous run of this worker left running (nothing runs them now),
     and remove what they had written."""
     db = get_database(settings.database_url)
+    with db.scope(write=False) as session:
+        left = [job for owner in owners for job in jobs.leased_by(session, owner)]
+    for job in left:  # first: once the rows say failed, nothing may be left to find
+        _forget_partial(settings, job)
     failed: list[Job] = []
     follow_ups: list[Job] = []
     with db.scope() as session:
@@ -191,8 +195,6 @@ def cleanup_after_restart(settings: Settings, owners: list[str], *,
                 now=utcnow())
             failed.extend(done)
             follow_ups.extend(more)
-    for job in failed:
-        _forget_partial(settings, job)
     if follow_ups and publisher is not None:
         dispatch(db, publisher, follow_ups, undo_on_failure=False)
     return len(failed)
@@ -203,17 +205,18 @@ def end_lost_job(settings: Settings, job_id: str, *, owner: str, why: str,
     """End at once a job whose pool process died under it (the worker's parent saw it):
     failed, its resources put back, its partial objects removed. False if it had ended."""
     db = get_database(settings.database_url)
-    with db.scope() as session:
+    with db.scope(write=False) as session:
         job = session.get(Job, job_id)
-        if job is None or job.state != JobState.RUNNING or job.lease_owner != owner:
-            return False
-        reason = f"the process running the {operations.get(job.op).what} died ({why})"
+    if job is None or job.state != JobState.RUNNING or job.lease_owner != owner:
+        return False
+    _forget_partial(settings, job)  # first: once the rows say failed, nothing is left
+    reason = f"the process running the {operations.get(job.op).what} died ({why})"
+    with db.scope() as session:
         if not jobs.finish(session, job, JobState.FAILED, now=utcnow(), error=reason,
                            owner=owner):
             return False
         follow_ups = jobs.on_failure(session, job, reason, now=utcnow())
     log.error("job %s %s: %s", job.id, job.op, reason)
-    _forget_partial(settings, job)
     if follow_ups and publisher is not None:
         dispatch(db, publisher, follow_ups, undo_on_failure=False)
     return True

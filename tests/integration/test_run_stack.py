@@ -108,6 +108,7 @@ def _ended(stack, backup_id: str, volume_id: str, within: float) -> dict:
     start = time.monotonic()
     backup = c.wait("backup", backup_id, {"error", "available"}, timeout=within)
     elapsed = time.monotonic() - start
+    print(f"backup {backup_id} ended {elapsed:.1f} s after the kill")
     assert backup["status"] == "error", backup
     assert c.wait("volume", volume_id, {"available"}, timeout=5)["status"] == "available"
     quota = stack.admin.get(
