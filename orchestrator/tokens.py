@@ -24,7 +24,7 @@ from orchestrator.models import new_id
 ROLES = ("admin", "member", "reader")
 PREFIX = "orch_"
 # User and project ids that can be put in a URL segment and a String(255) column.
-IDENTIFIER = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+IDENTIFIER = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 
 
 def hash_token(secret: str) -> str:
@@ -39,7 +39,7 @@ def issue(session: Session, *, user_id: str, project_id: str, roles: list[str] |
 
     :raises InvalidInput: unknown role, no role, bad user/project id, expiry in the past.
     """
-    if not IDENTIFIER.match(user_id or ""):
+    if not IDENTIFIER.fullmatch(user_id or ""):
         raise errors.InvalidInput(f"Invalid user id {user_id!r}: use 1-64 characters of "
                                   "letters, digits, '_', '.', '@' and '-'.")
     # Project ids appear in URLs (/v3/{project_id}/...), so they follow the URL rule.

@@ -24,7 +24,7 @@ from orchestrator.db import utcnow
 
 MODES = ("noauth", "token")
 # What a noauth user or project id may be: stored in String(255) columns.
-_NOAUTH_ID = re.compile(r"^[^\x00-\x1f\x7f]{1,255}$")
+_NOAUTH_ID = re.compile(r"[^\x00-\x1f\x7f]{1,255}")
 _MISSING = ("Authentication required: send X-Auth-Token '<user_id>:<project_id>'.",
             "Authentication required: send an API token in X-Auth-Token "
             "(issue one with `orchestrator token create`).")
@@ -82,7 +82,7 @@ def noauth_context(request: Request, settings: Settings, url_project: str | None
             project = url_project or user
     if not user or not project:
         raise errors.NotAuthenticated(_MISSING[0])
-    if not _NOAUTH_ID.match(user) or not _NOAUTH_ID.match(project):
+    if not _NOAUTH_ID.fullmatch(user) or not _NOAUTH_ID.fullmatch(project):
         raise errors.NotAuthenticated("Malformed credentials: user and project ids are 1-255 "
                                       "printable characters.")
     roles = tuple(r.strip().lower() for r in request.headers.get("X-Roles", "").split(",")

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+from flask import current_app
+from flask import g
 from flask import request
 from marshmallow import Schema
 from marshmallow import ValidationError
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from orchestrator import errors
 
@@ -26,7 +29,7 @@ def json_body() -> dict:
     :raises UnsupportedMediaType: a body that is not declared as JSON (415).
     :raises InvalidInput: malformed, not an object, or holding text no database can store.
     """
-    raw = request.get_data(cache=True)
+    raw = _raw_body()
     ctype = request.mimetype or ""
     if raw and ctype and ctype != "application/json" and not ctype.endswith("+json"):
         raise UnsupportedMediaType(ctype)
@@ -40,6 +43,31 @@ def json_body() -> dict:
         raise errors.InvalidInput("Malformed request body: expected a JSON object.")
     _check_text(data, depth=0)
     return data
+
+
+def _raw_body() -> bytes:
+    """The body's bytes; past ``MAX_CONTENT_LENGTH`` a 413, with or without a length.
+
+    Werkzeug refuses a declared Content-Length past the limit, but a chunked body
+    (no length) it cuts at the limit, which then read as malformed JSON.
+
+    :raises RequestEntityTooLarge:
+    """
+    limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    if request.content_length is not None or limit is None or "body_bytes" in g:
+        return g.get("body_bytes") or request.get_data(cache=True)
+    stream = request.environ["wsgi.input"]
+    parts, size = [], 0
+    while size <= limit:
+        part = stream.read(limit + 1 - size)
+        if not part:
+            break
+        parts.append(part)
+        size += len(part)
+    if size > limit:
+        raise RequestEntityTooLarge()
+    g.body_bytes = b"".join(parts)
+    return g.body_bytes
 
 
 def _no_constant(name: str):

@@ -7,7 +7,7 @@ from orchestrator import errors
 
 MIN_VERSION = (3, 0)
 MAX_VERSION = (3, 71)
-_VERSION = re.compile(r"^([1-9]\d*)\.(0|[1-9]\d*)$")
+_VERSION = re.compile(r"([1-9]\d*)\.(0|[1-9]\d*)")
 
 
 class APIVersion(tuple):
@@ -42,7 +42,7 @@ def negotiate(header: str | None) -> APIVersion:
                                   "service.")
     if value.lower() == "latest":
         return APIVersion(*MAX_VERSION)
-    m = _VERSION.match(value)
+    m = _VERSION.fullmatch(value)
     if not m:
         raise errors.InvalidInput(f"Version {value} is not a valid API version (expected "
                                   "MAJOR.MINOR).")

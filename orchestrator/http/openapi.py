@@ -74,7 +74,7 @@ def _field_extras(self, field: fields.Field, ret: dict, **kwargs) -> dict:
     if isinstance(field, fields.Dict) and field.key_field is not None:
         for v in field.key_field.validators:
             if isinstance(v, validate.Regexp):
-                return {"x-key-pattern": v.regex.pattern}
+                return {"x-key-pattern": f"^{v.regex.pattern}$"}
     return {}
 
 

@@ -13,9 +13,10 @@ from marshmallow import ValidationError
 from marshmallow import fields
 from marshmallow import validate
 
+from orchestrator import api
 from orchestrator.states import BackupStatus
 
-METADATA_KEY = re.compile(r"^[a-zA-Z0-9-_:. /]{1,255}$")
+METADATA_KEY = api.METADATA_KEY_RE
 TRUE = {"true", "1", "yes", "on", "t", "y"}
 FALSE = {"false", "0", "no", "off", "f", "n"}
 
@@ -68,10 +69,24 @@ class Name(fields.String):
         return super()._deserialize(value, attr, data, **kwargs).strip()
 
 
+class FullMatch(validate.Regexp):
+    """A pattern the whole value must match (``re.match`` with ``$`` lets a trailing
+    newline through)."""
+
+    def __call__(self, value):
+        if self.regex.fullmatch(value) is None:
+            raise ValidationError(self._format_error(value))
+        return value
+
+
 class Metadata(fields.Dict):
+    """Cinder's metadata limits: keys of [a-zA-Z0-9-_:. /]{1,255}, values of at most 255
+    characters, and (ours) at most api.METADATA_MAX_ITEMS items."""
+
     def __init__(self, **kwargs):
-        super().__init__(keys=fields.String(validate=validate.Regexp(METADATA_KEY)),
-                         values=fields.String(validate=validate.Length(max=255)),
+        super().__init__(keys=fields.String(validate=FullMatch(METADATA_KEY)),
+                         values=fields.String(validate=validate.Length(max=api.NAME_MAX)),
+                         validate=validate.Length(max=api.METADATA_MAX_ITEMS),
                          allow_none=True, **kwargs)
 
 

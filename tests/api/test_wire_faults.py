@@ -90,6 +90,24 @@ def test_body_limit_is_configurable(stacks):
     assert_fault(r, 413, "512 bytes")
 
 
+def test_a_chunked_body_past_the_limit_is_413_not_truncated(stacks):
+    small = stacks("noauth", worker=False, max_body_bytes=512)
+    body = json.dumps({"volume": {"size": 1, "name": "n" * 200,
+                                  "description": "d" * 400}}).encode()
+
+    def chunks():  # no Content-Length: Transfer-Encoding: chunked
+        for i in range(0, len(body), 64):
+            yield body[i:i + 64]
+    r = requests.post(f"{small.url}/v3/volumes", data=chunks(), timeout=30,
+                      headers={"X-Auth-Token": "d:d", "Content-Type": "application/json"})
+    assert_fault(r, 413, "512 bytes")
+    small_enough = json.dumps({"volume": {"size": 1, "name": "chunked"}}).encode()
+    r = requests.post(f"{small.url}/v3/volumes", data=iter([small_enough[:10],
+                                                          small_enough[10:]]), timeout=30,
+                      headers={"X-Auth-Token": "d:d", "Content-Type": "application/json"})
+    assert r.status_code != 413, r.text
+
+
 def test_backup_create_validation(stack, ids, unchanged):
     token = member(stack)
     cases = [({"volume_id": "not-a-uuid"}, 400, "volume_id"),

@@ -302,3 +302,20 @@ def test_the_document_says_what_the_declarations_say(document):
     assert paths["/"]["get"]["security"] == [] and "300" in paths["/"]["get"]["responses"]
     assert "403" not in paths["/v3/backups/{backup_id}"]["get"]["responses"]
     assert "403" in paths["/v3/backups/{backup_id}/export_record"]["get"]["responses"]
+
+
+def test_patterns_match_whole_values_and_metadata_has_limits():
+    """A $-anchored re.match let a trailing newline through; metadata had no item cap."""
+    import uuid
+
+    import marshmallow
+
+    from orchestrator.http import microversion
+    from orchestrator.http import schemas
+    create = schemas.BackupCreateSchema()
+    vid = str(uuid.uuid4())
+    for bad in ({"k\n": "v"}, {"k": "v" * 256}, {f"k{i}": "v" for i in range(129)}):
+        with pytest.raises(marshmallow.ValidationError):
+            create.load({"volume_id": vid, "metadata": bad})
+    create.load({"volume_id": vid, "metadata": {f"k{i}": "v" * 255 for i in range(128)}})
+    assert microversion._VERSION.fullmatch("3.0\n") is None
