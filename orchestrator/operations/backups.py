@@ -203,13 +203,11 @@ class BackupRestore(Operation):
                         .values(status=target_status, updated_at=now))
 
     def abandon(self, session, job, params: BackupRestoreParams, *, now):
-        session.execute(update(Backup).where(Backup.id == job.resource_id,
-                                             Backup.status == BackupStatus.RESTORING)
-                        .values(status=BackupStatus.AVAILABLE))
+        set_status(session, Backup, job.resource_id, BackupStatus.RESTORING,
+                   BackupStatus.AVAILABLE, now=now)
         if not params.volume_is_new:
-            session.execute(update(Volume).where(Volume.id == params.volume_id,
-                                                 Volume.status == VolumeStatus.RESTORING_BACKUP)
-                            .values(status=VolumeStatus.AVAILABLE))
+            set_status(session, Volume, params.volume_id, VolumeStatus.RESTORING_BACKUP,
+                       VolumeStatus.AVAILABLE, now=now)
 
 
 # ----------------------------------------------------------------------------- delete
@@ -250,9 +248,8 @@ class BackupDelete(Operation):
                    BackupStatus.ERROR_DELETING, now=now, reason=reason)
 
     def abandon(self, session, job, params: BackupDeleteParams, *, now):
-        session.execute(update(Backup).where(Backup.id == job.resource_id,
-                                             Backup.status == BackupStatus.DELETING)
-                        .values(status=params.previous_status))
+        set_status(session, Backup, job.resource_id, BackupStatus.DELETING,
+                   params.previous_status, now=now)
 
 
 # ----------------------------------------------------------------------------- import

@@ -99,9 +99,8 @@ class VolumeDelete(Operation):
                    VolumeStatus.ERROR_DELETING, now=now)
 
     def abandon(self, session, job, params: VolumeDeleteParams, *, now):
-        session.execute(update(Volume).where(Volume.id == job.resource_id,
-                                             Volume.status == VolumeStatus.DELETING)
-                        .values(status=params.previous_status))
+        set_status(session, Volume, job.resource_id, VolumeStatus.DELETING,
+                   params.previous_status, now=now)
 
 
 @dataclass(frozen=True)
@@ -150,6 +149,5 @@ class SnapshotDelete(Operation):
                    SnapshotStatus.ERROR_DELETING, now=now)
 
     def abandon(self, session, job, params, *, now):
-        session.execute(update(Snapshot).where(Snapshot.id == job.resource_id,
-                                               Snapshot.status == SnapshotStatus.DELETING)
-                        .values(status=SnapshotStatus.AVAILABLE))
+        set_status(session, Snapshot, job.resource_id, SnapshotStatus.DELETING,
+                   SnapshotStatus.AVAILABLE, now=now)

@@ -106,7 +106,7 @@ def test_noauth_credential_forms(stacks):
     stack = stacks("noauth", worker=False)
     forms = {"demo:demo": ("demo", "demo"), "demo": ("demo", "demo"),
              ":demo": ("demo", "demo"), "u1:demo": ("u1", "demo"), "demo:": ("demo", "demo")}
-    for token, (user, project) in forms.items():
+    for token, (_user, project) in forms.items():
         r = call(stack, "GET", f"/{project}/backups", token=token)
         assert r.status_code == 200, (token, r.text)
     for token in (None, "", ":", ": "):

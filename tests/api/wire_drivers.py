@@ -151,8 +151,8 @@ class CliDriver:
             self.env = {**base, "OS_TOKEN": token, "OS_PROJECT_ID": project}
 
     def run(self, *args: str, check: bool = True) -> str:
-        out = subprocess.run([self.bin, *self.pre, *args], env=self.env, capture_output=True, text=True,
-                             timeout=90)
+        out = subprocess.run([self.bin, *self.pre, *args], env=self.env, capture_output=True,
+                             text=True, timeout=90)
         if check:
             assert out.returncode == 0, f"cinder {' '.join(args)}:\n{out.stderr}{out.stdout}"
         return out.stdout if check else out.stdout + out.stderr
@@ -173,7 +173,8 @@ class CliDriver:
         if not lines:
             return []
         header = [c.strip() for c in lines[0].strip().strip("|").split("|")]
-        return [dict(zip(header, [c.strip() for c in ln.strip().strip("|").split("|")]))
+        return [dict(zip(header, [c.strip() for c in ln.strip().strip("|").split("|")],
+                         strict=False))
                 for ln in lines[1:]]
 
     def _show(self, command: str, rid: str) -> dict | None:

@@ -15,13 +15,13 @@ import itertools
 import os
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import pytest
 import requests
 from orch_testlib import ApiProcess
 from orch_testlib import make_settings
+from orch_testlib import wait_for
 from sqlalchemy import select
 
 from orchestrator import quota
@@ -74,16 +74,6 @@ def _op(name: str, member: Caller, admin: Caller, target: dict):
     }[name]
 
 
-def _wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _status(caller: Caller, kind: str, rid: str) -> str | None:
     r = caller("GET", f"/{kind}s/{rid}")
     return r.json()[kind]["status"] if r.status_code == 200 else None
@@ -97,7 +87,8 @@ def _targets(member: Caller, admin: Caller, settings, n: int) -> list[dict]:
         assert r.status_code == 202, r.text
         targets.append({"volume": r.json()["volume"]["id"]})
     for t in targets:
-        _wait(lambda t=t: _status(member, "volume", t["volume"]) == "available", 60, "volume")
+        wait_for(lambda t=t: _status(member, "volume", t["volume"]) == "available", 60, 0.1,
+                 "volume")
         path = Path(settings.volume_path) / f"volume-{t['volume']}"
         with open(path, "r+b") as f:
             f.write(os.urandom(DATA))
@@ -105,8 +96,8 @@ def _targets(member: Caller, admin: Caller, settings, n: int) -> list[dict]:
         assert r.status_code == 202, r.text
         t["backup"] = r.json()["backup"]["id"]
     for t in targets:
-        _wait(lambda t=t: _status(member, "backup", t["backup"]) == "available", 120,
-              "the first backups")
+        wait_for(lambda t=t: _status(member, "backup", t["backup"]) == "available", 120, 0.1,
+                 "the first backups")
         t["record"] = admin("GET", f"/backups/{t['backup']}/export_record").json()[
             "backup-record"]
     return targets
@@ -118,7 +109,7 @@ def _settle(db, timeout: float = 180) -> None:
             active = s.scalars(select(Job).where(
                 Job.state.in_(("waiting", "queued", "running")))).all()
         return not active
-    _wait(settled, timeout, "every job to end")
+    wait_for(settled, timeout, 0.2, "every job to end")
 
 
 def _sha(path: Path) -> str:

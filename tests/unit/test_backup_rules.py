@@ -10,7 +10,6 @@ from sqlalchemy import select
 from sqlalchemy import update
 
 from orchestrator import api
-from orchestrator import db as dbmod
 from orchestrator import errors
 from orchestrator import hosts
 from orchestrator import jobs
@@ -37,17 +36,6 @@ def settings(request, tmp_path):
     s = Settings(state_dir=str(tmp_path), broker_url="memory://", database_url=url)
     upgrade(s.database_url)
     return s
-
-
-@pytest.fixture
-def database(settings):
-    d = dbmod.get_database(settings.database_url)
-    with d.scope() as s:
-        hosts.record_heartbeat(s, "node1", [hosts.BACKUP_BINARY, hosts.VOLUME_BINARY],
-                               zone="nova", now=utcnow())
-    yield d
-    dbmod._databases.pop(settings.database_url, None)
-    d.dispose()
 
 
 def _volume(database, status="available") -> str:

@@ -11,9 +11,7 @@ from sqlalchemy import select
 from sqlalchemy import text
 
 from orchestrator import api
-from orchestrator import db as dbmod
 from orchestrator import errors
-from orchestrator import hosts
 from orchestrator import jobs
 from orchestrator.config import Settings
 from orchestrator.context import RequestContext
@@ -35,17 +33,6 @@ def settings(tmp_path, postgres):
     s = Settings(state_dir=str(tmp_path), broker_url="memory://", database_url=postgres.url)
     upgrade(s.database_url)
     return s
-
-
-@pytest.fixture
-def database(settings):
-    d = dbmod.get_database(settings.database_url)
-    with d.scope() as s:
-        hosts.record_heartbeat(s, "node1", [hosts.BACKUP_BINARY, hosts.VOLUME_BINARY],
-                               zone="nova", now=utcnow())
-    yield d
-    dbmod._databases.pop(settings.database_url, None)
-    d.dispose()
 
 
 def _volume(database) -> str:
