@@ -101,20 +101,16 @@ def run_child(spec):
 
 def data_sample(path, want):
     """Up to ``want`` bytes of the non-hole content of ``path``."""
+    from workers.datapath.volume_io import data_extents
     parts, got = [], 0
     fd = os.open(path, os.O_RDONLY)
     try:
-        size = os.fstat(fd).st_size
-        pos = 0
-        while got < want and pos < size:
-            try:
-                s = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError:
+        for offset, length in data_extents(fd, os.fstat(fd).st_size):
+            take = min(length, want - got)
+            parts.append(os.pread(fd, take, offset))
+            got += take
+            if got >= want:
                 break
-            e = min(os.lseek(fd, s, os.SEEK_HOLE), s + want - got)
-            parts.append(os.pread(fd, e - s, s))
-            got += e - s
-            pos = e
     finally:
         os.close(fd)
     return b"".join(parts)
@@ -152,28 +148,22 @@ def single_thread_limits(base, zstd_level):
 def make_sparse_tib(base, dst, pieces=16):
     """1 TiB sparse file holding the base image's content, in ``pieces`` slices
     spread evenly over the TiB (holes of the base stay holes)."""
+    from workers.datapath.volume_io import data_extents
     size = os.path.getsize(base)
     piece = size // pieces
     stride = TiB // pieces
     with open(base, "rb") as src, open(dst, "wb") as out:
         out.truncate(TiB)
         sfd, ofd = src.fileno(), out.fileno()
+        extents = list(data_extents(sfd, size))
         for k in range(pieces):
             lo, hi = k * piece, (k + 1) * piece if k < pieces - 1 else size
-            pos = lo
-            while pos < hi:
-                try:
-                    s = os.lseek(sfd, pos, os.SEEK_DATA)
-                except OSError:
-                    break
-                if s >= hi:
-                    break
-                e = min(os.lseek(sfd, s, os.SEEK_HOLE), hi)
+            for offset, length in extents:
+                s, e = max(offset, lo), min(offset + length, hi)
                 while s < e:
                     n = min(8 * MiB, e - s)
                     os.pwrite(ofd, os.pread(sfd, n, s), k * stride + (s - lo))
                     s += n
-                pos = e
 
 
 def sha256_file(path, size):

@@ -155,6 +155,7 @@ def segment_tasks(fd: int, size: int, block_size: int, segment_size: int
 
 
 def _now_iso() -> str:
+    """The manifest's created_at: UTC, to the second."""
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
