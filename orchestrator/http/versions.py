@@ -34,8 +34,9 @@ def root():
     return _versions()
 
 
-@bp.declare("GET", "/v3", public=True, reply=VERSIONS,
-            aliases=("/v3/", "/v3/<project:project_id>", "/v3/<project:project_id>/"))
+# Only /v3 itself: /v3/<anything> is a resource URL, and one that names nothing is a 404
+# (clients' discovery falls back from a project URL to /v3 and the root).
+@bp.declare("GET", "/v3", public=True, reply=VERSIONS, aliases=("/v3/",))
 def v3():
     """The v3 version document (no credentials needed)."""
     return _versions()

@@ -58,6 +58,10 @@ def test_transport_headers_and_formats(stack, ids):
         f"{stack.url}/v3/alpha/backups/{ids['backup']}"
     r = call(stack, "GET", "/backups/x/nothing/here", token=member(stack))
     assert_fault(r, 404)
+    # Under /v3/ a URL that names nothing is a 404, not the version document.
+    for path in ("/nonsense", "/alpha", "/alpha/"):
+        assert_fault(call(stack, "GET", path, token=member(stack)), 404)
+    assert "versions" in call(stack, "GET", "", token=None).json()
     assert r.headers["OpenStack-API-Version"] == "volume 3.71"
     r = call(stack, "PATCH", "/backups", token=member(stack))
     assert_fault(r, 405, "PATCH")
