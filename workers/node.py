@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 from orchestrator.config import Settings
+from orchestrator.operations.backups import DRIVER_ID
 from workers.datapath import ChunkedDriver
 from workers.stores import make_store
 from workers.volumes import FileVolumeBackend
@@ -48,5 +49,6 @@ def backup_driver(settings: Settings) -> ChunkedDriver:
     driver = _drivers.get(key)
     if driver is None:
         driver = _drivers[key] = ChunkedDriver(make_store(kind, **args),
-                                               compression=settings.backup_compression)
+                                               compression=settings.backup_compression,
+                                               driver_id=DRIVER_ID)
     return driver

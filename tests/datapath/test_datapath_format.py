@@ -9,7 +9,6 @@ from dp_helpers import small_driver
 from dp_helpers import write_volume
 
 from workers.datapath import DIGEST_LEN
-from workers.datapath import DRIVER_ID
 from workers.datapath import FORMAT
 from workers.datapath import FORMAT_VERSION
 from workers.datapath import BackupRef
@@ -37,7 +36,8 @@ def _digests(*blocks):
 
 def _manifest(**changes):
     fields = dict(
-        backup_id="abcdef", volume_id="vol-1", created_at="2026-01-02T03:04:05+00:00",
+        driver="orchestrator.drivers.chunked", backup_id="abcdef", volume_id="vol-1",
+        created_at="2026-01-02T03:04:05+00:00",
         container=REF.container, prefix=REF.prefix, size_bytes=10 * BLOCK + 100,
         block_size=BLOCK, segment_size=SEGMENT, compression="zstd", compression_level=1,
         incremental=True,
@@ -88,7 +88,7 @@ def test_manifest_wire_layout():
         "compression_level", "incremental", "parent", "chain_depth", "volume_meta",
         "objects", "frames", "zeroed", "stats"])
     assert (body["format"], body["version"], body["driver"], body["digest"]) == \
-        (FORMAT, FORMAT_VERSION, DRIVER_ID, "sha256")
+        (FORMAT, FORMAT_VERSION, "orchestrator.drivers.chunked", "sha256")
     assert body["objects"][0] == {"name": "data-00000000", "size": 300, "sha256": "a" * 64}
     assert body["parent"] == {"container": "ab/cd/abcd00", "prefix": "backup_abcd00",
                               "backup_id": "abcd00"}

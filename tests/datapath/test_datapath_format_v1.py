@@ -127,7 +127,8 @@ def test_current_code_writes_what_v1_wrote(tmp_path):
     for entry in EXPECTED["backups"]:
         images.build_image(image, entry["stage"])
         assert hashlib.sha256(read_file(image)).hexdigest() == entry["sha256"]
-        drv = ChunkedDriver(store, compression=entry["compression"], **entry["options"])
+        drv = ChunkedDriver(store, compression=entry["compression"],
+                            driver_id="orchestrator.drivers.chunked", **entry["options"])
         parent = BackupRef(*entry["parent"]) if entry["parent"] else None
         result = drv.backup(image, backup_id=entry["backup_id"], volume_id="fixture-volume",
                             size_bytes=SIZE, parent=parent,

@@ -26,7 +26,6 @@ from .errors import StoreError
 from .errors import TransientStoreError
 from .errors import VolumeIOError
 from .format import DIGEST_LEN
-from .format import DRIVER_ID
 from .format import FORMAT
 from .format import FORMAT_VERSION
 from .format import MANIFEST_NAME
@@ -44,7 +43,6 @@ from .results import VerifyResult
 
 __all__ = [
     "DIGEST_LEN",
-    "DRIVER_ID",
     "FORMAT",
     "FORMAT_VERSION",
     "MANIFEST_NAME",

@@ -250,7 +250,8 @@ def backup(store: ObjectStore, config: DriverConfig, source_path: str, *, backup
     try:
         pack_bytes = sum(o.size for o in pipeline.objects)
         manifest = Manifest(
-            backup_id=backup_id, volume_id=volume_id, created_at=_now_iso(),
+            driver=config.driver_id, backup_id=backup_id, volume_id=volume_id,
+            created_at=_now_iso(),
             container=ref.container, prefix=ref.prefix, size_bytes=size_bytes,
             block_size=config.block_size, segment_size=config.segment_size,
             compression=config.codec.name, compression_level=config.codec.level,

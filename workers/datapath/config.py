@@ -28,6 +28,8 @@ class DriverConfig:
     max_chain_depth: int = 64
     check_interval_bytes: int = 32 * MiB
     fsync_target: bool = True
+    # Written into every manifest as its "driver" (the service's name for this driver).
+    driver_id: str | None = None
     codec: Codec = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -53,7 +53,8 @@ class ChunkedDriver:
                  max_inflight_bytes: int = 64 * MiB, max_chain_depth: int = 64,
                  compression_level: int | None = None, segment_size: int = 4 * MiB,
                  pack_size: int = 8 * MiB, io_threads: int = 4,
-                 check_interval_bytes: int = 32 * MiB, fsync_target: bool = True) -> None:
+                 check_interval_bytes: int = 32 * MiB, fsync_target: bool = True,
+                 driver_id: str | None = None) -> None:
         """:raise ValueError: if a setting is out of range or the compression unknown."""
         self.store = store
         self.config = DriverConfig(
@@ -62,7 +63,8 @@ class ChunkedDriver:
             compression_level=compression_level, threads=int(threads),
             io_threads=int(io_threads), max_inflight_bytes=int(max_inflight_bytes),
             max_chain_depth=int(max_chain_depth),
-            check_interval_bytes=int(check_interval_bytes), fsync_target=fsync_target)
+            check_interval_bytes=int(check_interval_bytes), fsync_target=fsync_target,
+            driver_id=driver_id)
 
     @staticmethod
     def ref_for(backup_id: str, container: str | None = None) -> BackupRef:

@@ -48,9 +48,6 @@ SUPPORTED_VERSIONS = (1,)
 MANIFEST_NAME = "manifest.json"
 DIGEST = "sha256"
 DIGEST_LEN = 32
-# Written into every manifest as "driver": the name under which the orchestrator
-# records the backups this data path makes (Cinder's backup "service").
-DRIVER_ID = "orchestrator.drivers.chunked"
 PACK_NAME_FORMAT = "data-{:08d}"
 
 _CHECKSUM_TAG = b"\n#sha256:"
@@ -160,7 +157,9 @@ class Manifest:
     frames: list[Frame]
     zeroed: list[ZeroedRun]
     stats: BackupStats | None
-    driver: str | None = DRIVER_ID
+    # The name the service records these backups under (Cinder's backup "service"); the
+    # service hands it to the driver (orchestrator.operations.backups.DRIVER_ID).
+    driver: str | None = None
     body: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
