@@ -150,3 +150,32 @@ def test_cancelled_restore_and_verify_raise(store, tmp_path):
             drv.verify(res.ref, cancelled=cancelled)
     # the backup itself is untouched by a cancelled restore
     assert drv.verify(res.ref).ok
+
+
+def test_a_delete_removes_exactly_its_own_objects(store, tmp_path):
+    """Containers are the tenants' choice: one may be named '<another's container>/
+    backup_<its id>', so its objects lie below the other backup's prefix. Deleting the
+    outer backup must leave them."""
+    import hashlib
+
+    from dp_helpers import MiB
+    from dp_helpers import small_driver
+    from dp_helpers import write_volume
+
+    from workers.datapath import BackupRef
+    drv = small_driver(store)
+    outer_image = write_volume(str(tmp_path / "outer.img"), 1 * MiB, [(0, 200_000)], seed=1)
+    inner_image = write_volume(str(tmp_path / "inner.img"), 1 * MiB, [(4096, 300_000)], seed=2)
+    outer = drv.backup(outer_image, backup_id="outer1", volume_id="v1", size_bytes=1 * MiB,
+                       container="tenant-a")
+    inner = drv.backup(inner_image, backup_id="inner1", volume_id="v2", size_bytes=1 * MiB,
+                       container="tenant-a/backup_outer1")
+    inner_names = store.list(f"{inner.container}/{inner.prefix}/")
+    assert inner_names and all(n.startswith("tenant-a/backup_outer1/") for n in inner_names)
+    drv.delete(BackupRef(outer.container, outer.prefix))
+    assert store.list(f"{inner.container}/{inner.prefix}/") == inner_names
+    target = str(tmp_path / "restored.img")
+    drv.restore(BackupRef(inner.container, inner.prefix), target)
+    with open(target, "rb") as a, open(inner_image, "rb") as b:
+        assert hashlib.sha256(a.read()).digest() == hashlib.sha256(b.read()).digest()
+    assert not [n for n in store.list("tenant-a/backup_outer1/") if n.count("/") == 2]

@@ -102,7 +102,9 @@ def delete_backup(store: ObjectStore, ref: BackupRef) -> None:
     :raise StoreError: if the store fails.
     """
     prefix = backup_prefix(ref)
-    names = store.list(prefix)
+    # Only the objects directly under the backup's own prefix: another tenant's container
+    # may be named "<this container>/backup_<this id>", and its objects lie below ours.
+    names = [n for n in store.list(prefix) if "/" not in n[len(prefix):]]
     manifest_name = object_name(ref, MANIFEST_NAME)
     if manifest_name in names:
         store.delete(manifest_name)

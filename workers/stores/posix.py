@@ -152,19 +152,21 @@ class PosixStore(ObjectStore):
             directory = os.path.dirname(directory)
 
     def purge_incomplete(self, prefix: str) -> None:
-        """Remove temporary files of interrupted puts below directory ``prefix`` (ends in /)."""
+        """Remove temporary files of interrupted puts in directory ``prefix`` (ends in /).
+
+        That directory only, not the ones below it: they may be other containers.
+        """
         validate_prefix_arg(prefix)
         top = os.path.join(self.root, prefix.rstrip("/")) if prefix.endswith("/") else None
         if top is None or not os.path.isdir(top):
             return
-        for dirpath, _dirnames, filenames in os.walk(top, topdown=False):
-            for filename in filenames:
-                if _TMP_MARK in filename:
-                    try:
-                        os.unlink(os.path.join(dirpath, filename))
-                    except FileNotFoundError:
-                        pass
-            self._prune_empty_dirs(dirpath)
+        for entry in os.scandir(top):
+            if entry.is_file() and _TMP_MARK in entry.name:
+                try:
+                    os.unlink(entry.path)
+                except FileNotFoundError:
+                    pass
+        self._prune_empty_dirs(top)
 
     def list(self, prefix: str = "") -> list[str]:
         """Sorted names that start with ``prefix`` (temporary files left out)."""
