@@ -179,3 +179,33 @@ def test_a_delete_removes_exactly_its_own_objects(store, tmp_path):
     with open(target, "rb") as a, open(inner_image, "rb") as b:
         assert hashlib.sha256(a.read()).digest() == hashlib.sha256(b.read()).digest()
     assert not [n for n in store.list("tenant-a/backup_outer1/") if n.count("/") == 2]
+
+
+def test_the_block_digests_are_checked_not_only_the_objects(store, tmp_path):
+    """A pack swapped for another backup's, with the manifest's object digests made to
+    match: only the per-block digests can tell, and the restore and verify must fail."""
+    import json
+
+    from workers.datapath import BackupRef
+    from workers.datapath import decode_manifest
+    from workers.datapath import encode_manifest
+    drv = small_driver(store, compression="none")
+    same_layout = [(0, 64 * KiB)]
+    first = drv.backup(write_volume(str(tmp_path / "a"), SIZE, same_layout, seed=1),
+                       backup_id="aaa", volume_id="v", size_bytes=SIZE, container="k")
+    second = drv.backup(write_volume(str(tmp_path / "b"), SIZE, same_layout, seed=2),
+                        backup_id="bbb", volume_id="v", size_bytes=SIZE, container="k")
+    name_a = "k/backup_aaa/manifest.json"
+    manifest_a = decode_manifest(store.get(name_a))
+    manifest_b = decode_manifest(store.get("k/backup_bbb/manifest.json"))
+    assert [o["name"] for o in manifest_a["objects"]] == \
+        [o["name"] for o in manifest_b["objects"]]
+    for obj in manifest_b["objects"]:  # b's packs under a's names, a's manifest vouching
+        store.put(f"k/backup_aaa/{obj['name']}", store.get(f"k/backup_bbb/{obj['name']}"))
+    manifest_a["objects"] = json.loads(json.dumps(manifest_b["objects"]))
+    store.put(name_a, encode_manifest(manifest_a))
+    with pytest.raises(IntegrityError):
+        drv.restore(BackupRef(first.container, first.prefix),
+                    sparse_target(str(tmp_path / "target"), SIZE))
+    assert not drv.verify(BackupRef(first.container, first.prefix)).ok
+    assert drv.verify(BackupRef(second.container, second.prefix)).ok
