@@ -305,3 +305,24 @@ def test_a_bug_in_a_run_half_shows_the_tenant_no_internals(settings, database, n
         assert "secret" not in reason and "internal error (KeyError)" in reason
         assert "/srv/secret/config.ini" in s.get(Job, job_id).error
         assert s.get(Volume, volume_id).status == "available"
+
+
+def test_a_failing_prepare_ends_the_job_instead_of_requeueing_it(settings, database, node,
+                                                                 monkeypatch):
+    """A 202 must never turn into a job that goes back to queued forever: whatever fails in
+    the claim's own step ends the job, its backup in error and its volume released."""
+    class BadPrepare(RunHalf):
+        operation = "backup_create"
+
+        def prepare(self, session, job, params):
+            raise ValueError("the store refuses this container")
+    monkeypatch.setitem(RUNNERS, "backup_create", BadPrepare())
+    volume_id = _volume(settings, database, image=True)
+    backup_id, job_id = _backup(settings, database, volume_id)
+    assert manager.run_job(settings, job_id, owner="w1") == "failed"
+    assert manager.run_job(settings, job_id, owner="w1") == "skipped"
+    with database.scope(write=False) as s:
+        assert s.get(Job, job_id).state == "failed"
+        backup = s.get(Backup, backup_id)
+        assert backup.status == "error" and "refuses this container" in backup.fail_reason
+        assert s.get(Volume, volume_id).status == "available"
