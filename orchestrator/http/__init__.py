@@ -12,28 +12,31 @@ from orchestrator import errors
 from orchestrator import policy
 from orchestrator.config import Settings
 from orchestrator.db import get_database
+from orchestrator.dispatch import Publisher
+from orchestrator.http import availability_zones
+from orchestrator.http import backups
 from orchestrator.http import faults
+from orchestrator.http import limits
+from orchestrator.http import openapi
+from orchestrator.http import quotas
+from orchestrator.http import services
+from orchestrator.http import snapshots
 from orchestrator.http import transaction
+from orchestrator.http import versions
+from orchestrator.http import volumes
 from orchestrator.http.auth import MODES
 from orchestrator.http.auth import authenticate
 from orchestrator.http.body import check_request_text
 from orchestrator.http.jsonio import FastJSONProvider
 from orchestrator.http.microversion import negotiate
 from orchestrator.http.routes import ProjectConverter
+from orchestrator.tasks import make_celery
 
 log = logging.getLogger(__name__)
 
 
 def blueprints() -> list:
     """Every route blueprint of the API, in the order they are registered."""
-    from orchestrator.http import availability_zones
-    from orchestrator.http import backups
-    from orchestrator.http import limits
-    from orchestrator.http import quotas
-    from orchestrator.http import services
-    from orchestrator.http import snapshots
-    from orchestrator.http import versions
-    from orchestrator.http import volumes
     return [versions.bp, backups.bp, volumes.bp, snapshots.bp, quotas.bp, limits.bp,
             services.bp, availability_zones.bp]
 
@@ -60,10 +63,6 @@ def register_routes(app: Flask) -> frozenset[str]:
 
 def create_app(settings: Settings | None = None, *, celery_app=None) -> Flask:
     """Create the API application."""
-    from orchestrator.dispatch import Publisher
-    from orchestrator.http import openapi
-    from orchestrator.tasks import make_celery
-
     settings = settings or Settings.from_env()
     if settings.auth not in MODES:
         raise ValueError(f"ORCH_AUTH must be one of {', '.join(MODES)}, not {settings.auth!r}")

@@ -32,7 +32,7 @@ class S3Store(ObjectStore):
                  connect_timeout: float = 10, read_timeout: float = 60,
                  create_bucket: bool = False) -> None:
         """:raise PermanentStoreError: without a bucket; StoreError if creating it fails."""
-        import boto3
+        import boto3  # only a deployment that uses S3 pays for importing boto3
         from botocore.config import Config
 
         if not bucket:
@@ -60,6 +60,7 @@ class S3Store(ObjectStore):
 
     def _store_error(self, error: Exception, name: str) -> StoreError:
         """The StoreError of whatever boto3 raised."""
+        # botocore, like boto3 above, is imported only by a deployment that uses S3.
         from botocore.exceptions import BotoCoreError
         from botocore.exceptions import ClientError
         from botocore.exceptions import ConnectionError as BotoConnectionError
