@@ -257,14 +257,16 @@ def charge(session: Session, project_id: str, deltas: dict[str, int], settings: 
         limit = limits.get(resource, -1)
         if quota_rows.add_usage(session, project_id, resource, delta, limit=limit, now=now):
             continue
-        # No row changed: the limit is hit, or the usage row does not exist yet (first use).
+        # No row changed: the limit is hit, or the usage row did not exist when the UPDATE
+        # looked (first use; another request may have committed it since).
         consumed = quota_rows.consumed(session, project_id, resource)
         if consumed is None:
             _usage_id(session, project_id, resource, minus=delta if counted else 0)
-            if quota_rows.add_usage(session, project_id, resource, delta, limit=limit,
-                                    now=now):
-                continue
-            consumed = quota_rows.consumed(session, project_id, resource)
+        elif 0 <= limit < consumed + delta:
+            raise _over_quota(resource, delta, limit, consumed)
+        if quota_rows.add_usage(session, project_id, resource, delta, limit=limit, now=now):
+            continue
+        consumed = quota_rows.consumed(session, project_id, resource)
         raise _over_quota(resource, delta, limit, consumed)
 
 

@@ -210,3 +210,31 @@ def test_concurrent_imports_of_one_record_import_it_once(settings, database, rec
         revived = s.get(Backup, backup_id)
         assert (revived.status, revived.service_metadata, revived.service) == \
             ("creating", None, None)
+
+
+def test_first_use_charge_that_meets_a_concurrent_first_use_is_not_refused(settings, database,
+                                                                         monkeypatch):
+    """Two first creates of a project: the second's UPDATE finds no usage row, then the
+    first commits the row before the second looks again. The second was answered 413 on
+    backup_gigabytes with room to spare (seen in the 50-create race on PostgreSQL)."""
+    from orchestrator import quota
+    from orchestrator.persistence import quota as quota_rows
+    first = database.session(write=True)
+    quota.charge(first, "fresh", {"backup_gigabytes": 1, "backups": 1}, settings,
+                 now=utcnow())
+    real = quota_rows.consumed
+    calls = {"n": 0}
+
+    def consumed_after_the_first_commits(session, project_id, resource):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            first.commit()  # between the second's UPDATE and its look at the row
+            first.close()
+        return real(session, project_id, resource)
+    monkeypatch.setattr(quota_rows, "consumed", consumed_after_the_first_commits)
+    with database.scope() as s:
+        quota.charge(s, "fresh", {"backup_gigabytes": 1, "backups": 1}, settings,
+                     now=utcnow())
+    with database.scope(write=False) as s:
+        assert quota.usage(s, "fresh")["backup_gigabytes"] == (2, 0)
+        assert quota.usage(s, "fresh")["backups"] == (2, 0)
