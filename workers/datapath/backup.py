@@ -127,15 +127,10 @@ def parent_digests(chain: list[Manifest], blocks_per_segment: int
             state.digests[index * DIGEST_LEN:(index + frame.block_count) * DIGEST_LEN] = digests
             state.present[index:index + frame.block_count] = b"\x01" * frame.block_count
         for run in manifest.zeroed:
-            block = run.first_block
-            end = run.first_block + run.block_count
-            while block < end:
-                segment, index = divmod(block, blocks_per_segment)
-                count = min(end - block, blocks_per_segment - index)
+            for segment, index, count in run.by_segment(blocks_per_segment):
                 state = segments.get(segment)
                 if state is not None:
                     state.present[index:index + count] = bytes(count)
-                block += count
     return segments
 
 

@@ -29,6 +29,7 @@ import base64
 import binascii
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
@@ -86,6 +87,15 @@ class ZeroedRun(NamedTuple):
 
     first_block: int
     block_count: int
+
+    def by_segment(self, blocks_per_segment: int) -> Iterator[tuple[int, int, int]]:
+        """The run cut at segment boundaries: (segment, index in it, block count)."""
+        block, end = self.first_block, self.first_block + self.block_count
+        while block < end:
+            segment, index = divmod(block, blocks_per_segment)
+            count = min(end - block, blocks_per_segment - index)
+            yield segment, index, count
+            block += count
 
 
 @dataclass(frozen=True)

@@ -104,18 +104,13 @@ def plan_restore(chain: list[Manifest]) -> RestorePlan:
     work: dict[PackKey, list[FrameWork]] = {}
     for chain_index, manifest in enumerate(chain):
         for run in manifest.zeroed:
-            block = run.first_block
-            end = run.first_block + run.block_count
-            while block < end:
-                segment, index = divmod(block, blocks_per_segment)
-                count = min(end - block, blocks_per_segment - index)
+            for segment, index, count in run.by_segment(blocks_per_segment):
                 owners = claimed.get(segment)
                 if owners is None:
                     owners = claimed[segment] = bytearray(blocks_per_segment)
                 for x in range(index, index + count):
                     if not owners[x]:
                         owners[x] = _CLAIMED_ZERO
-                block += count
         for frame in manifest.frames:
             first_block, count = frame.first_block, frame.block_count
             segment, index = divmod(first_block, blocks_per_segment)
