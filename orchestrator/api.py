@@ -346,11 +346,8 @@ def force_delete_backup(session: Session, ctx: RequestContext, settings: Setting
     if running is not None:
         if running.state in (JobState.QUEUED, JobState.WAITING):
             # Never started: cancel it here and undo its effects, then delete at once.
-            if jobs.finish(session, running, JobState.CANCELLED, now=now,
-                           error="force deleted") or \
-                    session.execute(update(Job).where(Job.id == running.id,
-                                                      Job.state == JobState.WAITING)
-                                    .values(state=JobState.CANCELLED, finished_at=now)).rowcount:
+            if jobs.end_unstarted(session, running, JobState.CANCELLED, now=now,
+                                  error="force deleted"):
                 jobs.on_failure(session, running, "cancelled by force delete", now=now,
                                 cancelled=True)
             session.execute(update(Backup).where(Backup.id == backup.id)
@@ -485,11 +482,8 @@ def reset_status(session: Session, ctx: RequestContext, backup_id: str, status: 
         if job.state == JobState.RUNNING:
             session.execute(update(Job).where(Job.id == job.id).values(cancel_requested=True))
             continue
-        if job.state == JobState.WAITING:
-            session.execute(update(Job).where(Job.id == job.id, Job.state == JobState.WAITING)
-                            .values(state=JobState.QUEUED))
-        if jobs.finish(session, job, JobState.CANCELLED, now=now,
-                       error="cancelled by a status reset"):
+        if jobs.end_unstarted(session, job, JobState.CANCELLED, now=now,
+                              error="cancelled by a status reset"):
             to_dispatch.extend(jobs.on_failure(session, job, "cancelled by a status reset",
                                                now=now, cancelled=True))
     session.execute(update(Backup).where(Backup.id == backup.id).values(

@@ -110,6 +110,15 @@ def finish(session: Session, job: Job, state: str, *, now: dt.datetime,
     return job_rows.finish(session, job, state, now=now, error=error, owner=owner)
 
 
+def end_unstarted(session: Session, job: Job, state: str, *, now: dt.datetime,
+                  error: str) -> bool:
+    """End a job that never ran (queued, or waiting behind another) in ``state``; False if
+    it had started or ended meanwhile."""
+    session.execute(update(Job).where(Job.id == job.id, Job.state == JobState.WAITING)
+                    .values(state=JobState.QUEUED))
+    return finish(session, job, state, now=now, error=error)
+
+
 def promote_next(session: Session, job: Job, *, now: dt.datetime) -> Job | None:
     """Queue the job chained after ``job``; returns it for dispatch after commit."""
     if not job.next_job_id:
@@ -142,11 +151,8 @@ def on_failure(session: Session, job: Job, reason: str, *, now: dt.datetime,
                 if promoted:
                     to_dispatch.append(promoted)
             else:
-                session.execute(update(Job).where(Job.id == nxt.id,
-                                                  Job.state == JobState.WAITING)
-                                .values(state=JobState.QUEUED, updated_at=now))
-                finish(session, nxt, JobState.FAILED, now=now,
-                       error=f"previous job {job.op} {job.id} failed: {reason}")
+                end_unstarted(session, nxt, JobState.FAILED, now=now,
+                              error=f"previous job {job.op} {job.id} failed: {reason}")
                 to_dispatch.extend(on_failure(session, nxt, f"{job.op} failed: {reason}",
                                               now=now))
     return to_dispatch

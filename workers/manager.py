@@ -148,7 +148,7 @@ def _fail(db: Database, job: Job, op, exc: Exception, owner: str) -> tuple[str, 
     else:
         detail = f"{exc.__class__.__name__}: {str(exc) or exc.__class__.__name__}"
         reason = public_reason(op, exc, detail)
-        if _NAMED_FAILURES and isinstance(exc, _NAMED_FAILURES):
+        if isinstance(exc, _NAMED_FAILURES):
             log.error("job %s %s failed: %s", job.id, job.op, detail)
         else:  # anything else may be a bug: keep the traceback
             log.exception("job %s %s failed", job.id, job.op)
