@@ -276,6 +276,16 @@ def _has_children(session: Session, backup: Backup) -> bool:
                                                   Backup.deleted.is_(False)).limit(1)) is not None
 
 
+def _blocked_by_children(session: Session, settings: Settings, backup: Backup,
+                         any_backup: bool) -> bool:
+    """Cinder's rule: a backup with incremental children cannot be deleted. A backup of the
+    shared-block format can when the deployment allows it (ORCH_BACKUP_DELETE_ANY) or the
+    caller is retention (``any_backup``): its children do not need its data."""
+    if backup.data_format == 2 and (any_backup or settings.backup_delete_any):
+        return False
+    return _has_children(session, backup)
+
+
 def _backup_host(session: Session, settings: Settings, backup: Backup, now: dt.datetime) -> str:
     """A live backup host for a job on an existing backup (delete, restore, verify).
 
@@ -291,15 +301,18 @@ def _backup_host(session: Session, settings: Settings, backup: Backup, now: dt.d
 
 
 def delete_backup(session: Session, ctx: RequestContext, settings: Settings, backup_id: str, *,
-                  now: dt.datetime) -> list[Job]:
+                  now: dt.datetime, any_backup: bool = False) -> list[Job]:
     """Queue the deletion of an available or failed backup.
+
+    ``any_backup``: delete it even if incrementals build on it, when its format allows
+    (retention uses it whatever ORCH_BACKUP_DELETE_ANY says).
 
     :raises BackupNotFound, InvalidBackup, NoLiveHost:
     """
     backup = get_backup(session, ctx, backup_id)
     if backup.status not in (BackupStatus.AVAILABLE, BackupStatus.ERROR):
         raise errors.InvalidBackup("Invalid backup: Backup status must be available or error")
-    if _has_children(session, backup):
+    if _blocked_by_children(session, settings, backup, any_backup):
         raise errors.InvalidBackup("Invalid backup: Incremental backups exist for this backup.")
     host = _backup_host(session, settings, backup, now)
     previous = backup.status  # read before the CAS: the ORM syncs the object after it
@@ -308,7 +321,7 @@ def delete_backup(session: Session, ctx: RequestContext, settings: Settings, bac
                                updated_at=now)).rowcount != 1:
         raise errors.InvalidBackup("Invalid backup: Backup status must be available or error")
     # Again with the row locked: an incremental committed meanwhile is seen now.
-    if _has_children(session, backup):
+    if _blocked_by_children(session, settings, backup, any_backup):
         raise errors.InvalidBackup("Invalid backup: Incremental backups exist for this backup.")
     return [jobs.create(session, "backup_delete", resource_id=backup.id, host=host,
                         project_id=backup.project_id,
@@ -326,7 +339,7 @@ def force_delete_backup(session: Session, ctx: RequestContext, settings: Setting
     """
     backup = get_backup(session, ctx, backup_id)
     policy.authorize(ctx, "volume_extension:backup_admin_actions:force_delete")
-    if _has_children(session, backup):
+    if _blocked_by_children(session, settings, backup, False):
         raise errors.InvalidBackup("Invalid backup: Incremental backups exist for this backup.")
     if backup.status == BackupStatus.DELETING and active_operation(session, backup) is not None:
         return []  # already being deleted
@@ -335,7 +348,7 @@ def force_delete_backup(session: Session, ctx: RequestContext, settings: Setting
     running = active_operation(session, backup, lock=True)  # the job first, then the backup
     session.execute(update(Backup).where(Backup.id == backup.id)
                     .values(status=BackupStatus.DELETING, host=host, updated_at=now))
-    if _has_children(session, backup):  # again with the row locked
+    if _blocked_by_children(session, settings, backup, False):  # again with the row locked
         raise errors.InvalidBackup("Invalid backup: Incremental backups exist for this backup.")
     delete_job = jobs.create(session, "backup_delete", resource_id=backup.id, host=host,
                              project_id=backup.project_id,

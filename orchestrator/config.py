@@ -53,6 +53,7 @@ BOUNDS = (
     ("quota_volumes", -1, _LARGE), ("quota_gigabytes", -1, _LARGE),
     ("quota_snapshots", -1, _LARGE), ("max_list_limit", 1, 100000),
     ("max_body_bytes", 1, 1 << 30),
+    ("gc_interval", 0, 86400 * 365), ("gc_grace", 0, 86400 * 365),
 )
 BROKER_SCHEMES = ("redis", "rediss", "redis+socket", "amqp", "amqps", "pyamqp", "memory")
 
@@ -102,6 +103,14 @@ class Settings:
     max_list_limit: int = 1000
     max_body_bytes: int = 1048576
     log_level: str = "INFO"
+    # Any backup of the shared-block format may be deleted, whatever depends on it
+    # (Cinder's rule, the default: only one without incremental children).
+    backup_delete_any: bool = False
+    # Seconds between scheduled garbage collections of each store (0: never scheduled).
+    gc_interval: float = 3600.0
+    # An object no SQL row knows is garbage only once this much older than the oldest
+    # job still running on its store (clock skew between hosts, slow uploads).
+    gc_grace: float = 3600.0
 
     def __post_init__(self) -> None:
         state = Path(self.state_dir).absolute()

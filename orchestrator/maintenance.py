@@ -18,6 +18,7 @@ from orchestrator import hosts
 from orchestrator import jobs
 from orchestrator import operations
 from orchestrator import quota
+from orchestrator import storage
 from orchestrator.config import Settings
 from orchestrator.db import get_database
 from orchestrator.db import utcnow
@@ -126,3 +127,16 @@ def reconcile_quota(settings: Settings) -> list:
     db = get_database(settings.database_url)
     with db.scope() as session:
         return quota.reconcile(session, now=utcnow())
+
+
+def collect_garbage(settings: Settings, *, publisher) -> int:
+    """Queue a full collection of every known store that is due; returns how many."""
+    if not settings.gc_interval:
+        return 0
+    db = get_database(settings.database_url)
+    with db.scope() as session:
+        queued = storage.schedule(session, settings, now=utcnow())
+    if queued:
+        dispatch(db, publisher, queued, undo_on_failure=False)
+        log.info("garbage collection queued for %d store(s)", len(queued))
+    return len(queued)

@@ -169,6 +169,9 @@ class Backup(TimestampMixin, SoftDeleteMixin, Base):
     verify_status: Mapped[str | None] = mapped_column(String(32))
     verified_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     verify_message: Mapped[str | None] = mapped_column(String(255))
+    # 2: the shared-block format (a logical full over reference-counted objects, deletable
+    # whatever depends on it); None: the chain format (only the newest may be deleted).
+    data_format: Mapped[int | None] = mapped_column(Integer)
 
     # Loaded on first access (inside a session): the worker, which reads a backup row per
     # job, never needs it, and the HTTP views read metadata with their own query.
@@ -281,12 +284,55 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(Text)
     # Events besides the state: each in-place retry of a transient failure (None: none).
     history: Mapped[list | None] = mapped_column(JSON)
+    # What the job reported when it succeeded (a garbage collection: what it freed).
+    result: Mapped[dict | None] = mapped_column(JSON)
     dispatched_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     dispatch_count: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
     updated_at: Mapped[dt.datetime | None] = mapped_column(DateTime, onupdate=utcnow)
+
+
+_OBJECT_ID = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class StoredObject(Base):
+    """An object of the store that backups of the shared-block format reference.
+
+    ``ref_count`` is the number of backup_objects rows naming it; an object is
+    physically deleted only after a collector moved it from ``live`` to
+    ``removing`` with ``ref_count`` 0, in one statement (see
+    orchestrator/persistence/objects.py for the protocol).
+    """
+
+    __tablename__ = "store_objects"
+    __table_args__ = (
+        UniqueConstraint("store", "name"),
+        Index("ix_store_objects_garbage", "store", "id", postgresql_where=text("ref_count = 0"),
+              sqlite_where=text("ref_count = 0")),
+    )
+
+    id: Mapped[int] = mapped_column(_OBJECT_ID, primary_key=True, autoincrement=True)
+    store: Mapped[str] = mapped_column(String(255), nullable=False)
+    name: Mapped[str] = mapped_column(String(1024), nullable=False)
+    size: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    ref_count: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    state: Mapped[str] = mapped_column(String(16), nullable=False, default="live")
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+    released_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+
+
+class BackupObject(Base):
+    """Backup ``backup_id`` references object ``object_id`` (one reference of its count)."""
+
+    __tablename__ = "backup_objects"
+    __table_args__ = (Index("ix_backup_objects_object_id", "object_id"),)
+
+    backup_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    object_id: Mapped[int] = mapped_column(_OBJECT_ID, ForeignKey("store_objects.id"),
+                                           primary_key=True)
 
 
 class ApiToken(Base):

@@ -31,6 +31,7 @@ RULES: dict[str, Role] = {
     "backup:export-import": Role.ADMIN,
     "backup:backup-import": Role.ADMIN,
     "backup:verify": Role.ADMIN,
+    "backup:gc": Role.ADMIN,
     "volume_extension:backup_admin_actions:force_delete": Role.ADMIN,
     "volume_extension:backup_admin_actions:reset_status": Role.ADMIN,
     # volumes and the rest

@@ -63,11 +63,21 @@ def make_celery(settings: Settings) -> Celery:
             "reconcile-quota": {
                 "task": "orchestrator.tasks.reconcile_quota", "schedule": schedule(3600.0),
                 "options": {"queue": MAINTENANCE_QUEUE, "expires": 3600}},
+            # Each store is collected every gc_interval; the round looks more often so that
+            # a new store, or one whose host was down, does not wait a whole interval.
+            "collect-garbage": {
+                "task": "orchestrator.tasks.collect_garbage",
+                "schedule": schedule(_gc_round(settings)),
+                "options": {"queue": MAINTENANCE_QUEUE, "expires": _gc_round(settings) * 2}},
         },
     )
     app.conf.orchestrator_settings = settings
 
     return app
+
+
+def _gc_round(settings: Settings) -> float:
+    return max(1.0, min(settings.gc_interval or 3600.0, 300.0))
 
 
 def settings_of(app: Celery) -> Settings:
@@ -94,3 +104,9 @@ def expire_reservations(self) -> int:
              ignore_result=True)
 def reconcile_quota(self) -> list:
     return maintenance.reconcile_quota(settings_of(self.app))
+
+
+@shared_task(name="orchestrator.tasks.collect_garbage", bind=True, acks_late=True,
+             ignore_result=True)
+def collect_garbage(self) -> int:
+    return maintenance.collect_garbage(settings_of(self.app), publisher=Publisher(self.app))

@@ -133,11 +133,13 @@ def _complete(run: JobRun, op, params, outcome) -> tuple[str, list[Job]]:
             log.warning("job %s lost its lease before completing; its result is dropped",
                         run.job.id)
             return JobState.SUCCEEDED, []
-        op.complete(session, run.job, params, outcome, now=now)
+        follow_ups = [jobs.create(session, f.op, resource_id=f.resource_id, host=f.host,
+                                  project_id=f.project_id, params=f.params, now=now)
+                      for f in op.complete(session, run.job, params, outcome, now=now) or ()]
         # finish refreshed run.job.next_job_id: a force delete may have chained a job
         # after this one meanwhile.
         nxt = jobs.promote_next(session, run.job, now=now)
-        return JobState.SUCCEEDED, [nxt] if nxt else []
+        return JobState.SUCCEEDED, follow_ups + ([nxt] if nxt else [])
 
 
 def _fail(db: Database, job: Job, op, exc: Exception, owner: str) -> tuple[str, list[Job]]:

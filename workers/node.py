@@ -42,6 +42,14 @@ def store_args(settings: Settings) -> tuple[str, dict]:
     return "posix", dict(path=settings.backup_path)
 
 
+def store_identity(settings: Settings) -> str:
+    """The configured store as SQL names it in store_objects (no credentials)."""
+    kind, args = store_args(settings)
+    if kind == "s3":
+        return f"s3:{args['endpoint_url'] or 'default'}/{args['bucket']}"
+    return f"posix:{os.path.abspath(args['path'])}"
+
+
 def backup_driver(settings: Settings) -> ChunkedDriver:
     """The chunked driver on the configured store."""
     kind, args = store_args(settings)

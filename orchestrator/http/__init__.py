@@ -21,6 +21,7 @@ from orchestrator.http import openapi
 from orchestrator.http import quotas
 from orchestrator.http import services
 from orchestrator.http import snapshots
+from orchestrator.http import storage
 from orchestrator.http import transaction
 from orchestrator.http import versions
 from orchestrator.http import volumes
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 def blueprints() -> list:
     """Every route blueprint of the API, in the order they are registered."""
     return [versions.bp, backups.bp, volumes.bp, snapshots.bp, quotas.bp, limits.bp,
-            services.bp, availability_zones.bp]
+            services.bp, availability_zones.bp, storage.bp]
 
 
 def register_routes(app: Flask) -> frozenset[str]:

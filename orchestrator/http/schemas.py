@@ -185,6 +185,15 @@ class ServiceToggleSchema(StrictSchema):
     disabled_reason = fields.String(allow_none=True, validate=validate.Length(max=255))
 
 
+class BackupGCCreateSchema(StrictSchema):
+    """POST /backup-gc: which store to collect (a host's; by default any live backup host
+    of the zone) and how far (``full`` also sweeps the store's listing)."""
+
+    scope = fields.String(validate=validate.OneOf(("full", "released")))
+    host = fields.String(validate=validate.Length(min=1, max=255))
+    availability_zone = fields.String(validate=validate.Length(min=1, max=255))
+
+
 # ----------------------------------------------------------------------------- replies
 # Documentation only: render.py builds these dicts; the OpenAPI document shows them, inside
 # the envelope each route declares.
@@ -346,3 +355,30 @@ class FaultSchema(ReplySchema):
     overLimit = fields.Nested(_Fault)
     badMediaType = fields.Nested(_Fault)
     serviceUnavailable = fields.Nested(_Fault)
+
+
+class BackupGCResultSchema(Schema):
+    store = fields.String()
+    scope = fields.String()
+    objects_freed = fields.Integer()
+    bytes_freed = fields.Integer()
+    unknown_objects_freed = fields.Integer()
+    unknown_bytes_freed = fields.Integer()
+    objects_skipped = fields.Integer()
+    objects_listed = fields.Integer()
+    elapsed_s = fields.Float()
+
+
+class BackupGCSchema(Schema):
+    """A garbage collection of a store and what it freed."""
+
+    id = fields.String()
+    status = fields.String(metadata={"description": "queued, running, succeeded, failed"})
+    scope = fields.String()
+    host = fields.String()
+    store = fields.String(allow_none=True)
+    created_at = fields.String()
+    started_at = fields.String(allow_none=True)
+    finished_at = fields.String(allow_none=True)
+    result = fields.Nested(BackupGCResultSchema, allow_none=True)
+    error = fields.String(allow_none=True)

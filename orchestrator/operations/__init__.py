@@ -1,5 +1,6 @@
 """One definition per job type (see ``base``); importing the package registers them all."""
 from orchestrator.operations import backups
+from orchestrator.operations import storage
 from orchestrator.operations import volumes
 from orchestrator.operations.base import REGISTRY
 from orchestrator.operations.base import Operation
@@ -11,4 +12,4 @@ from orchestrator.operations.base import truncate_reason
 from orchestrator.operations.base import unregister
 
 __all__ = ["REGISTRY", "Operation", "Params", "RetryPolicy", "backups", "get", "register",
-           "truncate_reason", "unregister", "volumes"]
+           "storage", "truncate_reason", "unregister", "volumes"]

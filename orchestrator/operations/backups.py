@@ -24,7 +24,9 @@ from orchestrator.operations.base import Operation
 from orchestrator.operations.base import Params
 from orchestrator.operations.base import register
 from orchestrator.operations.base import truncate_reason
+from orchestrator.operations.storage import released_gc
 from orchestrator.persistence import backups as backup_rows
+from orchestrator.persistence import objects
 from orchestrator.persistence.resources import set_status
 from orchestrator.states import BackupStatus
 from orchestrator.states import SnapshotStatus
@@ -87,6 +89,12 @@ class BackupCreateOutcome:
     incremental: bool
     message: str | None = None
     final_rate: float | None = None
+    # The shared-block format (2): the store written to, the objects this backup wrote
+    # and the names of every object its manifest references.
+    data_format: int | None = None
+    store: str | None = None
+    new_objects: tuple[objects.ObjectInfo, ...] = ()
+    referenced: tuple[str, ...] = ()
 
 
 @register
@@ -114,11 +122,19 @@ class BackupCreate(Operation):
         return BackupCreateInputs(backup, parent, volume)
 
     def record_location(self, session: Session, backup: Backup, container: str,
-                        prefix: str) -> None:
+                        prefix: str, data_format: int | None = None) -> None:
         """Record where the objects will go before any is written, so that whatever
         happens to the worker, deleting the backup later finds and removes them."""
         backup_rows.set_location(session, backup, container=container, prefix=prefix,
-                                 service=DRIVER_ID, total=(backup.size or 0) * GiB)
+                                 service=DRIVER_ID, total=(backup.size or 0) * GiB,
+                                 data_format=data_format)
+
+    def pin_parent(self, session: Session, backup: Backup, parent: Backup | None) -> int:
+        """Before the data path reads the parent: reference everything it references, so
+        no collection can free what the incremental is about to re-use."""
+        if parent is None or parent.data_format != 2:
+            return 0
+        return objects.pin(session, backup.id, parent.id)
 
     def complete(self, session: Session, job: Job, params: BackupCreateParams,
                  outcome: BackupCreateOutcome, *, now: dt.datetime) -> None:
@@ -135,6 +151,12 @@ class BackupCreate(Operation):
             values["parent_id"] = None
         if outcome.message:
             values["fail_reason"] = truncate_reason(outcome.message)
+        if outcome.data_format == 2:
+            # Raises (the job then fails, and fail() drops the pins) if the data path
+            # referenced an object that was not pinned.
+            objects.register(session, job.resource_id, outcome.store, new=outcome.new_objects,
+                             referenced=outcome.referenced, now=now)
+            values["data_format"] = 2
         if not backup_rows.finish_create(session, job.resource_id, values):
             log.warning(
                 "backup %s changed status while it ran; result not applied", job.resource_id)
@@ -145,6 +167,7 @@ class BackupCreate(Operation):
     def fail(self, session, job, params: BackupCreateParams, reason, *, now, cancelled):
         set_status(session, Backup, job.resource_id, BackupStatus.CREATING, BackupStatus.ERROR,
                    now=now, reason=reason)
+        objects.release(session, job.resource_id, now=now)
         self.release_source(session, params, now)
 
     def abandon(self, session, job, params: BackupCreateParams, *, now):
@@ -221,6 +244,13 @@ class BackupDeleteParams(Params):
     run_after_failure: bool = False
 
 
+@dataclass(frozen=True)
+class BackupDeleteOutcome:
+    """The store the deleted backup's objects are in (None: it had no shared objects)."""
+
+    store: str | None = None
+
+
 @register
 class BackupDelete(Operation):
     name = "backup_delete"
@@ -229,19 +259,31 @@ class BackupDelete(Operation):
     resumable = True
     routable = True
 
-    def complete(self, session, job, params, outcome, *, now):
+    def complete(self, session, job, params, outcome: BackupDeleteOutcome | None, *, now):
         backup = session.get(Backup, job.resource_id)
         if session.execute(update(Backup).where(Backup.id == backup.id,
                                                 Backup.status == BackupStatus.DELETING,
                                                 Backup.deleted.is_(False))
                            .values(status=BackupStatus.DELETED, deleted=True,
                                    deleted_at=now)).rowcount != 1:
-            return
+            return None
         session.execute(update(BackupMetadata).where(BackupMetadata.backup_id == backup.id)
                         .values(deleted=True, deleted_at=now))
         _release_backup_quota(session, backup, now)
+        # Its children (a shared-block backup may be deleted whatever depends on it) now
+        # build on its parent: has_dependent_backups and the counts stay true.
+        session.execute(update(Backup).where(Backup.parent_id == backup.id,
+                                             Backup.deleted.is_(False))
+                        .values(parent_id=backup.parent_id))
         if backup.parent_id:
             backup_rows.count_dependents(session, backup.parent_id)
+        # Its references go in the same transaction that marks it deleted; what nobody
+        # references any more is freed by a collection queued now.
+        if objects.release(session, backup.id, now=now) and outcome is not None \
+                and outcome.store:
+            follow_up = released_gc(session, outcome.store, job.host)
+            return [follow_up] if follow_up is not None else None
+        return None
 
     def fail(self, session, job, params, reason, *, now, cancelled):
         set_status(session, Backup, job.resource_id, BackupStatus.DELETING,
@@ -262,6 +304,11 @@ class BackupImportParams(Params):
     revived: bool = False
 
 
+@dataclass(frozen=True)
+class BackupImportOutcome:
+    data_format: int | None = None
+
+
 @register
 class BackupImport(Operation):
     name = "backup_import"
@@ -270,11 +317,18 @@ class BackupImport(Operation):
     resumable = True
     routable = True
 
-    def complete(self, session, job, params: BackupImportParams, outcome, *, now):
+    def adopt(self, session: Session, backup_id: str, store: str,
+              referenced: tuple[objects.ObjectInfo, ...], *, now) -> None:
+        """Reference the imported backup's objects (before checking that they exist)."""
+        objects.adopt(session, backup_id, store, referenced, now=now)
+
+    def complete(self, session, job, params: BackupImportParams,
+                 outcome: BackupImportOutcome | None, *, now):
         record = params.record
         backup = session.get(Backup, job.resource_id)
         if backup.status != BackupStatus.CREATING:
             return
+        backup.data_format = outcome.data_format if outcome is not None else None
         zone = session.scalar(select(Service.availability_zone).where(
             Service.host == job.host, Service.binary == "cinder-backup"))
         backup.volume_id = record.get("volume_id") or backup.volume_id
@@ -299,6 +353,7 @@ class BackupImport(Operation):
     def fail(self, session, job, params, reason, *, now, cancelled):
         set_status(session, Backup, job.resource_id, BackupStatus.CREATING, BackupStatus.ERROR,
                    now=now, reason=reason)
+        objects.release(session, job.resource_id, now=now)
 
     def abandon(self, session, job, params: BackupImportParams, *, now):
         backup = session.get(Backup, job.resource_id)

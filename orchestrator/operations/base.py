@@ -63,6 +63,18 @@ class Params:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
 
+@dataclass(frozen=True)
+class FollowUp:
+    """A job that ``complete`` asks for, created in the same transaction and dispatched
+    after its commit."""
+
+    op: str
+    resource_id: str
+    host: str
+    params: Params | None = None
+    project_id: str | None = None
+
+
 class Operation:
     """The control half of one job type (see the module docstring)."""
 
@@ -93,8 +105,9 @@ class Operation:
         return None
 
     def complete(self, session: Session, job: Job, params: Params, outcome: Any, *,
-                 now: dt.datetime) -> None:
-        """Apply a successful run's ``outcome`` to the resources (one transaction)."""
+                 now: dt.datetime) -> list[FollowUp] | None:
+        """Apply a successful run's ``outcome`` to the resources (one transaction); may
+        ask for follow-up jobs."""
 
     def fail(self, session: Session, job: Job, params: Params, reason: str, *,
              now: dt.datetime, cancelled: bool) -> None:

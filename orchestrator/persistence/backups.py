@@ -118,10 +118,10 @@ def insert_backup(session: Session, values: dict, metadata: dict | None, now) ->
 
 
 def set_location(session: Session, backup: Backup, *, container: str, prefix: str,
-                 service: str, total: int) -> None:
-    """Record where a creating backup's objects go, and its progress start."""
+                 service: str, total: int, data_format: int | None = None) -> None:
+    """Record where a creating backup's objects go, its format, and its progress start."""
     values = dict(container=container, service_metadata=prefix, service=service,
-                  progress_bytes=0, progress_total=total)
+                  progress_bytes=0, progress_total=total, data_format=data_format)
     # Core (cheaper than an ORM UPDATE), and ``backup`` kept in step by hand.
     session.execute(update(BACKUPS).where(BACKUPS.c.id == backup.id).values(**values))
     for key, value in values.items():

@@ -4,26 +4,42 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from orchestrator.db import get_database
+from orchestrator.db import utcnow
 from orchestrator.models import Backup
 from orchestrator.models import Volume
 from orchestrator.operations.backups import BackupCreateInputs
 from orchestrator.operations.backups import BackupCreateOutcome
 from orchestrator.operations.backups import BackupCreateParams
+from orchestrator.operations.backups import BackupDeleteOutcome
+from orchestrator.operations.backups import BackupImportOutcome
 from orchestrator.operations.backups import BackupImportParams
 from orchestrator.operations.backups import BackupRestoreParams
 from orchestrator.operations.backups import BackupVerifyOutcome
+from orchestrator.persistence import objects
 from orchestrator.states import BackupStatus
 from orchestrator.states import VolumeStatus
 from workers.datapath import BackupRef
 from workers.datapath import ChunkedDriver
+from workers.datapath.format import FORMAT_VERSION
+from workers.datapath.refs import backup_prefix
 from workers.jobrun import JobRun
 from workers.jobrun import ProgressRecorder
 from workers.node import backup_driver
+from workers.node import store_identity
 from workers.node import volume_backend
 from workers.operations.base import RunHalf
 from workers.operations.base import runs
+from workers.operations.storage import free_unknown
 
 GiB = 1024 ** 3
+SHARED_FORMAT = 2            # backups.data_format of the shared-block format
+# What this data path writes: the shared-block format once it is version 2.
+WRITTEN_FORMAT = SHARED_FORMAT if FORMAT_VERSION == SHARED_FORMAT else None
+
+
+def _infos(stored) -> tuple[objects.ObjectInfo, ...]:
+    """The data path's objects as the reference counts take them."""
+    return tuple(objects.ObjectInfo(o.name, o.size, o.sha256) for o in stored)
 
 
 @runs
@@ -35,7 +51,10 @@ class BackupCreateRun(RunHalf):
         backup = inputs.backup
         if backup is not None and backup.status == BackupStatus.CREATING:
             ref = ChunkedDriver.ref_for(backup.id, backup.container)
-            self.control.record_location(session, backup, ref.container, ref.prefix)
+            self.control.record_location(session, backup, ref.container, ref.prefix,
+                                         data_format=WRITTEN_FORMAT)
+            # Before the data path reads the parent, in the claim's transaction.
+            self.control.pin_parent(session, backup, inputs.parent)
         return inputs
 
     def run(self, run: JobRun, params: BackupCreateParams) -> BackupCreateOutcome:
@@ -63,7 +82,10 @@ class BackupCreateRun(RunHalf):
             container=result.container, prefix=result.prefix,
             object_count=result.object_count, stored_bytes=result.stored_bytes,
             logical_bytes=result.logical_bytes, incremental=result.incremental,
-            message=result.message, final_rate=progress.final_rate)
+            message=result.message, final_rate=progress.final_rate,
+            data_format=result.manifest.get("version"), store=store_identity(run.settings),
+            new_objects=_infos(getattr(result, "new_objects", ())),  # TODO(merge v2)
+            referenced=tuple(o.name for o in getattr(result, "referenced_objects", ())))
 
 
     def lost(self, settings, job) -> None:
@@ -103,21 +125,37 @@ class BackupRestoreRun(RunHalf):
 class BackupDeleteRun(RunHalf):
     operation = "backup_delete"
 
-    def run(self, run: JobRun, params) -> None:
+    def run(self, run: JobRun, params) -> BackupDeleteOutcome:
         with run.db.scope(write=False) as session:
             backup = session.get(Backup, run.job.resource_id)
         if backup is None or backup.status != BackupStatus.DELETING:
             raise RuntimeError(f"backup {run.job.resource_id} is not deleting")
-        if backup.service_metadata:
-            backup_driver(run.settings).delete(BackupRef(backup.container,
-                                                         backup.service_metadata))
+        if not backup.service_metadata:
+            return BackupDeleteOutcome()
+        driver = backup_driver(run.settings)
+        ref = BackupRef(backup.container, backup.service_metadata)
+        if backup.data_format != SHARED_FORMAT:
+            driver.delete(ref)            # the chain format: every object is its own
+            return BackupDeleteOutcome()
+        # The shared-block format: the manifest goes first (the backup is gone for any
+        # reader and for a rebuild), its references go when the job completes, and the
+        # objects nobody references then are freed by a collection. What no row knows
+        # under its own prefix (an interrupted attempt's leftovers) is freed now.
+        driver.delete_manifest(ref)
+        store = store_identity(run.settings)
+        listing = driver.list_objects(backup_prefix(ref))
+        with run.db.scope(write=False) as session:
+            known = objects.known_names(session, store, [e[0] for e in listing])
+        free_unknown(run, store, [objects.ObjectInfo(name, size, "")
+                                  for name, size, _ in listing if name not in known])
+        return BackupDeleteOutcome(store=store)
 
 
 @runs
 class BackupImportRun(RunHalf):
     operation = "backup_import"
 
-    def run(self, run: JobRun, params: BackupImportParams) -> None:
+    def run(self, run: JobRun, params: BackupImportParams) -> BackupImportOutcome:
         record = params.record
         prefix = record.get("service_metadata")
         if not prefix:
@@ -133,6 +171,21 @@ class BackupImportRun(RunHalf):
         if int(record.get("size") or 0) != volume_gib:
             raise ValueError(f"the record says {record.get('size')} GiB but the backup in the "
                              f"store is of a {volume_gib} GiB volume")
+        if manifest.get("version") != SHARED_FORMAT:
+            return BackupImportOutcome()
+        # Reference every object first (committed), then check that each exists: once
+        # referenced, no collection can take it, so what is checked stays there.
+        driver = backup_driver(run.settings)
+        ref = BackupRef(record.get("container"), prefix)
+        referenced = _infos(driver.referenced_objects(ref))
+        store = store_identity(run.settings)
+        with run.db.scope() as session:
+            self.control.adopt(session, run.job.resource_id, store, referenced, now=utcnow())
+        missing = [o.name for o in referenced if not driver.store.exists(o.name)]
+        if missing:
+            raise ValueError(f"{len(missing)} object(s) of the backup are missing from the "
+                             f"store, first {missing[0]!r}")
+        return BackupImportOutcome(data_format=SHARED_FORMAT)
 
 
 @runs
