@@ -108,9 +108,13 @@ class Settings:
     backup_delete_any: bool = False
     # Seconds between scheduled garbage collections of each store (0: never scheduled).
     gc_interval: float = 3600.0
+    # A delete queues a collection of what it released (else they wait for the schedule).
+    gc_after_delete: bool = True
     # An object no SQL row knows is garbage only once this much older than the oldest
     # job still running on its store (clock skew between hosts, slow uploads).
     gc_grace: float = 3600.0
+    # Testing only: a worker that reaches the named crash point kills itself (workers/faults).
+    crash_point: str = ""
 
     def __post_init__(self) -> None:
         state = Path(self.state_dir).absolute()

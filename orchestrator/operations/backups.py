@@ -246,9 +246,11 @@ class BackupDeleteParams(Params):
 
 @dataclass(frozen=True)
 class BackupDeleteOutcome:
-    """The store the deleted backup's objects are in (None: it had no shared objects)."""
+    """The store the deleted backup's objects are in (None: it had no shared objects), and
+    whether to collect what it released at once (ORCH_GC_AFTER_DELETE)."""
 
     store: str | None = None
+    collect: bool = True
 
 
 @register
@@ -280,7 +282,7 @@ class BackupDelete(Operation):
         # Its references go in the same transaction that marks it deleted; what nobody
         # references any more is freed by a collection queued now.
         if objects.release(session, backup.id, now=now) and outcome is not None \
-                and outcome.store:
+                and outcome.store and outcome.collect:
             follow_up = released_gc(session, outcome.store, job.host)
             return [follow_up] if follow_up is not None else None
         return None

@@ -22,6 +22,7 @@ from workers.datapath import BackupRef
 from workers.datapath import ChunkedDriver
 from workers.datapath.format import FORMAT_VERSION
 from workers.datapath.refs import backup_prefix
+from workers.faults import crash_point
 from workers.jobrun import JobRun
 from workers.jobrun import ProgressRecorder
 from workers.node import backup_driver
@@ -78,6 +79,7 @@ class BackupCreateRun(RunHalf):
             size_bytes=(backup.size or 0) * GiB, container=backup.container,
             parent=parent_ref, volume_meta=volume_meta, progress=progress,
             cancelled=run.cancelled)
+        crash_point(run.settings, "backup:written")
         return BackupCreateOutcome(
             container=result.container, prefix=result.prefix,
             object_count=result.object_count, stored_bytes=result.stored_bytes,
@@ -142,13 +144,14 @@ class BackupDeleteRun(RunHalf):
         # objects nobody references then are freed by a collection. What no row knows
         # under its own prefix (an interrupted attempt's leftovers) is freed now.
         driver.delete_manifest(ref)
+        crash_point(run.settings, "delete:manifest_gone")
         store = store_identity(run.settings)
         listing = driver.list_objects(backup_prefix(ref))
         with run.db.scope(write=False) as session:
             known = objects.known_names(session, store, [e[0] for e in listing])
         free_unknown(run, store, [objects.ObjectInfo(name, size, "")
                                   for name, size, _ in listing if name not in known])
-        return BackupDeleteOutcome(store=store)
+        return BackupDeleteOutcome(store=store, collect=run.settings.gc_after_delete)
 
 
 @runs

@@ -21,6 +21,7 @@ from orchestrator.db import utcnow
 from orchestrator.operations.storage import StoreGCOutcome
 from orchestrator.operations.storage import StoreGCParams
 from orchestrator.persistence import objects
+from workers.faults import crash_point
 from workers.jobrun import JobCancelled
 from workers.jobrun import JobRun
 from workers.node import backup_driver
@@ -43,7 +44,9 @@ def free_claimed(run: JobRun, claimed: list[tuple[int, str, int]]) -> tuple[int,
     """Delete claimed objects from the store, then their rows; (objects, bytes)."""
     if not claimed:
         return 0, 0
+    crash_point(run.settings, "gc:claimed")
     backup_driver(run.settings).delete_objects([name for _, name, _ in claimed])
+    crash_point(run.settings, "gc:deleted")
     with run.db.scope() as session:
         objects.forget(session, [oid for oid, _, _ in claimed])
     return len(claimed), sum(size for _, _, size in claimed)
@@ -130,6 +133,7 @@ class StoreGCRun(RunHalf):
                 else:
                     skipped += 1
         self._check(run)
+        crash_point(run.settings, "gc:sweep")
         freed, freed_bytes = free_unknown(run, store, garbage)
         return dict(unknown_objects_freed=freed, unknown_bytes_freed=freed_bytes,
                     objects_skipped=skipped, objects_listed=len(listing))
