@@ -506,7 +506,7 @@ class _BackupPipeline:
         if self._span_extents:
             done: Future = Future()
             done.set_result((self._span, self._span_extents))
-            self._pending.append(_Pending("index", done, 0, len(self.index_objects), 0))
+            self._pending.append(_Pending("index", done, 0, 0, 0))
         self._span_extents = []
 
     def _add_extent(self, key: ObjectKey, pack_offset: int, compressed_length: int,
@@ -571,9 +571,10 @@ class _BackupPipeline:
         if self._pack_length >= pack_size:
             self._flush_pack()
 
-    def _build_index(self, number: int, span: int, extents: list[list[Any]]) -> None:
+    def _build_index(self, span: int, extents: list[list[Any]]) -> None:
         """Write the index object of a finished span (its packs are all stored)."""
         config = self.config
+        number = len(self.index_objects)
         first = span * config.blocks_per_index
         count = min(config.blocks_per_index, -(-self.size // config.block_size) - first)
         table: dict[str, int] = {}
@@ -613,7 +614,7 @@ class _BackupPipeline:
             self.packs[item.offset] = result
             return
         if item.kind == "index":
-            self._build_index(item.offset, *result)
+            self._build_index(*result)
             return
         if item.kind == "iput":
             self.index_objects[item.offset] = result
