@@ -1,5 +1,6 @@
 """Corruption and cancellation on both stores."""
 import os
+import re
 
 import pytest
 from dp_helpers import KiB
@@ -45,31 +46,44 @@ def _damage(store, name, how, pos):
         store.put(name, bytes(b))
 
 
+def _uses(drv, ref):
+    """Every object a restore of ``ref`` reads: what it references, and its root."""
+    names = {o.name for o in drv.referenced_objects(ref).objects}
+    return names | {f"{ref.container}/{ref.prefix}/manifest.json"}
+
+
 @pytest.mark.parametrize("how,pos", [("flip", 0), ("flip", 2), ("flip", 4), ("truncate", 0),
                                      ("truncate", 3), ("remove", 0)])
 def test_any_damaged_object_is_detected(store, tmp_path, how, pos):
+    """Damage to an object a backup uses fails its restore and its verify, naming the
+    object; damage to one it does not use (another backup's root or index) does not."""
     drv, vol, full, inc = _chain(store, tmp_path)
     expected = read_file(vol)
     names = store.list("k/")
+    uses = {full.ref: _uses(drv, full.ref), inc.ref: _uses(drv, inc.ref)}
+    assert any("backup_full/data-" in n for n in uses[inc.ref])     # blocks are shared
     assert any(n.endswith("manifest.json") for n in names)
+    assert set(names) == uses[full.ref] | uses[inc.ref]
     for name in names:
         original = store.get(name)
         _damage(store, name, how, pos)
-        target = sparse_target(str(tmp_path / "t"), SIZE)
-        with pytest.raises(IntegrityError):
-            drv.restore(inc.ref, target)
-        res = drv.verify(inc.ref)
-        assert not res.ok and res.problems, name
-        if "backup_full/" in name:        # the full backup alone is damaged too
-            assert not drv.verify(full.ref).ok
-        else:
-            assert drv.verify(full.ref).ok
+        for ref in (full.ref, inc.ref):
+            target = sparse_target(str(tmp_path / "t"), SIZE)
+            res = drv.verify(ref)
+            if name in uses[ref]:
+                with pytest.raises(IntegrityError, match=re.escape(name)):
+                    drv.restore(ref, target)
+                assert not res.ok and res.problems, name
+                assert any(name in p for p in res.problems), (name, res.problems)
+            else:
+                drv.restore(ref, target)
+                assert res.ok, (name, res.problems)
         store.put(name, original)        # repair, then everything is fine again
     target = sparse_target(str(tmp_path / "t"), SIZE)
     drv.restore(inc.ref, target)
     assert read_file(target) == expected
     ok = drv.verify(inc.ref)
-    assert ok.ok and ok.objects_checked == len([n for n in names if "data-" in n])
+    assert ok.ok and ok.objects_checked == len([n for n in uses[inc.ref] if "data-" in n])
 
 
 def test_digest_mismatch_with_no_compression_is_caught(posix_store, tmp_path):
@@ -184,6 +198,7 @@ def test_a_delete_removes_exactly_its_own_objects(store, tmp_path):
 def test_the_block_digests_are_checked_not_only_the_objects(store, tmp_path):
     """A pack swapped for another backup's, with the manifest's object digests made to
     match: only the per-block digests can tell, and the restore and verify must fail."""
+    import hashlib
     import json
 
     from workers.datapath import BackupRef
@@ -195,16 +210,23 @@ def test_the_block_digests_are_checked_not_only_the_objects(store, tmp_path):
                        backup_id="aaa", volume_id="v", size_bytes=SIZE, container="k")
     second = drv.backup(write_volume(str(tmp_path / "b"), SIZE, same_layout, seed=2),
                         backup_id="bbb", volume_id="v", size_bytes=SIZE, container="k")
-    name_a = "k/backup_aaa/manifest.json"
-    manifest_a = decode_manifest(store.get(name_a))
-    manifest_b = decode_manifest(store.get("k/backup_bbb/manifest.json"))
-    assert [o["name"] for o in manifest_a["objects"]] == \
-        [o["name"] for o in manifest_b["objects"]]
-    for obj in manifest_b["objects"]:  # b's packs under a's names, a's manifest vouching
-        store.put(f"k/backup_aaa/{obj['name']}", store.get(f"k/backup_bbb/{obj['name']}"))
-    manifest_a["objects"] = json.loads(json.dumps(manifest_b["objects"]))
-    store.put(name_a, encode_manifest(manifest_a))
-    with pytest.raises(IntegrityError):
+    # a's index object made to list b's packs (with their true sizes and digests), and
+    # a's root made to vouch for that index object: only the block digests can tell.
+    root_a_name = "k/backup_aaa/manifest.json"
+    root_a = decode_manifest(store.get(root_a_name))
+    index_b = decode_manifest(store.get(
+        "k/backup_bbb/" + decode_manifest(store.get("k/backup_bbb/manifest.json"))
+        ["index"][0]["name"]))
+    index_a_name = "k/backup_aaa/" + root_a["index"][0]["name"]
+    index_a = decode_manifest(store.get(index_a_name))
+    assert [o["size"] for o in index_a["objects"]] == [o["size"] for o in index_b["objects"]]
+    assert [e[:7] for e in index_a["extents"]] == [e[:7] for e in index_b["extents"]]
+    index_a["objects"] = json.loads(json.dumps(index_b["objects"]))
+    raw = encode_manifest(index_a)
+    store.put(index_a_name, raw)
+    root_a["index"][0].update(size=len(raw), sha256=hashlib.sha256(raw).hexdigest())
+    store.put(root_a_name, encode_manifest(root_a))
+    with pytest.raises(IntegrityError, match="does not match its digest"):
         drv.restore(BackupRef(first.container, first.prefix),
                     sparse_target(str(tmp_path / "target"), SIZE))
     assert not drv.verify(BackupRef(first.container, first.prefix)).ok

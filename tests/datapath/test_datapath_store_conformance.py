@@ -192,3 +192,129 @@ def test_s3_unreachable_endpoint_is_transient():
     with pytest.raises(StoreError) as ei:
         st.get("a/b")
     assert ei.value.kind == "transient"
+
+
+# ------------------------------------------------------------ what format version 2 needs
+
+def test_list_detailed_sizes_and_times(store):
+    import time
+    before = time.time()
+    store.put("ld/a/one", b"1")
+    store.put("ld/a/two", b"22" * 1000)
+    store.put("ld/b", b"")
+    store.put("other/x", b"x")
+    after = time.time()
+    found = store.list_detailed("ld/")
+    assert [(i.name, i.size) for i in found] == [("ld/a/one", 1), ("ld/a/two", 2000),
+                                                  ("ld/b", 0)]
+    for info in found:       # UTC epoch seconds; S3 keeps whole seconds
+        assert before - 2 <= info.mtime <= after + 2, info
+    assert [i.name for i in store.list_detailed("")] == store.list("")
+    assert store.list_detailed("none/") == []
+    with pytest.raises(InvalidContainer):
+        store.list_detailed("/abs")
+
+
+def test_delete_objects_in_batches_and_idempotent(store):
+    names = [f"del/{k // 100:02d}/obj-{k:04d}" for k in range(1005)]   # > one S3 batch
+    for name in names:
+        store.put(name, b"x")
+    store.put("del-keep/a", b"k")
+    store.delete_objects([*names[:3], "del/never/was"])
+    assert len(store.list("del/")) == 1002
+    store.delete_objects(names)
+    store.delete_objects(names)               # again: nothing left, no error
+    store.delete_objects([])
+    assert store.list("del/") == [] and store.list("del-keep/") == ["del-keep/a"]
+
+
+def test_delete_objects_validates_every_name_first(store):
+    store.put("dv/a", b"a")
+    with pytest.raises(InvalidContainer):
+        store.delete_objects(["dv/a", "../escape"])
+    assert store.exists("dv/a")
+
+
+def test_version_2_objects_and_packs_shared_across_prefixes(store, tmp_path):
+    """Index objects, and an incremental in another container whose index references
+    the full backup's packs: restore, verify, list and delete on every store."""
+    from dp_helpers import KiB
+    from dp_helpers import read_file
+    from dp_helpers import small_driver
+    from dp_helpers import sparse_target
+    from dp_helpers import write_volume
+    size = 160 * KiB
+    vol = write_volume(str(tmp_path / "vol"), size, [(0, 64 * KiB), (96 * KiB, 60 * KiB)])
+    drv = small_driver(store, index_span=64 * KiB)
+    full = drv.backup(vol, backup_id="f2", volume_id="v", size_bytes=size, container="ca")
+    with open(vol, "r+b") as f:
+        f.seek(5 * KiB)
+        f.write(b"changed")
+    inc = drv.backup(vol, backup_id="i2", volume_id="v", size_bytes=size, container="cb",
+                     parent=full.ref)
+    assert inc.incremental
+    shared = [o for o in inc.referenced_objects if o.name.startswith("ca/backup_f2/data-")]
+    assert shared, "the incremental references packs in the full backup's prefix"
+    listed = {i.name: i.size for i in drv.list_objects("")}
+    for obj in full.referenced_objects + inc.referenced_objects:
+        assert listed[obj.name] == obj.size
+    assert sum(1 for n in listed if "/index-" in n) == len(full.manifest["index"]) + \
+        len(inc.manifest["index"])
+    drv.delete_manifest(full.ref)               # the full goes; only what it alone used
+    keep = {o.name for o in inc.referenced_objects}
+    drv.delete_objects([o.name for o in full.referenced_objects if o.name not in keep])
+    assert set(store.list("ca/")) == {o.name for o in shared}
+    target = sparse_target(str(tmp_path / "t"), size)
+    drv.restore(inc.ref, target)
+    assert read_file(target) == read_file(vol)
+    assert drv.verify(inc.ref).ok
+
+
+def _multipart_store(moto_endpoint):
+    from workers.stores import S3Store
+    store = dp_helpers.new_s3_store(moto_endpoint)
+    return S3Store(endpoint_url=moto_endpoint, bucket=store.bucket,
+                   multipart_threshold=6 * 1024 * 1024, multipart_part_size=5 * 1024 * 1024,
+                   **dp_helpers.S3_KEYS)
+
+
+def test_s3_multipart_upload_above_the_threshold(moto_endpoint):
+    store = _multipart_store(moto_endpoint)
+    calls = []
+    real = store._client.upload_part
+
+    def counting(**kw):
+        calls.append(kw["PartNumber"])
+        return real(**kw)
+
+    store._client.upload_part = counting
+    blob = os.urandom(13 * 1024 * 1024 + 7)
+    store.put("mp/big", blob)
+    store.put("mp/small", blob[:6 * 1024 * 1024])          # at the threshold: one PUT
+    assert calls == [1, 2, 3]
+    assert store.get("mp/big") == blob and store.get("mp/small") == blob[:6 * 1024 * 1024]
+    assert store.incomplete_uploads("mp/") == []
+
+
+def test_s3_failed_multipart_upload_is_aborted(moto_endpoint):
+    from workers.datapath import StoreError
+    store = _multipart_store(moto_endpoint)
+    real = store._client.upload_part
+
+    def failing(**kw):
+        if kw["PartNumber"] == 2:
+            raise RuntimeError("connection lost")
+        return real(**kw)
+
+    store._client.upload_part = failing
+    with pytest.raises(StoreError):
+        store.put("mp/broken", os.urandom(12 * 1024 * 1024))
+    assert not store.exists("mp/broken")
+    assert store.incomplete_uploads("mp/") == []
+
+
+def test_s3_multipart_settings_are_checked(moto_endpoint):
+    from workers.stores import S3Store
+    with pytest.raises(ValueError):
+        S3Store(endpoint_url=moto_endpoint, bucket="b", multipart_part_size=1024,
+                **dp_helpers.S3_KEYS)

@@ -1,30 +1,40 @@
-"""Backing up a volume: full or incremental, sparse-aware, in bounded memory.
+"""Backing up a volume (format version 2): full or incremental, sparse-aware, in memory
+that does not grow with the volume.
 
 Pipeline: the calling thread walks the data extents of the source (holes are
 never read), cuts them into segment-aligned *tasks* and hands them to
-``threads`` compute workers, which ``pread`` the range, SHA-256 every block (an
-all-zero block is recognised by its digest), compare each digest with the
-parent's and compress the runs of changed blocks into frames. The calling
-thread packs the frames into packs that a small I/O pool writes. Bytes in
-flight (raw task buffers plus packs not yet written) are bounded by
-``max_inflight_bytes``, so memory does not grow with the volume. ``progress`` and
-``cancelled`` are only ever called from the calling thread.
+``threads`` compute workers, which read the range into a reused buffer, SHA-256
+every block (an all-zero block is recognised by its digest), compare each
+digest with the parent's and compress the runs of changed blocks into frames.
+The calling thread packs the frames into packs that a small I/O pool writes,
+and turns what the workers found into the *extents* of the index object of the
+current index span (:mod:`.index`): one per new frame, and, for an incremental,
+one per run of unchanged blocks inside a parent frame (a reference to the
+parent's pack). An index object is written once its span is done and its packs
+are stored, so only one span's extents are ever held. Bytes in flight (task
+buffers plus packs not yet written) are bounded by ``max_inflight_bytes``.
+``progress`` and ``cancelled`` are only ever called from the calling thread.
+
+Incremental: the parent's root manifest is read first, then its index objects
+are streamed in volume order alongside the scan (:class:`ParentCursor`: one
+parent index object in memory). The new backup references only objects listed
+in its parent's index objects, plus its own new ones -- what the control plane
+pins before the backup runs.
 
 Chain depth: a full backup has ``chain_depth`` 0 and an incremental its
-parent's depth + 1. ``max_chain_depth`` caps the number of incrementals above a
-full backup: when the new backup would exceed it, a full backup is taken
-instead and ``BackupResult.message`` says why (this never raises). So does any
-other reason the parent cannot serve (unreadable, another volume size, block
-size or volume).
-
-Scale: holes cost nothing, but the manifest and the in-memory digest map grow
-with the *non-zero* data (about 2-3 MB per GiB at the default 16 KiB blocks).
+parent's depth + 1. ``max_chain_depth`` caps it (it bounds how fragmented the
+extents of a volume get): when the new backup would exceed it, a full backup is
+taken instead and ``BackupResult.message`` says why (this never raises). So does
+any other reason the parent cannot serve (unreadable, format version 1, another
+volume size, block size, compression or volume).
 """
 from __future__ import annotations
 
 import datetime
 import hashlib
 import os
+import queue
+import re
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -37,8 +47,9 @@ from typing import NamedTuple
 
 from .catalog import delete_backup
 from .catalog import delete_quietly
-from .catalog import load_chain
-from .catalog import put_pack
+from .catalog import put_object
+from .catalog import read_index
+from .catalog import read_manifest
 from .config import DriverConfig
 from .errors import BackupCancelled
 from .errors import DataPathError
@@ -48,13 +59,15 @@ from .format import DIGEST_LEN
 from .format import MANIFEST_NAME
 from .format import PACK_NAME_FORMAT
 from .format import BackupStats
-from .format import Frame
-from .format import Manifest
-from .format import PackObject
 from .format import ParentLink
-from .format import ZeroedRun
 from .format import encode_digests
 from .format import encode_manifest
+from .index import INDEX_NAME_FORMAT
+from .index import Extent
+from .index import IndexEntry
+from .index import IndexObject
+from .index import RootManifest
+from .index import StoredObject
 from .names import validate_identifier
 from .progress import CancelledCallback
 from .progress import ProgressCallback
@@ -64,7 +77,7 @@ from .refs import object_name
 from .refs import ref_for
 from .results import BackupResult
 from .volume_io import data_extents
-from .volume_io import pread_full
+from .volume_io import pread_into
 
 if TYPE_CHECKING:
     from workers.stores import ObjectStore
@@ -73,13 +86,17 @@ if TYPE_CHECKING:
 BLOCK_ZERO = 0
 BLOCK_UNCHANGED = 1
 BLOCK_CHANGED = 2
+_CHANGED_RUNS = re.compile(b"\x02+")
+_UNCHANGED_RUNS = re.compile(b"\x01+")
 
 
-class SegmentDigests(NamedTuple):
-    """The parent chain's effective state of one segment, block by block."""
+class ParentSegment(NamedTuple):
+    """The parent's state of one segment: per-block digests and presence, and the
+    parent extents that lie in it (with their objects)."""
 
     digests: bytearray         # blocks_per_segment * DIGEST_LEN bytes
     present: bytearray         # 1 where the block holds data, 0 where it is zero
+    extents: list[tuple[StoredObject, Extent]]
 
 
 class NewFrame(NamedTuple):
@@ -88,7 +105,6 @@ class NewFrame(NamedTuple):
     first_block: int
     block_count: int
     data: bytes                # compressed
-    digests: bytes             # block_count raw SHA-256 digests
 
 
 class ScannedTask(NamedTuple):
@@ -96,42 +112,75 @@ class ScannedTask(NamedTuple):
 
     frames: list[NewFrame]
     block_states: bytes        # one BLOCK_* per block of the task
+    digests: bytes             # DIGEST_LEN per block of the task (zero blocks too)
     changed_bytes: int
+    parent: ParentSegment | None   # the parent's state of the task's segment
 
 
 class _Pending(NamedTuple):
     """A future of the pipeline, in submission order, and the bytes it holds in flight."""
 
-    kind: str                  # "scan" or "put"
+    kind: str                  # "scan", "put" (a pack), "index" (build one), "iput"
     future: Future
     inflight_bytes: int
-    offset: int                # scan: task offset; put: pack index
-    length: int                # scan: task length; put: 0
+    offset: int                # scan: task offset; put: pack number; index/iput: number
+    length: int                # scan: task length; else 0
 
 
-def parent_digests(chain: list[Manifest], blocks_per_segment: int
-                   ) -> dict[int, SegmentDigests]:
-    """Effective per-block digests of the newest backup of ``chain``, by segment index.
+# An extent being built: the object is ("new", pack number) until that pack is stored.
+ObjectKey = tuple[str, int] | StoredObject
 
-    :raise InvalidBackup: if a frame's digest list is malformed.
+
+class ParentCursor:
+    """Streams the extents of a version-2 parent in volume order, segment by segment,
+    holding one parent index object at a time.
+
+    :raise IntegrityError, InvalidBackup: (from :meth:`segment`) if a parent index
+        object is missing, damaged or malformed.
     """
-    segments: dict[int, SegmentDigests] = {}
-    for manifest in reversed(chain):          # oldest first, newer overwrite
-        for frame in manifest.frames:
-            digests = frame.block_digests()
-            segment, index = divmod(frame.first_block, blocks_per_segment)
-            state = segments.get(segment)
-            if state is None:
-                state = segments[segment] = SegmentDigests(
-                    bytearray(blocks_per_segment * DIGEST_LEN), bytearray(blocks_per_segment))
-            state.digests[index * DIGEST_LEN:(index + frame.block_count) * DIGEST_LEN] = digests
-            state.present[index:index + frame.block_count] = b"\x01" * frame.block_count
-        for run in manifest.zeroed:
-            for segment, index, count in run.by_segment(blocks_per_segment):
-                state = segments.get(segment)
-                if state is not None:
-                    state.present[index:index + count] = bytes(count)
-    return segments
+
+    def __init__(self, store: ObjectStore, root: RootManifest) -> None:
+        self.root = root
+        self._extents = self._iterate(store, root)
+        self._next = next(self._extents, None)
+        self._segment: int | None = None
+        self._state: ParentSegment | None = None
+
+    @staticmethod
+    def _iterate(store: ObjectStore, root: RootManifest
+                 ) -> Iterator[tuple[StoredObject, Extent, str]]:
+        for entry in root.index:
+            index = read_index(store, root, entry)
+            name = root.index_object_name(entry)
+            for extent in index.extents:
+                yield index.objects[extent.obj], extent, name
+
+    def segment(self, segment: int) -> ParentSegment | None:
+        """The parent's state of ``segment`` (None: all zero). Segments must be asked
+        for in increasing order (the same one again is fine)."""
+        if segment == self._segment:
+            return self._state
+        blocks_per_segment = self.root.blocks_per_segment
+        first = segment * blocks_per_segment
+        end = first + blocks_per_segment
+        while self._next is not None and self._next[1].end_block <= first:
+            self._next = next(self._extents, None)
+        taken = []
+        while self._next is not None and self._next[1].first_block < end:
+            taken.append(self._next)
+            self._next = next(self._extents, None)
+        state = None
+        if taken:
+            digests = bytearray(blocks_per_segment * DIGEST_LEN)
+            present = bytearray(blocks_per_segment)
+            for _obj, extent, name in taken:
+                i = extent.first_block - first
+                digests[i * DIGEST_LEN:(i + extent.block_count) * DIGEST_LEN] = \
+                    extent.block_digests(name)
+                present[i:i + extent.block_count] = b"\x01" * extent.block_count
+            state = ParentSegment(digests, present, [(o, e) for o, e, _n in taken])
+        self._segment, self._state = segment, state
+        return state
 
 
 def segment_tasks(fd: int, size: int, block_size: int, segment_size: int
@@ -156,28 +205,34 @@ def _now_iso() -> str:
 
 def _choose_parent(store: ObjectStore, config: DriverConfig, ref: BackupRef,
                    parent: BackupRef, volume_id: str, size_bytes: int
-                   ) -> tuple[list[Manifest] | None, str | None]:
-    """The parent chain an incremental can build on, or None and why it cannot."""
+                   ) -> tuple[RootManifest | None, str | None]:
+    """The parent an incremental can build on, or None and why it cannot."""
     try:
-        chain = load_chain(store, parent)
+        manifest = read_manifest(store, parent)
     except DataPathError as e:
         return None, f"parent backup unusable ({e}); took a full backup"
-    newest = chain[0]
-    if newest.size_bytes != size_bytes:
-        return None, (f"volume size changed from {newest.size_bytes} to {size_bytes} "
+    if manifest.format_version != 2:
+        return None, (f"parent backup is in format version {manifest.format_version}, whose "
+                      "blocks a new backup cannot share; took a full backup")
+    if manifest.size_bytes != size_bytes:
+        return None, (f"volume size changed from {manifest.size_bytes} to {size_bytes} "
                       "bytes since the parent backup; took a full backup")
-    if newest.block_size != config.block_size or newest.segment_size != config.segment_size:
-        return None, (f"block size changed from {newest.block_size} to {config.block_size} "
+    if manifest.block_size != config.block_size or \
+            manifest.segment_size != config.segment_size:
+        return None, (f"block size changed from {manifest.block_size} to {config.block_size} "
                       "since the parent backup; took a full backup")
-    if newest.volume_id != volume_id:
-        return None, (f"parent backup belongs to volume {newest.volume_id!r}, "
+    if manifest.compression != config.codec.name:
+        return None, (f"compression changed from {manifest.compression} to "
+                      f"{config.codec.name} since the parent backup; took a full backup")
+    if manifest.volume_id != volume_id:
+        return None, (f"parent backup belongs to volume {manifest.volume_id!r}, "
                       f"not {volume_id!r}; took a full backup")
-    if newest.chain_depth + 1 > config.max_chain_depth:
+    if manifest.chain_depth + 1 > config.max_chain_depth:
         return None, (f"incremental chain would exceed max_chain_depth="
                       f"{config.max_chain_depth}; took a full backup")
     if parent == ref:
         return None, "parent is this very backup; took a full backup"
-    return chain, None
+    return manifest, None
 
 
 def backup(store: ObjectStore, config: DriverConfig, source_path: str, *, backup_id: str,
@@ -188,12 +243,14 @@ def backup(store: ObjectStore, config: DriverConfig, source_path: str, *, backup
     """Back up ``size_bytes`` of ``source_path`` as backup ``backup_id``.
 
     An incremental on ``parent`` when it can serve, else a full backup (the
-    result's ``message`` says why). Nothing is left in the store on failure or
-    cancellation; a completed backup with this id is never overwritten.
+    result's ``message`` says why). Nothing is left under the backup's prefix on
+    failure or cancellation; a completed backup with this id is never overwritten.
 
     :raise ValueError: for a bad volume_id or size_bytes.
     :raise InvalidContainer: for a bad backup_id or container.
-    :raise InvalidBackup: if the backup already exists.
+    :raise InvalidBackup: if the backup already exists, or a parent index object is
+        malformed.
+    :raise IntegrityError: if a parent index object is missing or damaged.
     :raise BackupCancelled: if ``cancelled()`` said so.
     :raise VolumeIOError: if the source cannot be read.
     :raise StoreError: if the store fails.
@@ -207,16 +264,16 @@ def backup(store: ObjectStore, config: DriverConfig, source_path: str, *, backup
     ref = ref_for(backup_id, container)
 
     message = None
-    parent_state = None
+    parent_root = None
     parent_link = None
     depth = 0
     if parent is not None:
         parent = BackupRef(*parent)
-        chain, message = _choose_parent(store, config, ref, parent, volume_id, size_bytes)
-        if chain is not None:
-            parent_state = parent_digests(chain, config.blocks_per_segment)
-            depth = chain[0].chain_depth + 1
-            parent_link = ParentLink(parent.container, parent.prefix, chain[0].backup_id)
+        parent_root, message = _choose_parent(store, config, ref, parent, volume_id,
+                                              size_bytes)
+        if parent_root is not None:
+            depth = parent_root.chain_depth + 1
+            parent_link = ParentLink(parent.container, parent.prefix, parent_root.backup_id)
 
     # A completed backup with this id is never overwritten; leftovers of an
     # interrupted attempt (no manifest) are removed.
@@ -232,7 +289,8 @@ def backup(store: ObjectStore, config: DriverConfig, source_path: str, *, backup
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         except OSError:
             pass
-        pipeline = _BackupPipeline(store, config, ref, fd, size_bytes, parent_state,
+        cursor = ParentCursor(store, parent_root) if parent_root is not None else None
+        pipeline = _BackupPipeline(store, config, ref, backup_id, fd, size_bytes, cursor,
                                    ProgressTicker(size_bytes, progress, cancelled,
                                                   config.check_interval_bytes))
         pipeline.run()
@@ -243,16 +301,15 @@ def backup(store: ObjectStore, config: DriverConfig, source_path: str, *, backup
         os.close(fd)
 
     try:
-        pack_bytes = sum(o.size for o in pipeline.objects)
-        manifest = Manifest(
+        pack_bytes = sum(o.size for o in pipeline.packs)
+        manifest = RootManifest(
             driver=config.driver_id, backup_id=backup_id, volume_id=volume_id,
             created_at=_now_iso(),
             container=ref.container, prefix=ref.prefix, size_bytes=size_bytes,
             block_size=config.block_size, segment_size=config.segment_size,
             compression=config.codec.name, compression_level=config.codec.level,
-            incremental=parent_state is not None, parent=parent_link, chain_depth=depth,
-            volume_meta=dict(volume_meta or {}), objects=pipeline.objects,
-            frames=pipeline.frames, zeroed=pipeline.zeroed_runs(),
+            incremental=parent_root is not None, parent=parent_link, chain_depth=depth,
+            volume_meta=dict(volume_meta or {}), index=pipeline.index_entries,
             stats=BackupStats(pipeline.data_bytes, pipeline.changed_bytes, pack_bytes))
         body = manifest.to_body()
         raw = encode_manifest(body)
@@ -264,53 +321,59 @@ def backup(store: ObjectStore, config: DriverConfig, source_path: str, *, backup
         raise
     if progress is not None:
         progress(size_bytes, size_bytes)
+    new_objects = [*pipeline.packs, *pipeline.index_objects]
     return BackupResult(
-        container=ref.container, prefix=ref.prefix, object_count=len(pipeline.objects) + 1,
-        stored_bytes=pack_bytes + len(raw), logical_bytes=size_bytes,
-        incremental=parent_state is not None, message=message, manifest=body,
+        container=ref.container, prefix=ref.prefix, object_count=len(new_objects) + 1,
+        stored_bytes=sum(o.size for o in new_objects) + len(raw), logical_bytes=size_bytes,
+        incremental=parent_root is not None, message=message, manifest=body,
         data_bytes=pipeline.data_bytes, changed_bytes=pipeline.changed_bytes,
-        elapsed_s=time.monotonic() - started)
+        elapsed_s=time.monotonic() - started,
+        referenced_objects=list(pipeline.referenced.values()), new_objects=new_objects)
 
 
 class _BackupPipeline:
-    """One backup's scan → pack → put pipeline (see the module docstring).
+    """One backup's scan → pack → put → index pipeline (see the module docstring).
 
     Futures are consumed in submission order, so frames land in packs in volume
-    order and the manifest does not depend on thread timing.
+    order, index objects are built after the packs they list are stored, and the
+    objects do not depend on thread timing.
     """
 
-    def __init__(self, store: ObjectStore, config: DriverConfig, ref: BackupRef, fd: int,
-                 size: int, parent_state: dict[int, SegmentDigests] | None,
+    def __init__(self, store: ObjectStore, config: DriverConfig, ref: BackupRef,
+                 backup_id: str, fd: int, size: int, parent: ParentCursor | None,
                  ticker: ProgressTicker) -> None:
         self.store = store
         self.config = config
         self.ref = ref
+        self.backup_id = backup_id
         self.fd = fd
         self.size = size
-        self.parent_state = parent_state
+        self.parent = parent
         self.ticker = ticker
         block_size = config.block_size
         # An all-zero block is found by its digest; the volume's last block may be short.
-        self.zero_digest_by_length = {0: hashlib.sha256(bytes(block_size)).digest()}
-        if size % block_size:
-            self.zero_digest_by_length[size % block_size] = \
-                hashlib.sha256(bytes(size % block_size)).digest()
-        self.frames: list[Frame] = []
-        self.objects: list[PackObject] = []
+        self.zero_digest = hashlib.sha256(bytes(block_size)).digest()
+        self.tail_length = size % block_size
+        self.tail_zero_digest = hashlib.sha256(bytes(self.tail_length)).digest()
+        self.packs: list[StoredObject | None] = []        # this backup's packs, by number
+        self.index_objects: list[StoredObject] = []
+        self.index_entries: list[IndexEntry] = []
+        self.referenced: dict[str, StoredObject] = {}     # name -> object, first use order
         self.data_bytes = 0          # non-zero bytes read and digested
         self.changed_bytes = 0       # bytes of the blocks stored (before compression)
         self._pack_parts: list[bytes] = []     # compressed frames of the pack being built
         self._pack_length = 0
+        self._span: int | None = None          # index span being built
+        # Extents of the span being built: [key, offset, length, ffb, fbc, fb, bc, digests]
+        self._span_extents: list[list[Any]] = []
         self._pending: deque[_Pending] = deque()
         self._inflight = 0
-        # For an incremental: which blocks hold data now, by segment (to find the zeroed).
-        self._present_now: dict[int, bytearray] | None = \
-            {} if parent_state is not None else None
+        self._buffers: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
         self._scan_pool: ThreadPoolExecutor | None = None
         self._io_pool: ThreadPoolExecutor | None = None
 
     def run(self) -> None:
-        """Scan, pack and put the whole volume; returns when every pack is stored.
+        """Scan, pack and put the whole volume; returns when every object is stored.
 
         :raise BackupCancelled: if the caller cancelled.
         """
@@ -321,6 +384,7 @@ class _BackupPipeline:
         self._scan_pool = ThreadPoolExecutor(config.threads, thread_name_prefix="bk-scan")
         self._io_pool = ThreadPoolExecutor(config.io_threads, thread_name_prefix="bk-io")
         pending = self._pending
+        blocks_per_segment = config.blocks_per_segment
         try:
             for offset, length in segment_tasks(self.fd, self.size, config.block_size,
                                                 config.segment_size):
@@ -334,14 +398,16 @@ class _BackupPipeline:
                     os.posix_fadvise(self.fd, offset, length, os.POSIX_FADV_WILLNEED)
                 except OSError:
                     pass
-                parent_segment = (self.parent_state.get(offset // config.segment_size)
-                                  if self.parent_state is not None else None)
+                parent_segment = None
+                if self.parent is not None:
+                    parent_segment = self.parent.segment(
+                        offset // config.block_size // blocks_per_segment)
                 future = self._scan_pool.submit(self._scan, offset, length, parent_segment)
                 pending.append(_Pending("scan", future, length, offset, length))
                 self._inflight += length
             while pending:
                 self._consume_one()
-            self._flush_pack()
+            self._close_span()
             while pending:
                 self._consume_one()
             if ticker.should_cancel(self.size, force=True):
@@ -360,71 +426,178 @@ class _BackupPipeline:
             self._io_pool.shutdown(wait=True)
         ticker.report(self.size)
 
-    def _scan(self, offset: int, length: int, parent_segment: SegmentDigests | None
+    def _buffer(self) -> bytearray:
+        try:
+            return self._buffers.get_nowait()
+        except queue.Empty:
+            return bytearray(self.config.segment_size)
+
+    def _scan(self, offset: int, length: int, parent_segment: ParentSegment | None
               ) -> ScannedTask:
         """Compute worker: read, digest, classify and compress one task (inside one segment).
 
         :raise VolumeIOError: if the source cannot be read.
         """
         block_size = self.config.block_size
+        buf = self._buffer()
         try:
-            buf = pread_full(self.fd, length, offset)
-        except OSError as e:
-            raise VolumeIOError(f"cannot read source at offset {offset}: {e}") from e
-        view = memoryview(buf)
-        first_block = offset // block_size
-        index_in_segment = first_block % self.config.blocks_per_segment   # of block 0
-        block_count = -(-length // block_size)
-        sha256 = hashlib.sha256
-        states = bytearray(block_count)
-        digests: list[bytes | None] = [None] * block_count
-        zero_digest_by_length = self.zero_digest_by_length
-        full_zero_digest = zero_digest_by_length[0]
-        if parent_segment is not None:
-            parent_block_digests, parent_present = parent_segment
-        for i in range(block_count):
-            start = i * block_size
-            digest = sha256(view[start:start + block_size]).digest()
-            if digest == full_zero_digest or (
-                    start + block_size > length
-                    and digest == zero_digest_by_length.get(length - start)):
-                continue
-            digests[i] = digest
-            j = index_in_segment + i
-            if parent_segment is not None and parent_present[j] and \
-                    parent_block_digests[j * DIGEST_LEN:(j + 1) * DIGEST_LEN] == digest:
-                states[i] = BLOCK_UNCHANGED
+            try:
+                pread_into(self.fd, buf, length, offset)
+            except OSError as e:
+                raise VolumeIOError(f"cannot read source at offset {offset}: {e}") from e
+            view = memoryview(buf)[:length]
+            sha256 = hashlib.sha256
+            digest_list = [sha256(view[start:start + block_size]).digest()
+                           for start in range(0, length, block_size)]
+            block_count = len(digest_list)
+            zero = self.zero_digest
+            states = bytearray(block_count)
+            if offset + length == self.size and self.tail_length:
+                last = block_count - 1
+                if digest_list[last] == self.tail_zero_digest:
+                    digest_list[last] = zero        # a zero tail is a zero block
+            if parent_segment is None:
+                for i, digest in enumerate(digest_list):
+                    if digest != zero:
+                        states[i] = BLOCK_CHANGED
             else:
-                states[i] = BLOCK_CHANGED
-        frames = []
-        changed = 0
-        compress = self.config.codec.compress
-        i = 0
-        while i < block_count:
-            if states[i] != BLOCK_CHANGED:
-                i += 1
-                continue
-            run_end = i
-            while run_end < block_count and states[run_end] == BLOCK_CHANGED:
-                run_end += 1
-            raw = view[i * block_size:min(run_end * block_size, length)]
-            changed += len(raw)
-            frames.append(NewFrame(first_block + i, run_end - i, compress(raw),
-                                   b"".join(digests[i:run_end])))
-            i = run_end
-        return ScannedTask(frames, bytes(states), changed)
+                parent_digests, parent_present = parent_segment.digests, parent_segment.present
+                base = (offset // block_size) % self.config.blocks_per_segment
+                for i, digest in enumerate(digest_list):
+                    if digest == zero:
+                        continue
+                    j = base + i
+                    if parent_present[j] and \
+                            parent_digests[j * DIGEST_LEN:(j + 1) * DIGEST_LEN] == digest:
+                        states[i] = BLOCK_UNCHANGED
+                    else:
+                        states[i] = BLOCK_CHANGED
+            frames = []
+            changed = 0
+            compress = self.config.codec.compress
+            first_block = offset // block_size
+            for run in _CHANGED_RUNS.finditer(states):
+                start, end = run.span()
+                raw = view[start * block_size:min(end * block_size, length)]
+                changed += len(raw)
+                frames.append(NewFrame(first_block + start, end - start, compress(raw)))
+            del view
+            return ScannedTask(frames, bytes(states), b"".join(digest_list), changed,
+                               parent_segment)
+        finally:
+            self._buffers.put(buf)
 
     def _flush_pack(self) -> None:
         """Hand the pack being built to the I/O pool."""
         if not self._pack_parts:
             return
-        index = len(self.objects)
-        self.objects.append(None)      # filled in when the put completes
-        data = b"".join(self._pack_parts)
+        number = len(self.packs)
+        self.packs.append(None)      # filled in when the put completes
+        data = self._pack_parts[0] if len(self._pack_parts) == 1 \
+            else b"".join(self._pack_parts)
         self._pack_parts, self._pack_length = [], 0
-        future = self._io_pool.submit(put_pack, self.store, self.ref,
-                                      PACK_NAME_FORMAT.format(index), data)
-        self._pending.append(_Pending("put", future, len(data), index, 0))
+        future = self._io_pool.submit(put_object, self.store, self.ref,
+                                      PACK_NAME_FORMAT.format(number), data)
+        self._pending.append(_Pending("put", future, len(data), number, 0))
+
+    def _close_span(self) -> None:
+        """End the index span being built: its last pack goes, then its index object."""
+        self._flush_pack()
+        if self._span_extents:
+            done: Future = Future()
+            done.set_result((self._span, self._span_extents))
+            self._pending.append(_Pending("index", done, 0, 0, 0))
+        self._span_extents = []
+
+    def _add_extent(self, key: ObjectKey, pack_offset: int, compressed_length: int,
+                    frame_first: int, frame_count: int, first_block: int, block_count: int,
+                    digests: bytes) -> None:
+        """Append an extent to the span, merged into the previous one if it continues it."""
+        extents = self._span_extents
+        if extents:
+            last = extents[-1]
+            if last[0] == key and last[1] == pack_offset and \
+                    last[5] + last[6] == first_block:
+                last[6] += block_count
+                last[7] += digests
+                return
+        extents.append([key, pack_offset, compressed_length, frame_first, frame_count,
+                        first_block, block_count, digests])
+
+    def _take_task(self, offset: int, result: ScannedTask) -> None:
+        """Place a scanned task's frames in packs and its blocks in extents."""
+        config = self.config
+        first_block = offset // config.block_size
+        span = first_block // config.blocks_per_index
+        if span != self._span:
+            self._close_span()
+            self._span = span
+        pack_size = config.pack_size
+        placed = []
+        for new in result.frames:
+            if self._pack_length and self._pack_length + len(new.data) > pack_size:
+                self._flush_pack()
+            i = new.first_block - first_block
+            placed.append((new.first_block, ("new", len(self.packs)), self._pack_length,
+                           len(new.data), new.block_count,
+                           result.digests[i * DIGEST_LEN:(i + new.block_count) * DIGEST_LEN]))
+            self._pack_parts.append(new.data)
+            self._pack_length += len(new.data)
+            self._inflight += len(new.data)
+        parent_segment = result.parent
+        if parent_segment is not None:
+            for run in _UNCHANGED_RUNS.finditer(result.block_states):
+                start, end = run.span()
+                lo_run, hi_run = first_block + start, first_block + end
+                for obj, extent in parent_segment.extents:
+                    lo = max(lo_run, extent.first_block)
+                    hi = min(hi_run, extent.end_block)
+                    if lo < hi:
+                        placed.append((lo, obj, extent.pack_offset, extent.compressed_length,
+                                       hi - lo, result.digests[
+                                           (lo - first_block) * DIGEST_LEN:
+                                           (hi - first_block) * DIGEST_LEN], extent))
+            placed.sort(key=lambda p: p[0])
+        for item in placed:
+            if len(item) == 6:     # a new frame: the extent is the whole frame
+                block, key, pack_offset, compressed_length, count, digests = item
+                self._add_extent(key, pack_offset, compressed_length, block, count, block,
+                                 count, digests)
+            else:                  # part of a parent frame
+                block, obj, pack_offset, compressed_length, count, digests, extent = item
+                self._add_extent(obj, pack_offset, compressed_length,
+                                 extent.frame_first_block, extent.frame_block_count, block,
+                                 count, digests)
+        if self._pack_length >= pack_size:
+            self._flush_pack()
+
+    def _build_index(self, span: int, extents: list[list[Any]]) -> None:
+        """Write the index object of a finished span (its packs are all stored)."""
+        config = self.config
+        number = len(self.index_objects)
+        first = span * config.blocks_per_index
+        count = min(config.blocks_per_index, -(-self.size // config.block_size) - first)
+        table: dict[str, int] = {}
+        objects: list[StoredObject] = []
+        wire = []
+        for key, pack_offset, length, frame_first, frame_count, block, block_count, digests \
+                in extents:
+            obj = self.packs[key[1]] if isinstance(key, tuple) else key
+            slot = table.get(obj.name)
+            if slot is None:
+                slot = table[obj.name] = len(objects)
+                objects.append(obj)
+                self.referenced.setdefault(obj.name, obj)
+            wire.append(Extent(slot, pack_offset, length, frame_first, frame_count, block,
+                               block_count, encode_digests(digests)))
+        body = IndexObject(first, count, objects, wire).to_body(self.ref, self.backup_id)
+        data = encode_manifest(body)
+        name = INDEX_NAME_FORMAT.format(number)
+        self.index_entries.append(IndexEntry(name, len(data), "", first, count))
+        self.index_objects.append(None)
+        future = self._io_pool.submit(put_object, self.store, self.ref, name, data)
+        self._pending.append(_Pending("iput", future, len(data), number, 0))
+        self._inflight += len(data)
 
     def _consume_one(self) -> None:
         """Wait for the oldest future and take in its result (calling thread only)."""
@@ -438,48 +611,18 @@ class _BackupPipeline:
         result = item.future.result()
         self._inflight -= item.inflight_bytes
         if item.kind == "put":
-            self.objects[item.offset] = result
+            self.packs[item.offset] = result
+            return
+        if item.kind == "index":
+            self._build_index(*result)
+            return
+        if item.kind == "iput":
+            self.index_objects[item.offset] = result
+            self.referenced.setdefault(result.name, result)
+            entry = self.index_entries[item.offset]
+            self.index_entries[item.offset] = entry._replace(sha256=result.sha256)
             return
         self.data_bytes += item.length
         self.changed_bytes += result.changed_bytes
-        if self._present_now is not None:
-            blocks_per_segment = self.config.blocks_per_segment
-            segment, index = divmod(item.offset // self.config.block_size, blocks_per_segment)
-            present = self._present_now.get(segment)
-            if present is None:
-                present = self._present_now[segment] = bytearray(blocks_per_segment)
-            present[index:index + len(result.block_states)] = result.block_states
-        pack_size = self.config.pack_size
-        for new in result.frames:
-            if self._pack_length and self._pack_length + len(new.data) > pack_size:
-                self._flush_pack()
-            self.frames.append(Frame(len(self.objects), self._pack_length, len(new.data),
-                                     new.first_block, new.block_count,
-                                     encode_digests(new.digests)))
-            self._pack_parts.append(new.data)
-            self._pack_length += len(new.data)
-            self._inflight += len(new.data)
-        if self._pack_length >= pack_size:
-            self._flush_pack()
+        self._take_task(item.offset, result)
         ticker.report(item.offset + item.length)
-
-    def zeroed_runs(self) -> list[ZeroedRun]:
-        """Block runs that hold data in the parent's state and are zero now."""
-        zeroed: list[ZeroedRun] = []
-        if self.parent_state is None:
-            return zeroed
-        blocks_per_segment = self.config.blocks_per_segment
-        for segment in sorted(self.parent_state):
-            was_present = self.parent_state[segment].present
-            present = self._present_now.get(segment)
-            run_start = None
-            for j in range(blocks_per_segment + 1):
-                became_zero = (j < blocks_per_segment and was_present[j]
-                               and not (present is not None and present[j]))
-                if became_zero and run_start is None:
-                    run_start = j
-                elif not became_zero and run_start is not None:
-                    zeroed.append(ZeroedRun(segment * blocks_per_segment + run_start,
-                                            j - run_start))
-                    run_start = None
-        return zeroed

@@ -28,6 +28,8 @@ class DriverConfig:
     max_chain_depth: int = 64
     check_interval_bytes: int = 32 * MiB
     fsync_target: bool = True
+    # Each index object covers at most this much of the volume (rounded up to segments).
+    index_span: int = 1024 * MiB
     # Written into every manifest as its "driver" (the service's name for this driver).
     driver_id: str | None = None
     codec: Codec = field(init=False, repr=False, compare=False)
@@ -45,9 +47,18 @@ class DriverConfig:
         # The bound must hold at least two segment tasks, or the pipeline cannot overlap.
         object.__setattr__(self, "max_inflight_bytes",
                            max(self.max_inflight_bytes, 2 * self.segment_size))
+        if self.index_span < 1:
+            raise ValueError("index_span must be >= 1")
+        object.__setattr__(self, "index_span",
+                           -(-self.index_span // self.segment_size) * self.segment_size)
         object.__setattr__(self, "codec", Codec(self.compression, self.compression_level))
 
     @property
     def blocks_per_segment(self) -> int:
         """Blocks in one segment."""
         return self.segment_size // self.block_size
+
+    @property
+    def blocks_per_index(self) -> int:
+        """Blocks one index object covers (a multiple of blocks_per_segment)."""
+        return self.index_span // self.block_size

@@ -6,6 +6,7 @@ per-job state, so one driver serves any number of jobs, also at the same time.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 from typing import Any
 
@@ -26,6 +27,7 @@ from .results import VerifyResult
 
 if TYPE_CHECKING:
     from workers.stores import ObjectStore
+    from workers.stores.base import ObjectInfo
 
 
 class ChunkedDriver:
@@ -46,6 +48,8 @@ class ChunkedDriver:
         takes a full backup instead.
     :param check_interval_bytes: how often progress/cancelled are called, in bytes.
     :param fsync_target: fsync the restore target (and start its writeback early).
+    :param index_span: volume bytes one index object covers at most (rounded up to
+        whole segments); bounds the memory of backup, restore and verify.
     """
 
     def __init__(self, store: ObjectStore, *, block_size: int = 16 * KiB,
@@ -54,7 +58,7 @@ class ChunkedDriver:
                  compression_level: int | None = None, segment_size: int = 4 * MiB,
                  pack_size: int = 8 * MiB, io_threads: int = 4,
                  check_interval_bytes: int = 32 * MiB, fsync_target: bool = True,
-                 driver_id: str | None = None) -> None:
+                 driver_id: str | None = None, index_span: int = 1024 * MiB) -> None:
         """:raise ValueError: if a setting is out of range or the compression unknown."""
         self.store = store
         self.config = DriverConfig(
@@ -64,7 +68,7 @@ class ChunkedDriver:
             io_threads=int(io_threads), max_inflight_bytes=int(max_inflight_bytes),
             max_chain_depth=int(max_chain_depth),
             check_interval_bytes=int(check_interval_bytes), fsync_target=fsync_target,
-            driver_id=driver_id)
+            driver_id=driver_id, index_span=int(index_span))
 
     @staticmethod
     def ref_for(backup_id: str, container: str | None = None) -> BackupRef:
@@ -114,15 +118,57 @@ class ChunkedDriver:
                               cancelled=cancelled)
 
     def delete(self, ref: tuple[str, str]) -> None:
-        """Delete every object of backup ``ref`` (not of its parents); idempotent.
+        """Delete every object under backup ``ref``'s prefix (not of its parents);
+        idempotent. For a backup that never completed, and for version 1; a version-2
+        backup whose packs others may reference is deleted with :meth:`delete_manifest`
+        and :meth:`delete_objects` instead.
 
         :raise InvalidContainer: if ``ref`` breaks the naming rules.
         :raise StoreError: if the store fails.
         """
         catalog.delete_backup(self.store, refs.checked_ref(ref))
 
+    def delete_manifest(self, ref: tuple[str, str]) -> None:
+        """Remove only the (root) manifest of backup ``ref``: the backup becomes invisible
+        (no restore, verify or incremental can use it); its other objects stay.
+        Idempotent.
+
+        :raise InvalidContainer: if ``ref`` breaks the naming rules.
+        :raise StoreError: if the store fails.
+        """
+        catalog.delete_manifest(self.store, refs.checked_ref(ref))
+
+    def delete_objects(self, names: Iterable[str]) -> None:
+        """Delete the objects of these full store names (batched where the store can);
+        missing ones are not an error.
+
+        :raise InvalidContainer: if a name breaks the naming rules (nothing is deleted).
+        :raise StoreError: if the store fails.
+        """
+        self.store.delete_objects(list(names))
+
+    def list_objects(self, prefix: str = "") -> list[ObjectInfo]:
+        """Every object whose name starts with ``prefix``, sorted by name, as
+        (name, size, mtime: UTC epoch seconds) -- the garbage collector's sweep.
+
+        :raise StoreError: if the store fails.
+        """
+        return self.store.list_detailed(prefix)
+
+    def referenced_objects(self, ref: tuple[str, str]) -> catalog.BackupObjects:
+        """What stored backup ``ref`` references, read from the store alone (for import
+        and rebuild): version 2, every object of its index objects and the index
+        objects; version 1, its own packs and manifest (``format_version`` says which).
+
+        :raise IntegrityError: if its manifest or an index object is missing or damaged.
+        :raise InvalidBackup: if one is malformed.
+        :raise StoreError: if the store fails.
+        """
+        return catalog.referenced_objects(self.store, ref)
+
     def read_manifest(self, ref: tuple[str, str]) -> dict[str, Any]:
-        """The manifest of backup ``ref`` as stored (a JSON object), once checked.
+        """The (root) manifest of backup ``ref`` as stored (a JSON object), once checked:
+        version 1 or 2 (its ``version`` field).
 
         :raise IntegrityError: if it is missing or damaged.
         :raise InvalidBackup: if it is malformed or of an unknown version.

@@ -1,4 +1,7 @@
-"""The backup format (version 1): packs, frames and the manifest.
+"""The backup format: what both versions share, and version 1 (packs, frames, manifest).
+
+Version 2 (:mod:`.index`, docs/format.md) is what backups are written as now;
+version 1 is still read, verified and deleted. This module describes version 1:
 
 Every object of one backup lives under ``<container>/<prefix>/`` (see :mod:`.refs`):
 
@@ -44,8 +47,8 @@ from .names import validate_object_name
 from .refs import BackupRef
 
 FORMAT = "orchestrator.chunked-backup"
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+FORMAT_VERSION = 2            # what backups are written as (see .index)
+SUPPORTED_VERSIONS = (1, 2)
 MANIFEST_NAME = "manifest.json"
 DIGEST = "sha256"
 DIGEST_LEN = 32
@@ -144,9 +147,40 @@ class BackupStats:
                 "pack_bytes": self.pack_bytes}
 
 
+class VolumeGeometry:
+    """Block arithmetic of a manifest with ``size_bytes``, ``block_size`` and
+    ``segment_size`` fields (both format versions)."""
+
+    size_bytes: int
+    block_size: int
+    segment_size: int
+    container: str
+    prefix: str
+
+    @property
+    def ref(self) -> BackupRef:
+        """Where this backup lives."""
+        return BackupRef(self.container, self.prefix)
+
+    @property
+    def block_count(self) -> int:
+        """Blocks of the volume (the last one may be partial)."""
+        return -(-self.size_bytes // self.block_size)
+
+    @property
+    def blocks_per_segment(self) -> int:
+        """Blocks in one segment."""
+        return self.segment_size // self.block_size
+
+    def block_range_bytes(self, first_block: int, block_count: int) -> int:
+        """Volume bytes of a run of blocks (the volume's last block may be partial)."""
+        start = first_block * self.block_size
+        return min((first_block + block_count) * self.block_size, self.size_bytes) - start
+
+
 @dataclass
-class Manifest:
-    """A manifest with typed fields; ``body`` is the JSON object it was read from or
+class Manifest(VolumeGeometry):
+    """A version-1 manifest with typed fields; ``body`` is the JSON object it was read from or
     written as."""
 
     backup_id: str | None
@@ -173,29 +207,14 @@ class Manifest:
     body: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
-    def ref(self) -> BackupRef:
-        """Where this backup lives."""
-        return BackupRef(self.container, self.prefix)
-
-    @property
-    def block_count(self) -> int:
-        """Blocks of the volume (the last one may be partial)."""
-        return -(-self.size_bytes // self.block_size)
-
-    @property
-    def blocks_per_segment(self) -> int:
-        """Blocks in one segment."""
-        return self.segment_size // self.block_size
-
-    def block_range_bytes(self, first_block: int, block_count: int) -> int:
-        """Volume bytes of a run of blocks (the volume's last block may be partial)."""
-        start = first_block * self.block_size
-        return min((first_block + block_count) * self.block_size, self.size_bytes) - start
+    def format_version(self) -> int:
+        """The format version of this manifest."""
+        return 1
 
     def to_body(self) -> dict[str, Any]:
         """The JSON object of this manifest, as the store holds it."""
         return {
-            "format": FORMAT, "version": FORMAT_VERSION, "driver": self.driver,
+            "format": FORMAT, "version": 1, "driver": self.driver,
             "backup_id": self.backup_id, "volume_id": self.volume_id,
             "created_at": self.created_at,
             "container": self.container, "prefix": self.prefix,
@@ -259,21 +278,33 @@ def decode_manifest(raw: bytes, name: str = "manifest") -> dict[str, Any]:
     return body
 
 
-def check_manifest(body: dict[str, Any], ref: BackupRef) -> Manifest:
-    """The typed manifest of backup ``ref``, once its structure is checked.
+class ManifestHeader(NamedTuple):
+    """The fields both format versions share, checked (see :func:`check_header`)."""
 
-    Checks what restore relies on: format and version, block and segment
-    geometry, that the manifest belongs to ``ref``, that every frame lies inside
-    its pack and inside one segment of the volume, that every zeroed run lies
-    inside the volume, and that parent and chain depth agree. Frame digests are
-    decoded (and their length checked) when a frame is used.
+    size_bytes: int
+    block_size: int
+    segment_size: int
+    parent: ParentLink | None
+    chain_depth: int
+    stats: BackupStats | None
+
+    @property
+    def block_count(self) -> int:
+        """Blocks of the volume (the last one may be partial)."""
+        return -(-self.size_bytes // self.block_size)
+
+
+def check_header(body: dict[str, Any], ref: BackupRef, version: int) -> ManifestHeader:
+    """The shared fields of a manifest of format ``version`` of backup ``ref``, checked:
+    format and version, block and segment geometry, digest and compression, that it
+    belongs to ``ref``, and that parent and chain depth agree.
 
     :raise InvalidBackup: naming the first thing that is wrong.
     """
     where = f"manifest of {ref.container}/{ref.prefix}"
     if body.get("format") != FORMAT:
         raise InvalidBackup(f"{where}: unknown format {body.get('format')!r}")
-    if body.get("version") not in SUPPORTED_VERSIONS:
+    if body.get("version") != version:
         raise InvalidBackup(f"{where}: unsupported manifest version {body.get('version')!r} "
                             f"(this driver reads {list(SUPPORTED_VERSIONS)})")
     try:
@@ -294,8 +325,44 @@ def check_manifest(body: dict[str, Any], ref: BackupRef) -> Manifest:
         if (body.get("container"), body.get("prefix")) != (ref.container, ref.prefix):
             raise InvalidBackup(f"{where}: manifest belongs to "
                                 f"{body.get('container')}/{body.get('prefix')}")
-        block_count = -(-size_bytes // block_size)
-        blocks_per_segment = segment_size // block_size
+        parent_entry = body.get("parent")
+        parent = None
+        if parent_entry is not None:
+            parent = ParentLink(validate_container(parent_entry["container"]),
+                                validate_object_name(parent_entry["prefix"]),
+                                parent_entry.get("backup_id"))
+        chain_depth = body.get("chain_depth")
+        if not isinstance(chain_depth, int) or chain_depth < 0:
+            raise InvalidBackup(f"{where}: bad chain_depth")
+        if (parent is None) != (chain_depth == 0):
+            raise InvalidBackup(f"{where}: chain_depth and parent disagree")
+        stats_entry = body.get("stats")
+        stats = None
+        if isinstance(stats_entry, dict):
+            stats = BackupStats(stats_entry.get("data_bytes"), stats_entry.get("changed_bytes"),
+                                stats_entry.get("pack_bytes"))
+    except (KeyError, TypeError, ValueError) as e:
+        if isinstance(e, InvalidContainer):
+            raise InvalidBackup(f"{where}: {e}") from None
+        raise InvalidBackup(f"{where}: malformed manifest ({e!r})") from None
+    return ManifestHeader(size_bytes, block_size, segment_size, parent, chain_depth, stats)
+
+
+def check_manifest(body: dict[str, Any], ref: BackupRef) -> Manifest:
+    """The typed version-1 manifest of backup ``ref``, once its structure is checked.
+
+    Checks what restore relies on: the shared fields (:func:`check_header`), that
+    every frame lies inside its pack and inside one segment of the volume, and
+    that every zeroed run lies inside the volume. Frame digests are decoded (and
+    their length checked) when a frame is used.
+
+    :raise InvalidBackup: naming the first thing that is wrong.
+    """
+    where = f"manifest of {ref.container}/{ref.prefix}"
+    header = check_header(body, ref, 1)
+    block_count = header.block_count
+    blocks_per_segment = header.segment_size // header.block_size
+    try:
         objects = []
         for entry in body["objects"]:
             validate_object_name(entry["name"])
@@ -322,22 +389,6 @@ def check_manifest(body: dict[str, Any], ref: BackupRef) -> Manifest:
             if run_blocks <= 0 or first_block < 0 or first_block + run_blocks > block_count:
                 raise InvalidBackup(f"{where}: bad zeroed range {[first_block, run_blocks]}")
             zeroed.append(ZeroedRun(first_block, run_blocks))
-        parent_entry = body.get("parent")
-        parent = None
-        if parent_entry is not None:
-            parent = ParentLink(validate_container(parent_entry["container"]),
-                                validate_object_name(parent_entry["prefix"]),
-                                parent_entry.get("backup_id"))
-        chain_depth = body.get("chain_depth")
-        if not isinstance(chain_depth, int) or chain_depth < 0:
-            raise InvalidBackup(f"{where}: bad chain_depth")
-        if (parent is None) != (chain_depth == 0):
-            raise InvalidBackup(f"{where}: chain_depth and parent disagree")
-        stats_entry = body.get("stats")
-        stats = None
-        if isinstance(stats_entry, dict):
-            stats = BackupStats(stats_entry.get("data_bytes"), stats_entry.get("changed_bytes"),
-                                stats_entry.get("pack_bytes"))
     except (KeyError, TypeError, ValueError) as e:
         if isinstance(e, InvalidContainer):
             raise InvalidBackup(f"{where}: {e}") from None
@@ -345,9 +396,11 @@ def check_manifest(body: dict[str, Any], ref: BackupRef) -> Manifest:
     return Manifest(
         backup_id=body.get("backup_id"), volume_id=body.get("volume_id"),
         created_at=body.get("created_at"), container=ref.container, prefix=ref.prefix,
-        size_bytes=size_bytes, block_size=block_size, segment_size=segment_size,
+        size_bytes=header.size_bytes, block_size=header.block_size,
+        segment_size=header.segment_size,
         compression=body["compression"], compression_level=body.get("compression_level"),
-        incremental=bool(body.get("incremental", parent is not None)), parent=parent,
-        chain_depth=chain_depth, volume_meta=body.get("volume_meta") or {},
-        objects=objects, frames=frames, zeroed=zeroed, stats=stats,
+        incremental=bool(body.get("incremental", header.parent is not None)),
+        parent=header.parent, chain_depth=header.chain_depth,
+        volume_meta=body.get("volume_meta") or {},
+        objects=objects, frames=frames, zeroed=zeroed, stats=header.stats,
         driver=body.get("driver"), body=body)

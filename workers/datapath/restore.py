@@ -1,17 +1,27 @@
-"""Restoring a backup chain onto a volume: planning, then fetch → check → write.
+"""Restoring a backup onto a volume: a stream of pack jobs, then fetch → check → write.
 
-Planning applies the chain newest-wins without reading any data: walking the
-manifests newest first, a block belongs to the first backup that mentions it
-(as data in a frame, or as zeroed). What no backup mentions is zero. The plan
-says, for every pack, which runs of which frames are still *live*, and which
-block runs of the volume receive data at all; everything else is made zero
-(a punched hole where the target allows), unless the caller says the target
-already reads as zeros.
+A *pack job* (:class:`PackJob`) is one object to fetch and the frames in it to
+decompress, each with the block runs to check and write. Where the jobs come
+from depends on the format version:
 
-Execution: an I/O pool fetches packs (checking each pack's size and SHA-256),
-a compute pool decompresses the frames, checks every block's SHA-256 and
-``pwrite``s the live runs. Bytes in flight are bounded by ``max_inflight_bytes``.
-Verify runs the same machinery without writing (see :mod:`.verify`).
+* Version 2 (:func:`v2_pack_jobs`): the backup's index objects are read one at a
+  time, in volume order; the extents of one index object are grouped by object
+  and by frame (a frame that several extents use is decompressed once). The
+  gaps between extents are zero. Memory holds one index object and what is in
+  flight, whatever the volume's size.
+* Version 1 (:func:`v1_pack_jobs`): the chain is planned newest-wins, as it
+  always was: walking the manifests newest first, a block belongs to the first
+  backup that mentions it (as data in a frame, or as zeroed); what no backup
+  mentions is zero.
+
+Execution (:class:`PackRunner`): an I/O pool fetches each object whole and
+checks its size and SHA-256 (every referenced pack is read whole, even when an
+extent uses only part of it: packs are small, and every block is checked
+against its own digest anyway), a compute pool decompresses the frames, checks
+every block's SHA-256 and ``pwrite``s the runs. Bytes in flight are bounded by
+``max_inflight_bytes``. Verify runs the same machinery without writing (see
+:mod:`.verify`). Ranges that get no data are made zero (a punched hole where the
+target allows) unless the caller says the target already reads as zeros.
 """
 from __future__ import annotations
 
@@ -20,27 +30,36 @@ import hashlib
 import os
 import stat
 import time
+from collections.abc import Callable
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED
 from concurrent.futures import Future
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait
 from dataclasses import dataclass
+from dataclasses import field
 from typing import TYPE_CHECKING
 from typing import NamedTuple
 
+from .catalog import get_checked
 from .catalog import load_chain
+from .catalog import read_index
+from .catalog import read_manifest
 from .codec import reading_codec
 from .config import DriverConfig
 from .errors import BackupCancelled
+from .errors import DataPathError
 from .errors import IntegrityError
 from .errors import InvalidBackup
-from .errors import NotFound
 from .errors import StoreError
 from .errors import VolumeIOError
 from .format import DIGEST_LEN
 from .format import Frame
 from .format import Manifest
-from .format import PackObject
+from .format import VolumeGeometry
+from .format import decode_digests
+from .index import RootManifest
+from .index import StoredObject
 from .progress import CancelledCallback
 from .progress import ProgressCallback
 from .progress import ProgressTicker
@@ -54,7 +73,7 @@ from .volume_io import zero_range
 if TYPE_CHECKING:
     from workers.stores import ObjectStore
 
-# Who claimed a block while planning (newest backup first).
+# Who claimed a block while planning a version-1 chain (newest backup first).
 _UNCLAIMED = 0
 _CLAIMED_ZERO = 1
 _CLAIMED_DATA = 2
@@ -68,7 +87,7 @@ class BlockRun(NamedTuple):
 
 
 class FrameWork(NamedTuple):
-    """A frame to read, and the runs of its blocks to check and write."""
+    """A version-1 frame to read, and the runs of its blocks to check and write."""
 
     frame: Frame
     runs: list[BlockRun]
@@ -78,9 +97,42 @@ class FrameWork(NamedTuple):
 PackKey = tuple[int, int]
 
 
+class RunJob(NamedTuple):
+    """Blocks [first_block, first_block + block_count) of a frame, and their digests:
+    ``digests`` is base64 of ``digests_count`` digests starting at block
+    ``digests_first`` (the frame's for version 1, the extent's own for version 2)."""
+
+    first_block: int
+    block_count: int
+    digests: str
+    digests_first: int
+    digests_count: int
+
+
+@dataclass
+class FrameJob:
+    """One frame of a pack: where it is, which blocks it holds, what to check and write."""
+
+    pack_offset: int
+    compressed_length: int
+    first_block: int
+    block_count: int
+    runs: list[RunJob] = field(default_factory=list)
+
+
+@dataclass
+class PackJob:
+    """One object to fetch and check, and its frames to decompress."""
+
+    obj: StoredObject
+    compression: str
+    frames: list[FrameJob]
+    geometry: VolumeGeometry
+
+
 @dataclass
 class RestorePlan:
-    """What to read from which pack, and which block runs of the volume get data."""
+    """Version 1: what to read from which pack, and which block runs get data."""
 
     work: dict[PackKey, list[FrameWork]]
     data_runs: list[BlockRun]          # sorted; the rest of the volume is zero
@@ -95,10 +147,11 @@ class PackCounters:
     bytes_written: int = 0             # verify: logical bytes checked
     blocks_verified: int = 0
     zeroed_bytes: int = 0
+    skipped_bytes: int = 0             # zero ranges counted as done (zeroed or trusted)
 
 
 def plan_restore(chain: list[Manifest]) -> RestorePlan:
-    """The newest-wins plan of ``chain`` (newest first)."""
+    """The newest-wins plan of version-1 ``chain`` (newest first)."""
     blocks_per_segment = chain[0].blocks_per_segment
     claimed: dict[int, bytearray] = {}     # segment -> one _UNCLAIMED/_CLAIMED_* per block
     work: dict[PackKey, list[FrameWork]] = {}
@@ -165,10 +218,74 @@ def zero_runs(data_runs: list[BlockRun], block_count: int) -> list[BlockRun]:
     return gaps
 
 
+def v1_pack_jobs(chain: list[Manifest], work: dict[PackKey, list[FrameWork]]
+                 ) -> Iterator[PackJob]:
+    """The pack jobs of a version-1 work list (every pack of it, in key order)."""
+    for key in sorted(work):
+        chain_index, pack_index = key
+        manifest = chain[chain_index]
+        pack = manifest.objects[pack_index]
+        frames = []
+        for frame, runs in work[key]:
+            frames.append(FrameJob(
+                frame.pack_offset, frame.compressed_length, frame.first_block,
+                frame.block_count,
+                [RunJob(first, count, frame.digests, frame.first_block, frame.block_count)
+                 for first, count in runs]))
+        yield PackJob(StoredObject(object_name(manifest.ref, pack.name), pack.size,
+                                   pack.sha256), manifest.compression, frames, manifest)
+
+
+GapCallback = Callable[[int, int], None]
+
+
+def v2_pack_jobs(store: ObjectStore, root: RootManifest, gap: GapCallback | None,
+                 problems: list[str] | None = None, *, every_object: bool = False
+                 ) -> Iterator[PackJob]:
+    """The pack jobs of version-2 backup ``root``, read one index object at a time.
+
+    ``gap(first_block, end_block)`` is called for every range no extent covers (in
+    order, before the jobs of the data after it). With ``every_object`` an object
+    the table lists but no extent uses still gets a job (verify checks it).
+    With ``problems`` a damaged index object is reported there and skipped.
+
+    :raise IntegrityError, InvalidBackup: for a damaged or malformed index object
+        (without ``problems``).
+    """
+    position = 0
+    for entry in root.index:
+        try:
+            index = read_index(store, root, entry)
+        except (IntegrityError, InvalidBackup) as e:
+            if problems is None:
+                raise
+            problems.append(str(e))
+            continue
+        by_object: dict[int, dict[tuple[int, int, int, int], FrameJob]] = {}
+        for extent in index.extents:
+            if gap is not None and extent.first_block > position:
+                gap(position, extent.first_block)
+            position = extent.end_block
+            frames = by_object.setdefault(extent.obj, {})
+            key = (extent.pack_offset, extent.compressed_length, extent.frame_first_block,
+                   extent.frame_block_count)
+            job = frames.get(key)
+            if job is None:
+                job = frames[key] = FrameJob(*key)
+            job.runs.append(RunJob(extent.first_block, extent.block_count, extent.digests,
+                                   extent.first_block, extent.block_count))
+        slots = range(len(index.objects)) if every_object else by_object
+        for slot in slots:
+            frames = by_object.get(slot, {})
+            yield PackJob(index.objects[slot], root.compression, list(frames.values()), root)
+    if gap is not None and position < root.block_count:
+        gap(position, root.block_count)
+
+
 def restore(store: ObjectStore, config: DriverConfig, ref: tuple[str, str], target_path: str,
             *, target_is_zeroed: bool = False, progress: ProgressCallback | None = None,
             cancelled: CancelledCallback | None = None) -> RestoreResult:
-    """Write backup ``ref`` (and the chain it builds on) onto ``target_path``.
+    """Write backup ``ref`` onto ``target_path`` (version 1: with the chain it builds on).
 
     Every block read is checked against its digest before it is written. With
     ``target_is_zeroed`` the target is trusted to read as zeros and only data is
@@ -183,10 +300,12 @@ def restore(store: ObjectStore, config: DriverConfig, ref: tuple[str, str], targ
     """
     started = time.monotonic()
     ref = BackupRef(*ref)
-    chain = load_chain(store, ref)
-    newest = chain[0]
+    newest = read_manifest(store, ref)
+    chain: list[Manifest | RootManifest] = [newest]
+    if newest.format_version == 1:
+        chain = load_chain(store, ref)
+        newest = chain[0]
     size = newest.size_bytes
-    plan = plan_restore(chain)
     ticker = ProgressTicker(size, progress, cancelled, config.check_interval_bytes)
     ticker.report(0, force=True)
     if ticker.should_cancel(0, force=True):
@@ -196,6 +315,22 @@ def restore(store: ObjectStore, config: DriverConfig, ref: tuple[str, str], targ
     except OSError as e:
         raise VolumeIOError(f"cannot open restore target {target_path!r}: {e}") from e
     counters = PackCounters()
+
+    def gap(first_block: int, end_block: int) -> None:
+        """A block range that gets no data: make it zero (unless it reads as zeros)."""
+        length = newest.block_range_bytes(first_block, end_block - first_block)
+        if not target_is_zeroed:
+            offset = first_block * newest.block_size
+            try:
+                zero_range(fd, offset, length)
+            except OSError as e:
+                raise VolumeIOError(f"cannot zero target range at {offset}: {e}") from e
+            counters.zeroed_bytes += length
+        counters.skipped_bytes += length
+        ticker.report(counters.skipped_bytes + counters.bytes_written)
+        if ticker.should_cancel():
+            raise BackupCancelled("restore cancelled")
+
     try:
         try:
             st = os.fstat(fd)
@@ -203,25 +338,14 @@ def restore(store: ObjectStore, config: DriverConfig, ref: tuple[str, str], targ
                 os.ftruncate(fd, size)
         except OSError as e:
             raise VolumeIOError(f"cannot size restore target: {e}") from e
-        done = 0
-        if not target_is_zeroed:
+        if newest.format_version == 1:
+            plan = plan_restore(chain)
             for first_block, count in zero_runs(plan.data_runs, newest.block_count):
-                offset = first_block * newest.block_size
-                length = newest.block_range_bytes(first_block, count)
-                try:
-                    zero_range(fd, offset, length)
-                except OSError as e:
-                    raise VolumeIOError(f"cannot zero target range at {offset}: {e}") from e
-                counters.zeroed_bytes += length
-                done += length
-                ticker.report(done)
-                if ticker.should_cancel(done):
-                    raise BackupCancelled("restore cancelled")
+                gap(first_block, first_block + count)
+            jobs = v1_pack_jobs(chain, plan.work)
         else:
-            done = size - sum(newest.block_range_bytes(first_block, count)
-                              for first_block, count in plan.data_runs)
-        ticker.report(done)
-        PackRunner(store, config, chain, plan.work, ticker, counters, fd=fd).run(done)
+            jobs = v2_pack_jobs(store, newest, gap)
+        PackRunner(store, config, jobs, ticker, counters, fd=fd).run()
         if config.fsync_target:
             try:
                 os.fsync(fd)
@@ -239,89 +363,70 @@ def restore(store: ObjectStore, config: DriverConfig, ref: tuple[str, str], targ
                          chain=[m.ref for m in chain], elapsed_s=time.monotonic() - started)
 
 
-def fetch_pack(store: ObjectStore, ref: BackupRef, pack: PackObject) -> bytes:
-    """I/O worker: get a pack and check its size and SHA-256.
-
-    :raise IntegrityError: if it is missing, truncated or damaged.
-    :raise StoreError: if the store fails.
-    """
-    name = object_name(ref, pack.name)
-    try:
-        data = store.get(name)
-    except NotFound:
-        raise IntegrityError(f"object {name!r} is missing") from None
-    if len(data) != pack.size:
-        raise IntegrityError(f"object {name!r} is {len(data)} bytes, expected {pack.size} "
-                             "(truncated or damaged)")
-    if hashlib.sha256(data).hexdigest() != pack.sha256:
-        raise IntegrityError(f"object {name!r} does not match its SHA-256 digest")
-    return data
+def _job_cost(job: PackJob) -> int:
+    """Bytes a pack job holds in flight: the object and its decompressed frames."""
+    geometry = job.geometry
+    return job.obj.size + sum(geometry.block_range_bytes(f.first_block, f.block_count)
+                              for f in job.frames)
 
 
 class PackRunner:
-    """Fetches packs (I/O pool), then checks and writes their frames (compute pool).
+    """Fetches objects (I/O pool), then checks and writes their frames (compute pool).
 
-    With ``fd=None`` nothing is written (verify): every listed run is still
-    decompressed and checked, and damage goes to ``problems`` instead of raising.
+    Jobs are drawn from ``jobs`` (in the calling thread) only while the bytes in
+    flight allow. With ``fd=None`` nothing is written (verify): every listed run
+    is still decompressed and checked, and damage goes to ``problems`` instead of
+    raising.
     """
 
-    def __init__(self, store: ObjectStore, config: DriverConfig, chain: list[Manifest],
-                 work: dict[PackKey, list[FrameWork]], ticker: ProgressTicker,
-                 counters: PackCounters, *, fd: int | None,
+    def __init__(self, store: ObjectStore, config: DriverConfig, jobs: Iterator[PackJob],
+                 ticker: ProgressTicker, counters: PackCounters, *, fd: int | None,
                  problems: list[str] | None = None) -> None:
         self.store = store
         self.config = config
-        self.chain = chain
-        self.work = work
+        self.jobs = jobs
         self.ticker = ticker
         self.counters = counters
         self.fd = fd
         self.problems = problems
 
-    def run(self, done: int) -> int:
-        """Process every pack of the work list; returns ``done`` plus the bytes written.
+    def _done(self) -> int:
+        return self.counters.skipped_bytes + self.counters.bytes_written
+
+    def run(self) -> None:
+        """Process every job.
 
         :raise BackupCancelled: if the caller cancelled.
         """
-        config, ticker, counters, work = self.config, self.ticker, self.counters, self.work
+        config, ticker, counters = self.config, self.ticker, self.counters
         writing = self.fd is not None
         compute_pool = ThreadPoolExecutor(config.threads, thread_name_prefix="rs-cpu")
         io_pool = ThreadPoolExecutor(config.io_threads, thread_name_prefix="rs-io")
         pending: set[Future] = set()
-        # future -> (stage, pack key, bytes it holds in flight)
-        stages: dict[Future, tuple[str, PackKey, int]] = {}
+        # future -> (stage, job, bytes it holds in flight)
+        stages: dict[Future, tuple[str, PackJob, int]] = {}
         inflight = 0
-        keys = iter(sorted(work))
         exhausted = False
         try:
             while True:
                 while not exhausted and inflight < config.max_inflight_bytes:
-                    key = next(keys, None)
-                    if key is None:
+                    job = next(self.jobs, None)
+                    if job is None:
                         exhausted = True
                         break
-                    chain_index, pack_index = key
-                    manifest = self.chain[chain_index]
-                    pack = manifest.objects[pack_index]
-                    future = io_pool.submit(fetch_pack, self.store, manifest.ref, pack)
-                    cost = pack.size + sum(
-                        manifest.block_range_bytes(item.frame.first_block,
-                                                   item.frame.block_count)
-                        for item in work[key])
-                    stages[future] = ("fetch", key, cost)
+                    future = io_pool.submit(get_checked, self.store, job.obj)
+                    cost = _job_cost(job)
+                    stages[future] = ("fetch", job, cost)
                     pending.add(future)
                     inflight += cost
                 if not pending:
                     break
                 finished, _ = wait(pending, timeout=ticker.time_interval,
                                    return_when=FIRST_COMPLETED)
-                ticker.report(done)
+                ticker.report(self._done())
                 for future in finished:
                     pending.discard(future)
-                    stage, key, cost = stages.pop(future)
-                    chain_index, pack_index = key
-                    manifest = self.chain[chain_index]
-                    name = object_name(manifest.ref, manifest.objects[pack_index].name)
+                    stage, job, cost = stages.pop(future)
                     try:
                         result = future.result()
                     except (IntegrityError, InvalidBackup, StoreError) as e:
@@ -333,18 +438,16 @@ class PackRunner:
                     if stage == "fetch":
                         counters.objects_read += 1
                         counters.stored_bytes_read += len(result)
-                        applied = compute_pool.submit(self._apply, result, work[key],
-                                                      manifest, name)
-                        stages[applied] = ("apply", key, cost)
+                        applied = compute_pool.submit(self._apply, result, job)
+                        stages[applied] = ("apply", job, cost)
                         pending.add(applied)
                     else:
                         inflight -= cost
                         written, blocks = result
                         counters.bytes_written += written
                         counters.blocks_verified += blocks
-                        done += written
-                        ticker.report(done)
-                if ticker.should_cancel(done):
+                        ticker.report(self._done())
+                if ticker.should_cancel(self._done()):
                     raise BackupCancelled("restore cancelled" if writing
                                           else "verify cancelled")
         except BaseException:
@@ -355,37 +458,52 @@ class PackRunner:
         finally:
             compute_pool.shutdown(wait=True)
             io_pool.shutdown(wait=True)
-        return done
 
-    def _apply(self, data: bytes, items: list[FrameWork], manifest: Manifest, name: str
-               ) -> tuple[int, int]:
-        """Compute worker: decompress frames, check digests, pwrite the live runs.
+    def _apply(self, data: bytes, job: PackJob) -> tuple[int, int]:
+        """Compute worker: decompress frames, check digests, pwrite the runs.
 
         Returns (bytes written -- or checked, when not writing --, blocks checked).
 
         :raise IntegrityError: if a frame or a block does not match.
-        :raise InvalidBackup: if a frame's digest list is malformed.
+        :raise InvalidBackup: if a digest list is malformed.
         :raise VolumeIOError: if the target cannot be written.
         """
-        block_size, size = manifest.block_size, manifest.size_bytes
-        codec = reading_codec(manifest.compression)
+        geometry = job.geometry
+        block_size, size = geometry.block_size, geometry.size_bytes
+        codec = reading_codec(job.compression)
+        name = job.obj.name
         fd = self.fd
         fsync_target = self.config.fsync_target
         view = memoryview(data)
         written = blocks = 0
         sha256 = hashlib.sha256
-        for frame, runs in items:
-            digests = frame.block_digests(name)
+        for frame in job.frames:
             first_block = frame.first_block
-            raw_len = manifest.block_range_bytes(first_block, frame.block_count)
-            raw = codec.decompress(
-                view[frame.pack_offset:frame.pack_offset + frame.compressed_length], raw_len)
+            raw_len = geometry.block_range_bytes(first_block, frame.block_count)
+            try:
+                raw = codec.decompress(
+                    view[frame.pack_offset:frame.pack_offset + frame.compressed_length],
+                    raw_len)
+            except IntegrityError as e:
+                raise IntegrityError(f"{name}: {e}") from None
             raw_view = memoryview(raw)
-            for run_first, run_count in runs:
+            decoded: dict[str, bytes] = {}
+            for run_first, run_count, digest_text, digests_first, digests_count in frame.runs:
+                digests = decoded.get(digest_text)
+                if digests is None:
+                    try:
+                        digests = decoded[digest_text] = decode_digests(digest_text)
+                    except DataPathError:
+                        raise InvalidBackup(f"{name}: malformed digests of blocks "
+                                            f"{run_first}+{run_count}") from None
+                    if len(digests) != digests_count * DIGEST_LEN:
+                        raise InvalidBackup(f"{name}: digest list of blocks {digests_first}"
+                                            f"+{digests_count} has the wrong length")
                 for block in range(run_first, run_first + run_count):
                     i = block - first_block
+                    d = block - digests_first
                     if sha256(raw_view[i * block_size:(i + 1) * block_size]).digest() \
-                            != digests[i * DIGEST_LEN:(i + 1) * DIGEST_LEN]:
+                            != digests[d * DIGEST_LEN:(d + 1) * DIGEST_LEN]:
                         raise IntegrityError(f"{name}: block {block} does not match its digest")
                 blocks += run_count
                 if fd is not None:

@@ -7,17 +7,24 @@ from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
 
+from .index import StoredObject
 from .refs import BackupRef
 
 
 @dataclass
 class BackupResult:
-    """A completed backup: where it is, what it cost, and the manifest written."""
+    """A completed backup: where it is, what it cost, and the manifest written.
+
+    ``referenced_objects``: every distinct object the backup's index objects
+    reference (its new packs, the parent packs it reuses) and its own index
+    objects -- not the root manifest; ``new_objects``: the subset this backup
+    wrote (what a failed or cancelled backup would have left).
+    """
 
     container: str
     prefix: str
-    object_count: int           # packs + the manifest
-    stored_bytes: int           # packs + the manifest, as stored
+    object_count: int           # new objects (packs, index objects) + the manifest
+    stored_bytes: int           # new objects + the manifest, as stored
     logical_bytes: int          # size of the volume the backup represents
     incremental: bool
     message: str | None         # why a full backup was taken instead of an incremental
@@ -25,6 +32,8 @@ class BackupResult:
     data_bytes: int = 0         # non-zero bytes read and digested
     changed_bytes: int = 0      # bytes of blocks stored by this backup (before compression)
     elapsed_s: float = 0.0
+    referenced_objects: list[StoredObject] = field(default_factory=list)
+    new_objects: list[StoredObject] = field(default_factory=list)
 
     @property
     def ref(self) -> BackupRef:

@@ -135,3 +135,16 @@ def data_extents(fd: int, size: int) -> Iterator[tuple[int, int]]:
             end = size
         yield start, end - start
         position = end
+
+
+def pread_into(fd: int, buf: bytearray | memoryview, length: int, offset: int) -> None:
+    """Fill ``buf[:length]`` from ``offset``; whatever lies past the end of file reads as
+    zeros. Reads into the caller's (reused) buffer: no allocation per read."""
+    view = memoryview(buf)[:length]
+    got = 0
+    while got < length:
+        n = os.preadv(fd, [view[got:]], offset + got)
+        if n <= 0:   # past EOF: the volume reads as zeros there
+            view[got:] = bytes(length - got)
+            return
+        got += n

@@ -7,7 +7,20 @@ returns sorted names. ``put`` is atomic: a reader sees all of an object or
 nothing. Failures raise :class:`~workers.datapath.errors.StoreError` subclasses
 whose ``kind`` says whether a retry may help.
 """
+from __future__ import annotations
+
 import abc
+from typing import NamedTuple
+
+from workers.datapath.names import validate_object_name
+
+
+class ObjectInfo(NamedTuple):
+    """An object as a detailed listing shows it."""
+
+    name: str
+    size: int
+    mtime: float               # last modified, seconds since the epoch (UTC)
 
 
 class ObjectStore(abc.ABC):
@@ -42,6 +55,22 @@ class ObjectStore(abc.ABC):
     @abc.abstractmethod
     def exists(self, name: str) -> bool:
         """Whether object ``name`` exists."""
+
+    @abc.abstractmethod
+    def list_detailed(self, prefix: str = "") -> list[ObjectInfo]:
+        """Like :meth:`list`, with each object's size and modification time."""
+
+    def delete_objects(self, names: list[str]) -> None:
+        """Remove every object of ``names``; missing ones are not an error. Every name is
+        validated before anything is deleted. Stores that can batch override this.
+
+        :raise InvalidContainer: if a name breaks the naming rules.
+        :raise StoreError: if the store fails (some objects may be gone already).
+        """
+        for name in names:
+            validate_object_name(name)
+        for name in names:
+            self.delete(name)
 
     def purge_incomplete(self, prefix: str) -> None:  # noqa: B027 - a no-op is the default
         """Remove leftovers of puts that never completed (a writer killed mid-put)

@@ -5,6 +5,8 @@ over the final name and fsyncs the directory, so a reader sees either nothing
 or the whole object, also after a crash. Temporary names carry ``~``, which no
 valid object name holds, so they never show in a listing.
 """
+from __future__ import annotations
+
 import errno
 import os
 import uuid
@@ -16,6 +18,7 @@ from workers.datapath.errors import TransientStoreError
 from workers.datapath.names import validate_object_name
 from workers.datapath.names import validate_prefix_arg
 
+from .base import ObjectInfo
 from .base import ObjectStore
 
 _TMP_MARK = "~tmp~"
@@ -170,11 +173,28 @@ class PosixStore(ObjectStore):
 
     def list(self, prefix: str = "") -> list[str]:
         """Sorted names that start with ``prefix`` (temporary files left out)."""
+        return [name for name, _path in self._walk(prefix)]
+
+    def list_detailed(self, prefix: str = "") -> list[ObjectInfo]:
+        """Sorted (name, size, mtime) of the names that start with ``prefix``."""
+        found = []
+        for name, path in self._walk(prefix):
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:      # deleted while we listed
+                continue
+            except OSError as e:
+                raise _store_error(e, name) from e
+            found.append(ObjectInfo(name, st.st_size, st.st_mtime))
+        return found
+
+    def _walk(self, prefix: str) -> list[tuple[str, str]]:
+        """Sorted (name, path) of the objects whose names start with ``prefix``."""
         validate_prefix_arg(prefix)
         # Walk from the deepest directory that the prefix fully names.
         base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         top = os.path.join(self.root, base) if base else self.root
-        names: list[str] = []
+        names: list[tuple[str, str]] = []
         if not os.path.isdir(top):
             return names
         for dirpath, dirnames, filenames in os.walk(top):
@@ -189,6 +209,6 @@ class PosixStore(ObjectStore):
                     continue
                 full = relative + filename
                 if full.startswith(prefix):
-                    names.append(full)
+                    names.append((full, os.path.join(dirpath, filename)))
         names.sort()
         return names
