@@ -15,7 +15,6 @@ from orchestrator.http.routes import Body
 from orchestrator.http.routes import Reply
 from orchestrator.http.routes import RouteBlueprint
 from orchestrator.http.transaction import commit_and_dispatch
-from orchestrator.http.transaction import reader
 from orchestrator.http.transaction import session
 from orchestrator.models import Job
 
@@ -48,13 +47,13 @@ def start(body):
             reply=Reply(schemas.BackupGCSchema, "gcs", many=True))
 def index():
     """The latest garbage collections, newest first, with what each freed."""
-    return [gc_view(job) for job in storage.gc_runs(reader())]
+    return [gc_view(job) for job in storage.gc_runs(session())]
 
 
 @bp.declare("GET", "/backup-gc/<gc_id>", policy="backup:gc", reply=GC, errors=(404,))
 def show(gc_id):
     """One garbage collection."""
-    job = reader().get(Job, gc_id)
+    job = session().get(Job, gc_id)
     if job is None or job.op != "store_gc":
         raise errors.NotFound(f"Garbage collection {gc_id} could not be found.")
     return gc_view(job)

@@ -86,8 +86,8 @@ class BackupCreateRun(RunHalf):
             logical_bytes=result.logical_bytes, incremental=result.incremental,
             message=result.message, final_rate=progress.final_rate,
             data_format=result.manifest.get("version"), store=store_identity(run.settings),
-            new_objects=_infos(getattr(result, "new_objects", ())),  # TODO(merge v2)
-            referenced=tuple(o.name for o in getattr(result, "referenced_objects", ())))
+            new_objects=_infos(result.new_objects),
+            referenced=tuple(o.name for o in result.referenced_objects))
 
 
     def lost(self, settings, job) -> None:
@@ -180,7 +180,7 @@ class BackupImportRun(RunHalf):
         # referenced, no collection can take it, so what is checked stays there.
         driver = backup_driver(run.settings)
         ref = BackupRef(record.get("container"), prefix)
-        referenced = _infos(driver.referenced_objects(ref))
+        referenced = _infos(driver.referenced_objects(ref).objects)
         store = store_identity(run.settings)
         with run.db.scope() as session:
             self.control.adopt(session, run.job.resource_id, store, referenced, now=utcnow())
