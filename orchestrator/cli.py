@@ -14,18 +14,23 @@ from sqlalchemy import inspect
 
 from orchestrator import errors
 from orchestrator import jobs
+from orchestrator import storage as store_rules
 from orchestrator import tokens
 from orchestrator.config import Settings
 from orchestrator.config import default_host
 from orchestrator.config import without_password
 from orchestrator.db import get_database
 from orchestrator.db import utcnow
+from orchestrator.dispatch import Publisher
+from orchestrator.dispatch import dispatch
 from orchestrator.embedded import RedisServer
 from orchestrator.migrate import upgrade
+from orchestrator.models import Job
 from orchestrator.serve import api_command
 from orchestrator.supervisor import StateDirBusy
 from orchestrator.supervisor import StateDirLock
 from orchestrator.supervisor import Supervisor
+from orchestrator.tasks import make_celery
 
 
 def _env(settings: Settings) -> dict:
@@ -300,3 +305,49 @@ def token_revoke(token_ids: tuple[str, ...]) -> None:
             failed = True
     if failed:
         raise SystemExit(1)
+
+
+@main.group()
+def storage() -> None:
+    """The backup store: garbage collection and reference counts (admin)."""
+
+
+@storage.command("gc")
+@click.option("--scope", type=click.Choice(["full", "released"]), default="full",
+              show_default=True, help="released: only what deletes left; full: also sweep")
+@click.option("--host", default=None, help="the backup host whose store to collect")
+@click.option("--zone", default=None, help="any live backup host of this zone")
+@click.option("--wait/--no-wait", default=True, show_default=True)
+def storage_gc(scope: str, host: str | None, zone: str | None, wait: bool) -> None:
+    """Queue a garbage collection of a backup host's store and print what it freed."""
+    settings = Settings.load()
+    database = get_database(settings.database_url)
+    try:
+        with database.scope() as session:
+            job, new = store_rules.start_gc(session, settings, now=utcnow(), scope=scope,
+                                            host=host, zone=zone)
+            job_id = job.id
+    except errors.OrchestratorError as exc:
+        raise click.ClickException(str(exc)) from None
+    if new:
+        dispatch(database, Publisher(make_celery(settings)), [job], undo_on_failure=False)
+    click.echo(f"collection {job_id} {'queued' if new else 'already active'} on {job.host}")
+    while wait:
+        with database.scope(write=False) as session:
+            row = session.get(Job, job_id)
+            state, result, error = row.state, row.result, row.error
+        if state in ("succeeded", "failed", "cancelled"):
+            click.echo(json.dumps({"id": job_id, "status": state, "result": result,
+                                   "error": error}))
+            if state != "succeeded":
+                raise SystemExit(1)
+            return
+        time.sleep(0.5)
+
+
+@storage.command("rebuild-refs", context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def storage_rebuild_refs(args) -> None:
+    """Set every backup's references to what its manifest in the store names
+    (`python -m workers.rebuild`, run on a backup host; --dry-run reports only)."""
+    os.execv(sys.executable, [sys.executable, "-m", "workers.rebuild", *args])

@@ -163,10 +163,7 @@ def register(session: Session, backup_id: str, store: str, *, new: Sequence[Obje
     :raise UnpinnedReference: if a referenced object is neither new nor pinned.
     """
     new_names = {o.name for o in new}
-    held = dict(session.execute(
-        select(StoredObject.name, StoredObject.id).join(
-            BackupObject, BackupObject.object_id == StoredObject.id)
-        .where(BackupObject.backup_id == backup_id)).all())
+    held = referenced_names(session, backup_id)
     unpinned = sorted(name for name in set(referenced) - new_names if name not in held)
     if unpinned:
         raise UnpinnedReference(
@@ -176,6 +173,19 @@ def register(session: Session, backup_id: str, store: str, *, new: Sequence[Obje
     wanted = set(referenced) | new_names
     _drop_refs(session, backup_id, [oid for name, oid in held.items() if name not in wanted],
                now)
+
+
+def referenced_names(session: Session, backup_id: str) -> dict[str, int]:
+    """The objects ``backup_id`` references: name → id."""
+    return dict(session.execute(
+        select(StoredObject.name, StoredObject.id).join(
+            BackupObject, BackupObject.object_id == StoredObject.id)
+        .where(BackupObject.backup_id == backup_id)).all())
+
+
+def drop(session: Session, backup_id: str, ids: Sequence[int], *, now: dt.datetime) -> None:
+    """Drop the references of ``backup_id`` to objects ``ids``."""
+    _drop_refs(session, backup_id, ids, now)
 
 
 def release(session: Session, backup_id: str, *, now: dt.datetime) -> int:

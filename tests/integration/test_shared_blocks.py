@@ -5,7 +5,10 @@ byte-identical and, after a collection, the store holds no object nobody referen
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,6 +19,7 @@ from orch_testlib import write_pattern
 from sqlalchemy import select
 
 from orchestrator.models import Backup
+from orchestrator.models import BackupObject
 from orchestrator.models import StoredObject
 
 MiB = 1024 * 1024
@@ -266,4 +270,31 @@ def test_worker_killed_during_a_collection(point, shared, db, client, admin, sta
     assert not stray.exists()
     assert_store_clean(shared, db)
     for backup_id in (b1, b3):
+        chain.restores_identical(backup_id)
+
+
+def test_references_rebuilt_from_the_store_after_their_rows_are_lost(shared, db, client,
+                                                                     worker):
+    """The rows lost (a database restored from a dump that lacks them): the rebuild sets
+    them from the manifests, then a collection (the CLI) frees nothing anyone needs."""
+    chain = Chain(shared, client)
+    chain.build(3)
+    before = referenced(db)
+    with db.scope() as s:
+        s.execute(BackupObject.__table__.delete())
+        s.execute(StoredObject.__table__.delete())
+    env = {**os.environ, **shared.as_env()}
+    rebuilt = subprocess.run([sys.executable, "-m", "orchestrator", "storage", "rebuild-refs"],
+                             env=env, capture_output=True, text=True, timeout=120)
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    report = json.loads(rebuilt.stdout.strip().splitlines()[-1])
+    assert report["backups_checked"] == 3 and report["problems"] == []
+    assert report["references_added"] >= len(before)
+    assert referenced(db) == before
+    gc = subprocess.run([sys.executable, "-m", "orchestrator", "storage", "gc"], env=env,
+                        capture_output=True, text=True, timeout=120)
+    assert gc.returncode == 0, gc.stderr + gc.stdout
+    assert json.loads(gc.stdout.strip().splitlines()[-1])["status"] == "succeeded"
+    assert_store_clean(shared, db)
+    for backup_id in chain.order:
         chain.restores_identical(backup_id)

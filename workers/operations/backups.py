@@ -149,7 +149,7 @@ class BackupDeleteRun(RunHalf):
         listing = driver.list_objects(backup_prefix(ref))
         with run.db.scope(write=False) as session:
             known = objects.known_names(session, store, [e[0] for e in listing])
-        free_unknown(run, store, [objects.ObjectInfo(name, size, "")
+        free_unknown(run.settings, run.db, store, [objects.ObjectInfo(name, size, "")
                                   for name, size, _ in listing if name not in known])
         return BackupDeleteOutcome(store=store, collect=run.settings.gc_after_delete)
 

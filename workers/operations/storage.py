@@ -40,29 +40,45 @@ def backup_id_of(name: str) -> str | None:
     return None
 
 
-def free_claimed(run: JobRun, claimed: list[tuple[int, str, int]]) -> tuple[int, int]:
+def free_claimed(settings, db, claimed: list[tuple[int, str, int]]) -> tuple[int, int]:
     """Delete claimed objects from the store, then their rows; (objects, bytes)."""
     if not claimed:
         return 0, 0
-    crash_point(run.settings, "gc:claimed")
-    backup_driver(run.settings).delete_objects([name for _, name, _ in claimed])
-    crash_point(run.settings, "gc:deleted")
-    with run.db.scope() as session:
+    crash_point(settings, "gc:claimed")
+    backup_driver(settings).delete_objects([name for _, name, _ in claimed])
+    crash_point(settings, "gc:deleted")
+    with db.scope() as session:
         objects.forget(session, [oid for oid, _, _ in claimed])
     return len(claimed), sum(size for _, _, size in claimed)
 
 
-def free_unknown(run: JobRun, store: str, entries: list[objects.ObjectInfo]
+def free_unknown(settings, db, store: str, entries: list[objects.ObjectInfo]
                  ) -> tuple[int, int]:
     """Claim and free objects no row knows (the caller decided they are garbage)."""
     freed = freed_bytes = 0
     for start in range(0, len(entries), 500):
-        with run.db.scope() as session:
+        with db.scope() as session:
             claimed = objects.claim_unknown(session, store, entries[start:start + 500],
                                             now=utcnow())
-        count, size = free_claimed(run, claimed)
+        count, size = free_claimed(settings, db, claimed)
         freed, freed_bytes = freed + count, freed_bytes + size
     return freed, freed_bytes
+
+
+def free_released(settings, db, store: str, check=lambda: None) -> tuple[int, int]:
+    """Free every known object of ``store`` that nothing references, a batch at a time;
+    ``check`` runs before each batch (it raises to stop). Returns (objects, bytes)."""
+    freed = freed_bytes = 0
+    after = 0
+    while True:
+        check()
+        with db.scope() as session:
+            claimed = objects.claim_garbage(session, store, after_id=after)
+        if not claimed:
+            return freed, freed_bytes
+        count, size = free_claimed(settings, db, claimed)
+        freed, freed_bytes = freed + count, freed_bytes + size
+        after = claimed[-1][0]
 
 
 @runs
@@ -75,17 +91,8 @@ class StoreGCRun(RunHalf):
         if params.store and params.store != store:
             raise RuntimeError(f"this host's store is {store}, not {params.store}: "
                                "start the collection on a host of that store")
-        freed = freed_bytes = 0
-        after = 0
-        while True:
-            self._check(run)
-            with run.db.scope() as session:
-                claimed = objects.claim_garbage(session, store, after_id=after)
-            if not claimed:
-                break
-            count, size = free_claimed(run, claimed)
-            freed, freed_bytes = freed + count, freed_bytes + size
-            after = claimed[-1][0]
+        freed, freed_bytes = free_released(run.settings, run.db, store,
+                                           lambda: self._check(run))
         outcome = dict(objects_freed=freed, bytes_freed=freed_bytes)
         if params.scope == "full":
             outcome.update(self._sweep(run, store))
@@ -134,6 +141,6 @@ class StoreGCRun(RunHalf):
                     skipped += 1
         self._check(run)
         crash_point(run.settings, "gc:sweep")
-        freed, freed_bytes = free_unknown(run, store, garbage)
+        freed, freed_bytes = free_unknown(run.settings, run.db, store, garbage)
         return dict(unknown_objects_freed=freed, unknown_bytes_freed=freed_bytes,
                     objects_skipped=skipped, objects_listed=len(listing))
