@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
+from orch_testlib import BeatProcess
+from orch_testlib import WorkerProcess
 from orch_testlib import volume_file
 from orch_testlib import wait_for
 from orch_testlib import write_pattern
@@ -20,6 +22,7 @@ from sqlalchemy import select
 
 from orchestrator.models import Backup
 from orchestrator.models import BackupObject
+from orchestrator.models import Job
 from orchestrator.models import StoredObject
 
 MiB = 1024 * 1024
@@ -298,3 +301,26 @@ def test_references_rebuilt_from_the_store_after_their_rows_are_lost(shared, db,
     assert_store_clean(shared, db)
     for backup_id in chain.order:
         chain.restores_identical(backup_id)
+
+
+def test_beat_collects_every_known_store(shared, db, client, start_worker):
+    """With a short ORCH_GC_INTERVAL, beat queues full collections of the store by itself."""
+    shared.gc_interval = 2.0
+    start_worker("node-a", "nova")
+    maintenance = WorkerProcess(shared, "control", "nova", maintenance=True).wait_ready()
+    beat = BeatProcess(shared)
+    try:
+        chain = Chain(shared, client)
+        chain.build(1)
+
+        def collections():
+            with db.scope(write=False) as s:
+                return s.scalars(select(Job).where(Job.op == "store_gc",
+                                                   Job.state == "succeeded")).all()
+        wait_for(lambda: len(collections()) >= 2, timeout=60, what="two scheduled collections")
+        runs = collections()
+        assert {job.params.get("scope") for job in runs} == {"full"}
+        assert all(job.result["store"].startswith("posix:") for job in runs)
+    finally:
+        beat.stop()
+        maintenance.stop()
