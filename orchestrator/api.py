@@ -276,14 +276,25 @@ def _has_children(session: Session, backup: Backup) -> bool:
                                                   Backup.deleted.is_(False)).limit(1)) is not None
 
 
-def _blocked_by_children(session: Session, settings: Settings, backup: Backup,
-                         any_backup: bool) -> bool:
+def _check_children(session: Session, settings: Settings, backup: Backup,
+                    any_backup: bool) -> None:
     """Cinder's rule: a backup with incremental children cannot be deleted. A backup of the
     shared-block format can when the deployment allows it (ORCH_BACKUP_DELETE_ANY) or the
-    caller is retention (``any_backup``): its children do not need its data."""
-    if backup.data_format == 2 and (any_backup or settings.backup_delete_any):
-        return False
-    return _has_children(session, backup)
+    caller is retention (``any_backup``): its children do not need its data.
+
+    :raises InvalidBackup: Cinder's fault, saying why when any backup could be deleted
+        but this one's children need its data (the chain format).
+    """
+    wanted_any = any_backup or settings.backup_delete_any
+    if backup.data_format == 2 and wanted_any:
+        return
+    if _has_children(session, backup):
+        raise errors.InvalidBackup(_HAS_CHILDREN + (_CHAIN_FORMAT if wanted_any else ""))
+
+
+_HAS_CHILDREN = "Invalid backup: Incremental backups exist for this backup."
+_CHAIN_FORMAT = (" It was written in the chain format, whose incrementals need its data:"
+                 " delete them first.")
 
 
 def _backup_host(session: Session, settings: Settings, backup: Backup, now: dt.datetime) -> str:
@@ -312,8 +323,7 @@ def delete_backup(session: Session, ctx: RequestContext, settings: Settings, bac
     backup = get_backup(session, ctx, backup_id)
     if backup.status not in (BackupStatus.AVAILABLE, BackupStatus.ERROR):
         raise errors.InvalidBackup("Invalid backup: Backup status must be available or error")
-    if _blocked_by_children(session, settings, backup, any_backup):
-        raise errors.InvalidBackup("Invalid backup: Incremental backups exist for this backup.")
+    _check_children(session, settings, backup, any_backup)
     host = _backup_host(session, settings, backup, now)
     previous = backup.status  # read before the CAS: the ORM syncs the object after it
     if session.execute(update(Backup).where(Backup.id == backup.id, Backup.status == previous)
@@ -321,8 +331,7 @@ def delete_backup(session: Session, ctx: RequestContext, settings: Settings, bac
                                updated_at=now)).rowcount != 1:
         raise errors.InvalidBackup("Invalid backup: Backup status must be available or error")
     # Again with the row locked: an incremental committed meanwhile is seen now.
-    if _blocked_by_children(session, settings, backup, any_backup):
-        raise errors.InvalidBackup("Invalid backup: Incremental backups exist for this backup.")
+    _check_children(session, settings, backup, any_backup)
     return [jobs.create(session, "backup_delete", resource_id=backup.id, host=host,
                         project_id=backup.project_id,
                         params=BackupDeleteParams(previous_status=previous), now=now)]
@@ -339,8 +348,7 @@ def force_delete_backup(session: Session, ctx: RequestContext, settings: Setting
     """
     backup = get_backup(session, ctx, backup_id)
     policy.authorize(ctx, "volume_extension:backup_admin_actions:force_delete")
-    if _blocked_by_children(session, settings, backup, False):
-        raise errors.InvalidBackup("Invalid backup: Incremental backups exist for this backup.")
+    _check_children(session, settings, backup, False)
     if backup.status == BackupStatus.DELETING and active_operation(session, backup) is not None:
         return []  # already being deleted
     host = _backup_host(session, settings, backup, now)
@@ -348,8 +356,7 @@ def force_delete_backup(session: Session, ctx: RequestContext, settings: Setting
     running = active_operation(session, backup, lock=True)  # the job first, then the backup
     session.execute(update(Backup).where(Backup.id == backup.id)
                     .values(status=BackupStatus.DELETING, host=host, updated_at=now))
-    if _blocked_by_children(session, settings, backup, False):  # again with the row locked
-        raise errors.InvalidBackup("Invalid backup: Incremental backups exist for this backup.")
+    _check_children(session, settings, backup, False)  # again with the row locked
     delete_job = jobs.create(session, "backup_delete", resource_id=backup.id, host=host,
                              project_id=backup.project_id,
                              params=BackupDeleteParams(previous_status=previous, force=True,

@@ -53,14 +53,14 @@ def _create(database, settings, volume_id) -> tuple[str, str]:
     return backup.id, job.id
 
 
-def _succeed(database, job_id) -> None:
+def _succeed(database, job_id, incremental=False) -> None:
     with database.scope() as s:
         job = jobs.claim(s, job_id, "w1", now=utcnow(), ttl=60)
     with database.scope() as s:
         assert jobs.finish(s, job, "succeeded", now=utcnow(), owner="w1")
         BackupCreate().complete(s, job, BackupCreate().params(job), BackupCreateOutcome(
             container="c", prefix="p", object_count=1, stored_bytes=1, logical_bytes=1,
-            incremental=False), now=utcnow())
+            incremental=incremental), now=utcnow())
 
 
 def _reset(database, backup_id, status):
@@ -338,3 +338,40 @@ def test_a_token_with_reader_and_member_may_write():
     with pytest.raises(errors.PolicyNotAuthorized):
         policy.authorize_method(reader, "POST", "/v3/backups")
     policy.authorize_method(both, "POST", "/v3/backups")
+
+
+@pytest.mark.parametrize("data_format, delete_any, any_backup, outcome", [
+    (2, False, False, "cinder"),      # Cinder's rule by default, whatever the format
+    (2, True, False, "queued"),       # ORCH_BACKUP_DELETE_ANY
+    (2, False, True, "queued"),       # retention deletes any, whatever the setting
+    (None, True, False, "chain"),     # the chain format keeps the rule, and says why
+    (None, False, True, "chain"),
+])
+def test_deleting_a_backup_with_dependents(settings, database, data_format, delete_any,
+                                           any_backup, outcome):
+    settings.backup_delete_any = delete_any
+    vol = _volume(database)
+    parent, job = _create(database, settings, vol)
+    _succeed(database, job)
+    with database.scope() as s:
+        child, (child_job,) = api.create_backup(s, DEMO, settings, volume_id=vol,
+                                                incremental=True, now=utcnow())
+    _succeed(database, child_job.id, incremental=True)
+    with database.scope() as s:
+        s.execute(update(Backup).where(Backup.id.in_((parent, child.id)))
+                  .values(data_format=data_format))
+    with database.scope() as s:
+        if outcome == "queued":
+            (delete_job,) = api.delete_backup(s, DEMO, settings, parent, now=utcnow(),
+                                              any_backup=any_backup)
+            assert delete_job.op == "backup_delete"
+            return
+        with pytest.raises(errors.InvalidBackup) as raised:
+            api.delete_backup(s, DEMO, settings, parent, now=utcnow(), any_backup=any_backup)
+    message = "Invalid backup: Incremental backups exist for this backup."
+    if outcome == "cinder":
+        assert str(raised.value) == message
+    else:
+        assert str(raised.value).startswith(message) and "chain format" in str(raised.value)
+    with database.scope(write=False) as s:
+        assert s.get(Backup, parent).status == "available"
