@@ -151,6 +151,8 @@ class BackupDeleteRun(RunHalf):
             known = objects.known_names(session, store, [e[0] for e in listing])
         free_unknown(run.settings, run.db, store, [objects.ObjectInfo(name, size, "")
                                   for name, size, _ in listing if name not in known])
+        # and what interrupted puts left (nothing writes under a deleting backup's prefix)
+        driver.store.purge_incomplete(backup_prefix(ref))
         return BackupDeleteOutcome(store=store, collect=run.settings.gc_after_delete)
 
 

@@ -133,6 +133,8 @@ class StoreGCRun(RunHalf):
         garbage = []
         for backup_id, entries in unknown_by_backup.items():
             verdict = verdicts[backup_id]
+            if verdict.collectable:  # no job on it: its interrupted puts are garbage too
+                driver.store.purge_incomplete(entries[0][0].rsplit("/", 1)[0] + "/")
             for name, size in entries:
                 is_manifest = name.rsplit("/", 1)[-1] == MANIFEST
                 if verdict.collectable and (verdict.manifest_collectable or not is_manifest):
