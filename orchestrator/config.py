@@ -53,6 +53,7 @@ BOUNDS = (
     ("quota_volumes", -1, _LARGE), ("quota_gigabytes", -1, _LARGE),
     ("quota_snapshots", -1, _LARGE), ("max_list_limit", 1, 100000),
     ("max_body_bytes", 1, 1 << 30),
+    ("policy_tick_interval", 0.1, 3600), ("policy_tick_pause", 0, 60),
 )
 BROKER_SCHEMES = ("redis", "rediss", "redis+socket", "amqp", "amqps", "pyamqp", "memory")
 
@@ -102,6 +103,10 @@ class Settings:
     max_list_limit: int = 1000
     max_body_bytes: int = 1048576
     log_level: str = "INFO"
+    policy_tick_interval: float = 10.0  # how often beat runs the backup-policy tick
+    # Seconds a tick waits between claiming a due run and committing it: for the
+    # fault-injection tests (a process killed mid-tick), never set in production.
+    policy_tick_pause: float = 0.0
 
     def __post_init__(self) -> None:
         state = Path(self.state_dir).absolute()

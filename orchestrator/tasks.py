@@ -20,6 +20,7 @@ from celery.schedules import schedule
 from orchestrator import maintenance
 from orchestrator.config import Settings
 from orchestrator.dispatch import Publisher
+from orchestrator.policies import service as policies
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,11 @@ def make_celery(settings: Settings) -> Celery:
             "reconcile-quota": {
                 "task": "orchestrator.tasks.reconcile_quota", "schedule": schedule(3600.0),
                 "options": {"queue": MAINTENANCE_QUEUE, "expires": 3600}},
+            "backup-policies": {
+                "task": "orchestrator.tasks.policy_tick",
+                "schedule": schedule(settings.policy_tick_interval),
+                "options": {"queue": MAINTENANCE_QUEUE,
+                            "expires": max(settings.policy_tick_interval * 4, 2.0)}},
         },
     )
     app.conf.orchestrator_settings = settings
@@ -94,3 +100,10 @@ def expire_reservations(self) -> int:
              ignore_result=True)
 def reconcile_quota(self) -> list:
     return maintenance.reconcile_quota(settings_of(self.app))
+
+
+@shared_task(name="orchestrator.tasks.policy_tick", bind=True, acks_late=True,
+             ignore_result=True)
+def policy_tick(self) -> dict:
+    """Run the backup policies that are due (orchestrator/policies/service.py)."""
+    return policies.tick(settings_of(self.app), publisher=Publisher(self.app))
