@@ -451,17 +451,21 @@ def prune_policy(session: Session, settings: Settings, policy: BackupPolicy, *,
     if not dry_run:
         ctx = policy_context(policy)
         queued: set[str] = set()
+        going: set[str] = set()
         for entry in delete:  # newest first: dependents before what they depend on
             try:
                 with session.begin_nested():
                     to_dispatch.extend(api.delete_backup(session, ctx, settings,
                                                          entry["backup_id"], now=now))
                 queued.add(entry["backup_id"])
+                going.add(entry["backup_id"])
             except errors.OrchestratorError as exc:
-                children = {i.id for i in items if i.parent_id == entry["backup_id"]}
-                if children and children <= queued | {i.id for i in items
-                                                      if i.status == BackupStatus.DELETING}:
+                children = session.execute(select(Backup.id, Backup.status).where(
+                    Backup.parent_id == entry["backup_id"], Backup.deleted.is_(False))).all()
+                if children and all(c.id in going or c.status == BackupStatus.DELETING
+                                    for c in children):
                     entry["deferred"] = True
+                    going.add(entry["backup_id"])
                 else:
                     problems.append({"backup_id": entry["backup_id"], "message": exc.message})
         _record_kept(session, decision.keep, items)
