@@ -254,11 +254,11 @@ def test_the_document_lists_every_declared_route_in_both_url_forms(document):
         if route is None or (rule.rule.endswith("/") and rule.rule != "/"):
             continue
         path = rule.rule.replace("<project:project_id>", "{project_id}")
-        for name in ("backup_id", "volume_id", "snapshot_id", "target", "action"):
+        for name in ("backup_id", "volume_id", "snapshot_id", "target", "action", "policy_id"):
             path = path.replace(f"<{name}>", "{" + name + "}")
         declared.add((route.method.lower(), path))
         assert doc["paths"][path][route.method.lower()]["summary"] == route.summary
-    assert len(declared) == sum(len(ops) for ops in doc["paths"].values()) == 58
+    assert len(declared) == sum(len(ops) for ops in doc["paths"].values()) == 72
     assert ("post", "/v3/{project_id}/backups") in declared
 
 
