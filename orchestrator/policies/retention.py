@@ -39,6 +39,7 @@ from orchestrator.policies.schedule import zone
 
 AVAILABLE = "available"
 ERROR = "error"
+RESTORING = "restoring"
 PERIOD_RULES = ("keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly")
 RULE_NAMES = ("keep_last", *PERIOD_RULES, "keep_within_seconds")
 # Invariant reasons, in the order they are listed after the rules.
@@ -162,10 +163,12 @@ def decide(items: Iterable[Item], rules: Rules, *, now: dt.datetime, timezone: s
         for b in members:
             if not b.owned:
                 continue
-            if b.busy:
-                reasons.setdefault(b.id, []).append(IN_USE)
-            elif b.status not in (AVAILABLE, ERROR):
-                reasons.setdefault(b.id, []).append(IN_PROGRESS)
+            if b.status in (AVAILABLE, ERROR):
+                if b.busy:
+                    reasons.setdefault(b.id, []).append(IN_USE)
+            else:  # creating, deleting... or being restored
+                reasons.setdefault(b.id, []).append(
+                    IN_USE if b.status == RESTORING else IN_PROGRESS)
     # Up the parent chain of everything kept, and (chain rule) of everything not deleted.
     children: dict[str, list[str]] = {}
     for b in by_id.values():
