@@ -190,7 +190,7 @@ def test_killing_maintenance_mid_tick_or_beat_neither_skips_nor_doubles(tmp_path
         # Kill beat between ticks, leave it down past a due time, start it again.
         beat.proc.send_signal(signal.SIGKILL)
         beat.proc.wait(10)
-        time.sleep(6)
+        time.sleep(10)  # over two intervals, beyond the queued ticks' 2-second expiry
         stack.beat()
         wait_for(lambda: len(stack.runs(pid)) >= 3, 40, 0.2, "runs after beat came back")
         stack.client.put(f"/backup-policies/{pid}", {"backup_policy": {"enabled": False}})
