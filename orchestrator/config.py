@@ -54,6 +54,7 @@ BOUNDS = (
     ("quota_snapshots", -1, _LARGE), ("max_list_limit", 1, 100000),
     ("max_body_bytes", 1, 1 << 30),
     ("policy_tick_interval", 0.1, 3600), ("policy_tick_pause", 0, 60),
+    ("policy_tick_threads", 1, 64),
 )
 BROKER_SCHEMES = ("redis", "rediss", "redis+socket", "amqp", "amqps", "pyamqp", "memory")
 
@@ -107,6 +108,7 @@ class Settings:
     # Seconds a tick waits between claiming a due run and committing it: for the
     # fault-injection tests (a process killed mid-tick), never set in production.
     policy_tick_pause: float = 0.0
+    policy_tick_threads: int = 4        # due policies a tick runs at once
 
     def __post_init__(self) -> None:
         state = Path(self.state_dir).absolute()

@@ -288,3 +288,21 @@ def test_the_next_prunes_finish_a_chain_once_its_dependents_are_gone(psettings, 
     assert [(e["backup_id"], e.get("deferred", False)) for e in third["delete"]] == \
         [(full.id, False)]
     assert [b.id for b in _backups(pdb, pid) if b.status == "available"] == [newest.id]
+
+
+def test_one_tick_runs_every_due_policy_once_on_its_threads(psettings, pdb, publisher):
+    psettings.policy_tick_threads = 3
+    pids = [_policy(pdb, {"schedule": {"interval_seconds": 600},
+                          "volume_ids": _volumes(pdb, 2), "retention": {"keep_last": 1}})
+            for _ in range(6)]
+    counts = service.tick(psettings, publisher=publisher)
+    assert counts["due"] == 6 and counts["scheduled"] == 6, counts
+    for pid in pids:
+        (run,) = _runs(pdb, pid)
+        assert len(run.backup_ids) == 2 and not run.errors
+        with pdb.scope(write=False) as s:
+            assert s.get(BackupPolicy, pid).last_prune is not None  # pruned after the run
+    with pdb.scope(write=False) as s:
+        jobs = s.scalars(select(Job).where(Job.op == "backup_create")).all()
+    queue = redis.Redis.from_url(psettings.broker_url)
+    assert len(jobs) == 12 and queue.llen(jobs[0].queue) == 12  # every job published
