@@ -11,9 +11,11 @@ backup host and a private Redis as the broker, then measures the real tick
 * tick_1pct_ms: a tick with 1 % of the policies due (10 policies, 1,000
   backups created through api.create_backup, published, then pruned);
 * lateness_p50_s, lateness_p99_s: 100 policies (10,000 volumes) all due at
-  the same instant; ticks run back to back as one maintenance worker would,
-  and each backup's lateness is its due time → its job published into the
-  broker by the real dispatch path (no storage worker consumes them).
+  the same instant; ``--processes`` forked processes (default 2, the pool of
+  one maintenance worker as `orchestrator run` starts it) run beat's ticks
+  back to back, sharing the due runs through their claims, and each
+  backup's lateness is its due time → its job published into the broker by
+  the real dispatch path (no storage worker consumes them).
 
 The last stdout line is one JSON object.
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import multiprocessing
 import statistics
 import sys
 import tempfile
@@ -151,7 +154,17 @@ def make_due(db, policy_ids: list[str], at: dt.datetime) -> None:
                   .values(next_run_at=at))
 
 
-def run(url: str | None, state: Path) -> dict:
+def drain(settings: Settings, due_at: dt.datetime, results) -> None:
+    """One maintenance pool process: beat's ticks back to back until nothing is due."""
+    publisher = TimedPublisher(make_celery(settings))
+    while utcnow() < due_at:
+        time.sleep(0.005)
+    while service.tick(settings, publisher=publisher)["due"]:
+        pass
+    results.put(publisher.sent)
+
+
+def run(url: str | None, state: Path, processes: int) -> dict:
     redis = RedisServer(str(state / "redis"), port=free_port(), persist=False).start()
     try:
         settings = Settings(state_dir=str(state), broker_url=redis.url,
@@ -187,20 +200,26 @@ def run(url: str | None, state: Path) -> dict:
         assert counts["scheduled"] == len(one_pct), counts
         log(f"1 % tick: {tick_1pct_ms:.0f} ms for {len(one_pct)} policies")
         due_group = policy_ids[POLICIES // 100: POLICIES // 100 + 100]
-        due_at = utcnow().replace(microsecond=0) + dt.timedelta(seconds=2)
+        due_at = utcnow().replace(microsecond=0) + dt.timedelta(seconds=3)
         make_due(db, due_group, due_at)
-        publisher.sent.clear()
-        while utcnow() < due_at:
-            time.sleep(0.01)
+        reset_databases()  # the drainers are forked: no connection crosses the fork
+        results = multiprocessing.get_context("fork").Queue()
+        drainers = [multiprocessing.get_context("fork").Process(
+            target=drain, args=(settings, due_at, results)) for _ in range(processes)]
         t0 = time.perf_counter()
-        while True:  # back to back, as one maintenance worker runs beat's ticks
-            counts = service.tick(settings, publisher=publisher)
-            if not counts["due"]:
-                break
-        drain_s = time.perf_counter() - t0
+        for proc in drainers:
+            proc.start()
+        sent: dict[str, float] = {}
+        for _ in drainers:
+            sent.update(results.get(timeout=3600))
+        for proc in drainers:
+            proc.join(60)
+        drain_s = time.perf_counter() - t0 - max(0.0, (due_at - utcnow()).total_seconds())
+        db = get_database(settings.database_url)
         with db.scope(write=False) as s:
             jobs = s.execute(select(Job.id).where(Job.op == "backup_create",
-                                                  Job.id.in_(list(publisher.sent)))).all()
+                                                  Job.id.in_(list(sent)))).all()
+        publisher.sent = sent
         due_epoch = due_at.replace(tzinfo=dt.UTC).timestamp()
         late = sorted(publisher.sent[j.id] - due_epoch for j in jobs)
         assert len(late) == 100 * (VOLUMES // POLICIES), len(late)
@@ -209,6 +228,7 @@ def run(url: str | None, state: Path) -> dict:
         log(f"10,000 due backups dispatched in {drain_s:.1f} s: p50 {p50:.2f} s, "
             f"p99 {p99:.2f} s")
         return {"db": db.engine.dialect.name, "volumes": VOLUMES, "policies": POLICIES,
+                "maintenance_processes": processes,
                 "tick_idle_ms": round(statistics.median(idle), 3),
                 "tick_idle_p99_ms": round(sorted(idle)[int(len(idle) * 0.99)], 3),
                 "tick_idle_statements": idle_statements,
@@ -225,6 +245,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--db", default="sqlite",
                         help="sqlite (default), postgresql (local throwaway) or a URL")
+    parser.add_argument("--processes", type=int, default=2,
+                        help="maintenance pool processes draining the due runs (default 2, "
+                             "the maintenance worker's default concurrency)")
     args = parser.parse_args()
     drop = None
     url = None
@@ -237,7 +260,7 @@ def main() -> None:
         url = args.db
     try:
         with tempfile.TemporaryDirectory(prefix="bench-policies-") as tmp:
-            result = run(url, Path(tmp))
+            result = run(url, Path(tmp), args.processes)
     finally:
         if drop:
             drop()

@@ -500,6 +500,10 @@ _DUE = (select(BackupPolicy.id, BackupPolicy.next_run_at)
         .order_by(BackupPolicy.next_run_at).limit(bindparam("batch")))
 
 
+_STILL_DUE = select(BackupPolicy.id).where(BackupPolicy.id == bindparam("id"),
+                                           BackupPolicy.next_run_at == bindparam("due"))
+
+
 def due_policies(conn, now: dt.datetime, batch: int = TICK_BATCH) -> list:
     """(id, due time) of the policies due at ``now``: one index range read."""
     return conn.execute(_DUE, {"now": now, "batch": batch}).all()
@@ -512,6 +516,9 @@ def claim_and_run(db, settings: Settings, policy_id: str, due_at: dt.datetime
     Returns (what happened, jobs to dispatch); (None, []) when another tick
     has the due time (or the policy changed meanwhile).
     """
+    with db.engine.connect() as conn:  # already claimed: skip without the write lock
+        if conn.execute(_STILL_DUE, {"id": policy_id, "due": due_at}).first() is None:
+            return None, []
     with db.scope() as session:
         policy = session.scalar(
             select(BackupPolicy).where(BackupPolicy.id == policy_id,
