@@ -138,7 +138,9 @@ def count_statements(db):
     def on_execute(*_args, **_kw):
         counter["n"] += 1
 
-    engines = {db.engine.engine, db.write_engine}
+    # On PostgreSQL the read engine is the write engine with options (its events are the
+    # write engine's: listening on both would count each statement twice).
+    engines = [db.write_engine] + ([db.engine] if db.is_sqlite else [])
     for engine in engines:
         event.listen(engine, "before_cursor_execute", on_execute)
 
