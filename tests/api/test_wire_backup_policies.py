@@ -80,6 +80,11 @@ def test_create_show_list_update_delete(stack):
     assert updated["schedule"] == {"interval_seconds": 3600, "timezone": "UTC"}
     assert updated["retention"] == {"keep_last": 3} and updated["next_run_at"] is None
     assert updated["name"] == "nightly"  # what the update did not name stays
+    assert [p["id"] for p in c.get("/backup-policies?enabled=false").json()[
+        "backup_policies"]] == [pid]
+    assert c.get("/backup-policies?enabled=true").json()["backup_policies"] == []
+    assert [p["id"] for p in c.get("/backup-policies?name=nightly").json()[
+        "backup_policies"]] == [pid]
     r = c.put(f"/backup-policies/{pid}", {"backup_policy": {"enabled": True}})
     assert r.json()["backup_policy"]["next_run_at"] is not None
     r = c.delete(f"/backup-policies/{pid}")
