@@ -664,6 +664,7 @@ def import_record(session: Session, ctx: RequestContext, settings: Settings, *,
     backup.parent_id = backup.snapshot_id = backup.restore_volume_id = None
     backup.stored_bytes = None
     backup.verify_status = backup.verify_message = backup.verified_at = None
+    backup.policy_id = backup.kept_by = None  # an import is nobody's scheduled backup
     if revived:
         for item in backup.metadata_items:
             item.deleted, item.deleted_at = True, now
