@@ -163,8 +163,12 @@ def create_backup(session: Session, ctx: RequestContext, settings: Settings, *, 
                   now: dt.datetime, snapshot_id: str | None = None, container: str | None = None,
                   name: str | None = None, description: str | None = None,
                   incremental: bool = False, force: bool = False, metadata: dict | None = None,
-                  availability_zone: str | None = None) -> tuple[Backup, list[Job]]:
+                  availability_zone: str | None = None, policy_id: str | None = None
+                  ) -> tuple[Backup, list[Job]]:
     """Validate, charge quota, mark the source busy and queue the backup job.
+
+    ``policy_id`` attributes the backup to the backup policy whose run makes it
+    (orchestrator/policies/): scheduled backups take exactly this path.
 
     :raises VolumeNotFound, SnapshotNotFound, InvalidVolume, InvalidSnapshot,
         InvalidBackup, OverQuota, NoLiveHost:
@@ -226,7 +230,8 @@ def create_backup(session: Session, ctx: RequestContext, settings: Settings, *, 
         display_name=name, display_description=description, availability_zone=az, host=host,
         size=volume.size, parent_id=parent.id if parent else None, created_at=now,
         data_timestamp=snapshot.created_at if snapshot else now, object_count=0,
-        num_dependent_backups=0, progress_bytes=0, progress_total=0, deleted=False)
+        num_dependent_backups=0, progress_bytes=0, progress_total=0, deleted=False,
+        policy_id=policy_id)
     backup_rows.insert_backup(session, values, metadata, now)
     job = jobs.insert(session, "backup_create", resource_id=values["id"], host=host,
                       project_id=ctx.project_id, params=params, now=now)
@@ -679,6 +684,7 @@ def import_record(session: Session, ctx: RequestContext, settings: Settings, *,
     backup.parent_id = backup.snapshot_id = backup.restore_volume_id = None
     backup.stored_bytes = None
     backup.verify_status = backup.verify_message = backup.verified_at = None
+    backup.policy_id = backup.kept_by = None  # an import is nobody's scheduled backup
     if revived:
         for item in backup.metadata_items:
             item.deleted, item.deleted_at = True, now

@@ -16,6 +16,7 @@ from orchestrator import errors
 from orchestrator import jobs
 from orchestrator import storage as store_rules
 from orchestrator import tokens
+from orchestrator.cli_policies import backup_policy
 from orchestrator.config import Settings
 from orchestrator.config import default_host
 from orchestrator.config import without_password
@@ -43,6 +44,9 @@ def _env(settings: Settings) -> dict:
 @click.group()
 def main() -> None:
     """Cinder-compatible volume backup orchestrator."""
+
+
+main.add_command(backup_policy)
 
 
 @main.group()

@@ -54,6 +54,8 @@ BOUNDS = (
     ("quota_snapshots", -1, _LARGE), ("max_list_limit", 1, 100000),
     ("max_body_bytes", 1, 1 << 30),
     ("gc_interval", 0, 86400 * 365), ("gc_grace", 0, 86400 * 365),
+    ("policy_tick_interval", 0.1, 3600), ("policy_tick_pause", 0, 60),
+    ("policy_tick_threads", 1, 64),
 )
 BROKER_SCHEMES = ("redis", "rediss", "redis+socket", "amqp", "amqps", "pyamqp", "memory")
 
@@ -115,6 +117,11 @@ class Settings:
     gc_grace: float = 3600.0
     # Testing only: a worker that reaches the named crash point kills itself (workers/faults).
     crash_point: str = ""
+    policy_tick_interval: float = 10.0  # how often beat runs the backup-policy tick
+    # Seconds a tick waits between claiming a due run and committing it: for the
+    # fault-injection tests (a process killed mid-tick), never set in production.
+    policy_tick_pause: float = 0.0
+    policy_tick_threads: int = 4        # due policies a tick runs at once
 
     def __post_init__(self) -> None:
         state = Path(self.state_dir).absolute()

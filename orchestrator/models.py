@@ -135,6 +135,10 @@ class Backup(TimestampMixin, SoftDeleteMixin, Base):
         # backups have a parent, so the index stays small however many backups exist.
         Index("ix_backups_parent_id", "parent_id", postgresql_where=text("parent_id IS NOT NULL"),
               sqlite_where=text("parent_id IS NOT NULL")),
+        # A policy's backups (prune, last success per volume); manual backups have none.
+        Index("ix_backups_policy_id", "policy_id", "volume_id",
+              postgresql_where=text("policy_id IS NOT NULL"),
+              sqlite_where=text("policy_id IS NOT NULL")),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
@@ -172,6 +176,9 @@ class Backup(TimestampMixin, SoftDeleteMixin, Base):
     # 2: the shared-block format (a logical full over reference-counted objects, deletable
     # whatever depends on it); None: the chain format (only the newest may be deleted).
     data_format: Mapped[int | None] = mapped_column(Integer)
+    # The backup policy that created it, and the rules that kept it at its last prune.
+    policy_id: Mapped[str | None] = mapped_column(String(36))
+    kept_by: Mapped[list | None] = mapped_column(JSON)
 
     # Loaded on first access (inside a session): the worker, which reads a backup row per
     # job, never needs it, and the HTTP views read metadata with their own query.
@@ -353,3 +360,63 @@ class ApiToken(Base):
     @property
     def role_list(self) -> tuple[str, ...]:
         return tuple(r for r in self.roles.split(",") if r)
+
+
+class BackupPolicy(TimestampMixin, SoftDeleteMixin, Base):
+    """A backup schedule and retention over a project's volumes (orchestrator/policies/).
+
+    ``next_run_at`` is the next due time, NULL while the policy is disabled or
+    deleted: the tick finds due policies through the partial index on it, and
+    claims a due time by moving it forward with a conditional UPDATE.
+    """
+
+    __tablename__ = "backup_policies"
+    __table_args__ = (
+        Index("ix_backup_policies_due", "next_run_at",
+              postgresql_where=text("next_run_at IS NOT NULL"),
+              sqlite_where=text("next_run_at IS NOT NULL")),
+        Index("ix_backup_policies_deleted_project_id", "deleted", "project_id", "created_at",
+              "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    project_id: Mapped[str] = mapped_column(String(255), nullable=False)
+    user_id: Mapped[str] = mapped_column(String(255), nullable=False)
+    display_name: Mapped[str | None] = mapped_column(String(255))
+    display_description: Mapped[str | None] = mapped_column(String(255))
+    cron: Mapped[str | None] = mapped_column(String(255))
+    interval_seconds: Mapped[int | None] = mapped_column(Integer)
+    timezone: Mapped[str] = mapped_column(String(64), nullable=False, default="UTC")
+    start_window_seconds: Mapped[int] = mapped_column(Integer, nullable=False, default=3600)
+    run_missed: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
+    volume_ids: Mapped[list] = mapped_column(JSON, nullable=False, default=list)
+    volume_metadata: Mapped[dict] = mapped_column(JSON, nullable=False, default=dict)
+    full_every: Mapped[int | None] = mapped_column(Integer)
+    full_every_days: Mapped[int | None] = mapped_column(Integer)
+    retention: Mapped[dict] = mapped_column(JSON, nullable=False, default=dict)
+    enabled: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
+    next_run_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    last_run_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
+    missed_runs: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    # Why the last due run could not start yet (no live host...), until one starts.
+    last_error: Mapped[str | None] = mapped_column(Text)
+    last_prune: Mapped[dict | None] = mapped_column(JSON)
+
+
+class BackupPolicyRun(Base):
+    """One due time of a policy, run, run late or missed; unique per (policy, due time)."""
+
+    __tablename__ = "backup_policy_runs"
+    __table_args__ = (UniqueConstraint("policy_id", "due_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    policy_id: Mapped[str] = mapped_column(String(36), nullable=False)
+    due_at: Mapped[dt.datetime] = mapped_column(DateTime, nullable=False)
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime, nullable=False)
+    # scheduled | late (ran after its window, run_missed) | missed | manual
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)
+    # Later due times that had also passed when this one was claimed (run once for all).
+    coalesced: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    reason: Mapped[str | None] = mapped_column(Text)
+    backup_ids: Mapped[dict] = mapped_column(JSON, nullable=False, default=dict)  # volume→id
+    errors: Mapped[dict] = mapped_column(JSON, nullable=False, default=dict)  # volume→message

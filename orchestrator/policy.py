@@ -40,6 +40,14 @@ RULES: dict[str, Role] = {
     "volume_extension:quotas:update": Role.ADMIN,
     "volume_extension:services:index": Role.ADMIN,
     "volume_extension:services:update": Role.ADMIN,
+    # backup policies (an extension: schedules and retention)
+    "backup_policy:create": Role.MEMBER,
+    "backup_policy:get": Role.READER,
+    "backup_policy:get_all": Role.READER,
+    "backup_policy:update": Role.MEMBER,
+    "backup_policy:delete": Role.MEMBER,
+    "backup_policy:run": Role.MEMBER,
+    "backup_policy:prune": Role.MEMBER,
 }
 
 

@@ -20,6 +20,7 @@ from celery.schedules import schedule
 from orchestrator import maintenance
 from orchestrator.config import Settings
 from orchestrator.dispatch import Publisher
+from orchestrator.policies import service as policies
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,11 @@ def make_celery(settings: Settings) -> Celery:
                 "task": "orchestrator.tasks.collect_garbage",
                 "schedule": schedule(_gc_round(settings)),
                 "options": {"queue": MAINTENANCE_QUEUE, "expires": _gc_round(settings) * 2}},
+            "backup-policies": {
+                "task": "orchestrator.tasks.policy_tick",
+                "schedule": schedule(settings.policy_tick_interval),
+                "options": {"queue": MAINTENANCE_QUEUE,
+                            "expires": max(settings.policy_tick_interval * 4, 2.0)}},
         },
     )
     app.conf.orchestrator_settings = settings
@@ -110,3 +116,8 @@ def reconcile_quota(self) -> list:
              ignore_result=True)
 def collect_garbage(self) -> int:
     return maintenance.collect_garbage(settings_of(self.app), publisher=Publisher(self.app))
+@shared_task(name="orchestrator.tasks.policy_tick", bind=True, acks_late=True,
+             ignore_result=True)
+def policy_tick(self) -> dict:
+    """Run the backup policies that are due (orchestrator/policies/service.py)."""
+    return policies.tick(settings_of(self.app), publisher=Publisher(self.app))

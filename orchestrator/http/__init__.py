@@ -14,6 +14,7 @@ from orchestrator.config import Settings
 from orchestrator.db import get_database
 from orchestrator.dispatch import Publisher
 from orchestrator.http import availability_zones
+from orchestrator.http import backup_policies
 from orchestrator.http import backups
 from orchestrator.http import faults
 from orchestrator.http import limits
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 def blueprints() -> list:
     """Every route blueprint of the API, in the order they are registered."""
     return [versions.bp, backups.bp, volumes.bp, snapshots.bp, quotas.bp, limits.bp,
-            services.bp, availability_zones.bp, storage.bp]
+            services.bp, availability_zones.bp, storage.bp, backup_policies.bp]
 
 
 def register_routes(app: Flask) -> frozenset[str]:

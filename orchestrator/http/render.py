@@ -72,6 +72,9 @@ def _detail(backup, has_dependents: bool, metadata: dict | None, flags, prefixes
         "verification": {"status": backup.verify_status,
                          "checked_at": timestamp(backup.verified_at),
                          "message": backup.verify_message},
+        # Extension: the backup policy that made it and the rules of its last prune.
+        "policy_id": backup.policy_id,
+        "kept_by": backup.kept_by,
     }
     if with_metadata:
         out["metadata"] = metadata or {}

@@ -46,7 +46,7 @@ from orchestrator.http.responses import list_response
 # First path segments under /v3[/{project_id}] that can never be a project id.
 COLLECTIONS = frozenset({"volumes", "snapshots", "backups", "os-services", "os-quota-sets",
                          "os-availability-zone", "limits", "types", "extensions",
-                         "backup-gc"})
+                         "backup-gc", "backup-policies"})
 NOT_FOUND = "The resource could not be found."
 
 

@@ -247,6 +247,10 @@ class BackupDetailSchema(ReplySchema):
                                metadata={"description": "3.18+, admin only"})
     user_id = fields.String(metadata={"description": "3.56+, admin only"})
     encryption_key_id = fields.String(metadata={"description": "3.64+, only when set"})
+    policy_id = fields.String(allow_none=True, metadata={
+        "description": "extension: the backup policy that created it"})
+    kept_by = fields.List(fields.String(), allow_none=True, metadata={
+        "description": "extension: the rules that kept it at its policy's last prune"})
 
 
 class RestoreResultSchema(ReplySchema):
