@@ -1,0 +1,246 @@
+"""ORCH_AUTH=keystone against a real Keystone, through unmodified clients.
+
+The openstack CLI and python-cinderclient authenticate with a password and find
+the API in Keystone's catalog; auth_token validates every token with Keystone.
+A member runs the full backup scenario, a reader may only look, another
+project's backups are 404, an admin exports, imports and resets, expired and
+revoked tokens are 401, and the operator's policy file changes who may create.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import time
+
+import pytest
+import requests
+from cinderclient import exceptions as cinder_errors
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.filterwarnings("ignore::Warning:openstack"),
+              pytest.mark.filterwarnings("ignore::DeprecationWarning")]
+
+
+def osc(cloud, user: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """The unmodified `openstack` command as ``user``."""
+    out = subprocess.run([cloud.keystone.bin("openstack"), *args], env=cloud.os_env(user),
+                         capture_output=True, text=True, timeout=120)
+    if check:
+        assert out.returncode == 0, f"openstack {' '.join(args)}:\n{out.stderr}{out.stdout}"
+    return out
+
+
+def osc_json(cloud, user: str, *args: str):
+    return json.loads(osc(cloud, user, *args, "-f", "json").stdout)
+
+
+def wait_until(fetch, done, what: str, timeout: float = 90.0):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = fetch()
+        if done(last):
+            return last
+        time.sleep(0.5)
+    raise AssertionError(f"{what}: still {last}")
+
+
+def available_volume(cloud, user: str, name: str) -> str:
+    c = cloud.cinder(user)
+    vol = c.volumes.create(1, name=name)
+    wait_until(lambda: c.volumes.get(vol.id).status, lambda s: s == "available", name)
+    return vol.id
+
+
+def available_backup(c, volume_id: str, name: str) -> str:
+    b = c.backups.create(volume_id, name=name)
+    status = wait_until(lambda: c.backups.get(b.id).status,
+                        lambda s: s in ("available", "error"), name)
+    assert status == "available"
+    return b.id
+
+
+def test_the_catalog_leads_clients_to_the_api(cloud):
+    catalog = cloud.session("alice").auth.get_access(cloud.session("alice")).service_catalog
+    for service_type in ("block-storage", "volumev3"):
+        url = catalog.url_for(service_type=service_type, interface="public")
+        assert url == f"{cloud.api.url}/v3/{cloud.projects['alpha']}"
+    # A request with no token is refused in Cinder's fault format; discovery is open.
+    r = requests.get(f"{cloud.api.url}/v3/{cloud.projects['alpha']}/backups", timeout=30)
+    assert r.status_code == 401 and "unauthorized" in r.json()
+    assert requests.get(f"{cloud.api.url}/v3", timeout=30).status_code == 200
+
+
+def test_member_full_scenario_with_the_openstack_cli(cloud):
+    vol = osc_json(cloud, "alice", "volume", "create", "--size", "1", "osc-vol")
+    wait_until(lambda: osc_json(cloud, "alice", "volume", "show", vol["id"])["status"],
+               lambda s: s == "available", "osc-vol")
+    made = osc_json(cloud, "alice", "volume", "backup", "create", "--name", "osc-full",
+                    "--description", "through the catalog", vol["id"])
+    backup_id = made["id"]
+    shown = wait_until(lambda: osc_json(cloud, "alice", "volume", "backup", "show", backup_id),
+                       lambda b: b["status"] in ("available", "error"), "osc-full")
+    assert shown["status"] == "available" and shown["name"] == "osc-full"
+    assert shown["volume_id"] == vol["id"] and shown["size"] == 1
+    listed = osc_json(cloud, "alice", "volume", "backup", "list")
+    assert backup_id in {b["ID"] for b in listed}
+
+    osc(cloud, "alice", "volume", "backup", "restore", backup_id, vol["id"], "--force")
+    wait_until(lambda: osc_json(cloud, "alice", "volume", "backup", "show", backup_id)["status"],
+               lambda s: s == "available", "restore of osc-full")
+    wait_until(lambda: osc_json(cloud, "alice", "volume", "show", vol["id"])["status"],
+               lambda s: s == "available", "osc-vol after the restore")
+
+    osc(cloud, "alice", "volume", "backup", "delete", backup_id)
+    wait_until(lambda: osc(cloud, "alice", "volume", "backup", "show", backup_id,
+                           check=False).returncode,
+               lambda rc: rc != 0, "osc-full deleted")
+    assert backup_id not in {b["ID"] for b in
+                             osc_json(cloud, "alice", "volume", "backup", "list")}
+
+
+def test_member_scenario_with_cinderclient_and_the_cinder_cli(cloud):
+    import sys
+    from pathlib import Path
+    c = cloud.cinder("alice")
+    vol = available_volume(cloud, "alice", "cc-vol")
+    backup_id = available_backup(c, vol, "cc-full")
+    assert backup_id in {b.id for b in c.backups.list()}
+    c.backups.update(backup_id, name="cc-renamed")
+    assert c.backups.get(backup_id).name == "cc-renamed"
+    restored = c.restores.restore(backup_id, name="cc-restored")
+    wait_until(lambda: c.volumes.get(restored.volume_id).status, lambda s: s == "available",
+               "restored volume")
+    wait_until(lambda: c.backups.get(backup_id).status, lambda s: s == "available", "cc-full")
+    # the `cinder` shell, password auth from OS_* alone
+    cinder = str(Path(sys.executable).parent / "cinder")
+    out = subprocess.run([cinder, "backup-list"], env=cloud.os_env("alice"),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and backup_id in out.stdout, out.stderr
+    c.backups.delete(backup_id)
+    wait_until(lambda: backup_id in {b.id for b in c.backups.list()}, lambda x: not x,
+               "cc-full deleted")
+
+
+def test_a_reader_may_list_and_show_but_not_create(cloud):
+    member = cloud.cinder("alice")
+    vol = available_volume(cloud, "alice", "reader-vol")
+    backup_id = available_backup(member, vol, "reader-sees")
+    reader = cloud.cinder("rita")
+    assert backup_id in {b.id for b in reader.backups.list()}
+    assert reader.backups.get(backup_id).name == "reader-sees"
+    with pytest.raises(cinder_errors.Forbidden):
+        reader.backups.create(vol, name="not-allowed")
+    with pytest.raises(cinder_errors.Forbidden):
+        reader.backups.delete(backup_id)
+    listed = osc_json(cloud, "rita", "volume", "backup", "list")
+    assert backup_id in {b["ID"] for b in listed}
+    assert osc_json(cloud, "rita", "volume", "backup", "show", backup_id)["id"] == backup_id
+    out = osc(cloud, "rita", "volume", "backup", "create", "--name", "nope", vol, check=False)
+    assert out.returncode != 0 and "403" in out.stderr, out.stderr
+    assert {b.name for b in member.backups.list()} >= {"reader-sees"}
+    assert "not-allowed" not in {b.name for b in member.backups.list()}
+
+
+def test_another_projects_backups_are_404(cloud):
+    alice = cloud.cinder("alice")
+    vol = available_volume(cloud, "alice", "private-vol")
+    backup_id = available_backup(alice, vol, "private")
+    bob = cloud.cinder("bob")
+    with pytest.raises(cinder_errors.NotFound):
+        bob.backups.get(backup_id)
+    with pytest.raises(cinder_errors.NotFound):
+        bob.backups.delete(backup_id)
+    assert backup_id not in {b.id for b in bob.backups.list()}
+    out = osc(cloud, "bob", "volume", "backup", "show", backup_id, check=False)
+    assert out.returncode != 0
+    assert alice.backups.get(backup_id).status == "available"
+
+
+def test_an_admin_exports_imports_and_resets(cloud):
+    alice = cloud.cinder("alice")
+    vol = available_volume(cloud, "alice", "admin-vol")
+    backup_id = available_backup(alice, vol, "admin-target")
+    with pytest.raises(cinder_errors.Forbidden):
+        alice.backups.export_record(backup_id)
+    admin = cloud.cinder("ada")
+    record = admin.backups.export_record(backup_id)
+    assert record["backup_service"] and record["backup_url"]
+    admin.backups.delete(backup_id)
+    wait_until(lambda: backup_id in {b.id for b in admin.backups.list()}, lambda x: not x,
+               "admin-target deleted")
+    imported = admin.backups.import_record(record["backup_service"], record["backup_url"])
+    wait_until(lambda: admin.backups.get(imported.id).status, lambda s: s == "available",
+               "imported backup")
+    with pytest.raises(cinder_errors.Forbidden):
+        alice.backups.reset_state(imported.id, "error")
+    admin.backups.reset_state(imported.id, "error")
+    assert alice.backups.get(imported.id).status == "error"
+    # An admin sees the owning project (3.18's project attribute); a member does not.
+    raw = admin.backups.get(imported.id)._info
+    assert raw.get("os-backup-project-attr:project_id") == cloud.projects["alpha"]
+    assert "os-backup-project-attr:project_id" not in alice.backups.get(imported.id)._info
+
+
+def _token_of(cloud, auth) -> str:
+    from keystoneauth1 import session
+    return session.Session(auth=auth).get_token()
+
+
+def _backups(cloud, token: str) -> requests.Response:
+    return requests.get(f"{cloud.api.url}/v3/{cloud.projects['alpha']}/backups",
+                        headers={"X-Auth-Token": token}, timeout=30)
+
+
+def test_a_revoked_token_is_401(cloud):
+    token = cloud.session("alice").get_token()
+    assert _backups(cloud, token).status_code == 200
+    cloud.identity.revoke(token)
+    r = _backups(cloud, token)
+    assert r.status_code == 401 and "unauthorized" in r.json(), r.text
+
+
+def test_an_expired_token_is_401(cloud):
+    from keystoneauth1.identity import v3
+    # An application credential's tokens expire with it: a token that lives seconds.
+    sess = cloud.session("alice")
+    user_id = sess.get_user_id()
+    expires = dt.datetime.now(dt.UTC).replace(tzinfo=None) + dt.timedelta(seconds=6)
+    r = sess.post(f"{cloud.auth_url}/users/{user_id}/application_credentials", json={
+        "application_credential": {"name": "short-lived", "secret": "app-secret",
+                                   "expires_at": expires.isoformat()}})
+    cred_id = r.json()["application_credential"]["id"]
+    token = _token_of(cloud, v3.ApplicationCredential(
+        auth_url=cloud.auth_url, application_credential_id=cred_id,
+        application_credential_secret="app-secret"))
+    assert _backups(cloud, token).status_code == 200
+    time.sleep(max(0.0, (expires - dt.datetime.now(dt.UTC).replace(tzinfo=None))
+                   .total_seconds()) + 1.5)
+    r = _backups(cloud, token)
+    assert r.status_code == 401 and "unauthorized" in r.json(), r.text
+    assert _backups(cloud, "not-a-token").status_code == 401
+
+
+def test_the_policy_file_changes_who_may_create(cloud):
+    alice, rita = cloud.cinder("alice"), cloud.cinder("rita")
+    vol = available_volume(cloud, "alice", "policy-vol")
+    try:
+        with pytest.raises(cinder_errors.Forbidden):
+            rita.backups.create(vol, name="before")
+        # opened to readers: no restart, no code
+        cloud.set_policy('"backup:create": "rule:xena_system_admin_or_project_reader"\n')
+        opened = rita.backups.create(vol, name="by-a-reader")
+        wait_until(lambda: alice.backups.get(opened.id).status,
+                   lambda s: s in ("available", "error"), "reader's backup")
+        assert alice.backups.get(opened.id).status == "available"
+        assert alice.backups.get(opened.id).name == "by-a-reader"
+        # ... and closed to members
+        cloud.set_policy('"backup:create": "role:admin"\n')
+        with pytest.raises(cinder_errors.Forbidden) as refused:
+            alice.backups.create(vol, name="by-a-member")
+        assert "backup:create" in str(refused.value)
+        assert "by-a-member" not in {b.name for b in alice.backups.list()}
+    finally:
+        cloud.set_policy("{}\n")
+    available_backup(alice, vol, "defaults-again")
