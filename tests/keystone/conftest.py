@@ -21,7 +21,7 @@ from keystone_lib import Identity
 from keystone_lib import Keystone
 from keystone_lib import KeystoneUnavailable
 from keystone_lib import keystone_venv
-from orch_testlib import ApiServer
+from orch_testlib import ApiProcess
 from orch_testlib import WorkerProcess
 from orch_testlib import make_settings
 
@@ -40,7 +40,7 @@ class Cloud:
     keystone: Keystone
     identity: Identity
     settings: object
-    api: ApiServer
+    api: ApiProcess
     policy_file: Path
     projects: dict[str, str] = field(default_factory=dict)  # name → id
 
@@ -110,7 +110,8 @@ def cloud(keystone, tmp_path_factory, redis_server):
         # validate every request with Keystone, so a revoked token is refused at once
         keystone_token_cache_time=-1)
     upgrade(settings.database_url)
-    api = ApiServer(settings).start()
+    # served as in production (granian, two processes: each re-reads the policy file)
+    api = ApiProcess(settings, workers=2).wait_ready()
     worker = WorkerProcess(settings, "ks-node", "nova").wait_ready()
     admin_env = {**{k: v for k, v in os.environ.items() if not k.startswith("OS_")},
                  "OS_AUTH_URL": keystone.url, "OS_USERNAME": "admin",

@@ -263,3 +263,60 @@ def test_the_policy_file_changes_who_may_create(cloud):
     finally:
         cloud.set_policy("{}\n")
     available_backup(alice, vol, "defaults-again")
+
+
+def test_memcached_holds_the_validated_tokens(cloud, tmp_path):
+    """ORCH_KEYSTONE_MEMCACHED_SERVERS: auth_token keeps what Keystone said in memcached, and
+    trusts it for ORCH_KEYSTONE_TOKEN_CACHE_TIME (so a revoked token works until then)."""
+    import dataclasses
+    import os
+    import shutil
+    import socket
+
+    from orchestrator.embedded import free_port
+    from orchestrator.http import create_app
+
+    binary = shutil.which("memcached")
+    if binary is None:
+        pytest.skip("memcached leg skipped: no memcached on PATH (apt-get install memcached)")
+    port = free_port()
+    user = ["-u", "root"] if os.getuid() == 0 else []
+    proc = subprocess.Popen([binary, "-l", "127.0.0.1", "-p", str(port), "-U", "0", *user],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def items() -> int:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"stats\r\n")
+            data = b""
+            while not data.endswith(b"END\r\n"):
+                data += s.recv(65536)
+        stats = dict(line.split()[1:3] for line in data.decode().splitlines()
+                     if line.startswith("STAT "))
+        return int(stats["curr_items"])
+
+    try:
+        wait_until(lambda: _answers(port), bool, "memcached", timeout=10)
+        settings = dataclasses.replace(cloud.settings, policy_file="",
+                                       keystone_memcached_servers=f"127.0.0.1:{port}",
+                                       keystone_token_cache_time=300)
+        client = create_app(settings).test_client()
+        path = f"/v3/{cloud.projects['alpha']}/backups"
+        token = cloud.session("alice").get_token()
+        assert items() == 0
+        assert client.get(path, headers={"X-Auth-Token": token}).status_code == 200
+        assert items() >= 1
+        cloud.identity.revoke(token)
+        assert client.get(path, headers={"X-Auth-Token": token}).status_code == 200
+        assert client.get(path, headers={"X-Auth-Token": "not-a-token"}).status_code == 401
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _answers(port: int) -> bool:
+    import socket
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
