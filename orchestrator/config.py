@@ -111,7 +111,7 @@ class Settings:
     # ORCH_AUTH=keystone: keystonemiddleware's auth_token, validating as this service user
     keystone_auth_url: str = ""
     keystone_username: str = ""
-    keystone_password: str = ""
+    keystone_password: str = dataclasses.field(default="", repr=False)  # never printed
     keystone_project_name: str = ""
     keystone_user_domain_name: str = "Default"
     keystone_project_domain_name: str = "Default"

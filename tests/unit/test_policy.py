@@ -113,10 +113,11 @@ def test_keystone_mode_needs_its_service_user():
     with pytest.raises(ValueError, match=r"ORCH_KEYSTONE_AUTH_URL.*ORCH_KEYSTONE_PASSWORD"):
         Settings(auth="keystone", keystone_username="svc", keystone_project_name="service")
     s = Settings(auth="keystone", keystone_auth_url="http://127.0.0.1:5000/v3",
-                 keystone_username="svc", keystone_password="pw",
+                 keystone_username="svc", keystone_password="s3cr3t-value",
                  keystone_project_name="service")
     assert (s.keystone_user_domain_name, s.keystone_project_domain_name) == \
         ("Default", "Default")
+    assert "s3cr3t-value" not in repr(s)  # the password is never printed
     with pytest.raises(ValueError, match="ORCH_KEYSTONE_INTERFACE"):
         Settings(keystone_interface="private")
 
