@@ -72,6 +72,22 @@ def test_the_catalog_leads_clients_to_the_api(cloud):
     assert requests.get(f"{cloud.api.url}/v3", timeout=30).status_code == 200
 
 
+def test_keystone_register_is_idempotent_and_needs_an_admin(cloud):
+    import sys
+    from pathlib import Path
+    command = [str(Path(sys.executable).parent / "orchestrator"), "keystone-register",
+               "--url", f"{cloud.api.url}/v3/%(project_id)s", "--interface", "public"]
+    admin = {**cloud.os_env("alice"), "OS_USERNAME": "admin",
+             "OS_PASSWORD": "bootstrap-secret", "OS_PROJECT_NAME": "admin"}
+    out = subprocess.run(command, env=admin, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("kept") == 2 and "created" not in out.stdout, out.stdout
+    refused = subprocess.run(command, env=cloud.os_env("alice"), capture_output=True,
+                             text=True, timeout=120)
+    assert refused.returncode != 0 and "Keystone refused" in refused.stderr, refused.stderr
+    assert "pw-alice" not in refused.stderr + refused.stdout
+
+
 def test_member_full_scenario_with_the_openstack_cli(cloud):
     # Every step through `openstack`; the waits in between poll with cinderclient, which
     # costs no process start.
