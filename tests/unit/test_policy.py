@@ -162,3 +162,12 @@ def test_the_keystone_context_refuses_what_auth_token_did_not_confirm():
         _context({**system, "X-Roles": "admin", "OpenStack-System-Scope": "all"})
     with pytest.raises(errors.PolicyNotAuthorized, match="domain d1"):
         _context({**system, "X-Roles": "admin", "X-Domain-Id": "d1"})
+
+
+def test_a_broken_rewrite_keeps_the_rules_in_force(policy_file):
+    _rewrite(policy_file, '"backup:create": "role:admin"\n')
+    assert not policy.allowed(MEMBER, "backup:create")
+    _rewrite(policy_file, '"backup:create": [half written\n')
+    assert not policy.allowed(MEMBER, "backup:create")  # the last good rules
+    _rewrite(policy_file, '"backup:create": "rule:xena_system_admin_or_project_member"\n')
+    assert policy.allowed(MEMBER, "backup:create")
