@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 from enum import StrEnum
 
@@ -98,7 +99,8 @@ class _Enforcers:
     signature on each call (about a millisecond per decision here). Instead the file is
     stat'ed once per decision and reloaded when its mtime or size changes, and decisions
     are remembered until then: the checks this service's rules are made of (roles, ids,
-    scope, rule references) depend on nothing but the credentials, target and rules.
+    scope, rule references) depend on nothing but the credentials, target and rules. A
+    file with an ``http:``/``https:`` check (a remote server decides) turns that off.
     """
 
     MEMO_SIZE = 4096
@@ -109,6 +111,7 @@ class _Enforcers:
         self.enforcer = None
         self.stamp: tuple | None = None
         self.memo: dict = {}
+        self.memoize = True
 
     def configure(self, policy_file: str | None) -> None:
         with self.lock:
@@ -116,7 +119,7 @@ class _Enforcers:
                 self.enforcer = _make_enforcer(policy_file)
                 self.policy_file = policy_file
                 self.stamp = _stamp(policy_file)
-                self.memo = {}
+                self._loaded()
 
     def get(self):
         """The enforcer, its rules reloaded first if the policy file changed."""
@@ -133,9 +136,18 @@ class _Enforcers:
                             log.exception("policy file %s could not be loaded; the rules "
                                           "in force stay", self.policy_file)
                         else:
-                            self.memo = {}
+                            self._loaded()
                         self.stamp = stamp
         return self.enforcer
+
+    def _loaded(self) -> None:
+        """New rules: forget the decisions, and remember none if a remote check decides."""
+        self.memo = {}
+        self.memoize = not any(_REMOTE_CHECK.search(str(rule))
+                               for rule in self.enforcer.rules.values())
+
+
+_REMOTE_CHECK = re.compile(r"(^|[\s(])https?:")
 
 
 def _stamp(path: str | None) -> tuple | None:
@@ -231,9 +243,10 @@ def check(rule: str, creds: dict, target: dict | None = None) -> bool:
             found = bool(enforcer.enforce(rule, target, creds))
         except oslo.InvalidScope:
             found = False
-        if len(memo) >= state.MEMO_SIZE:
-            memo.clear()
-        memo[key] = found
+        if state.memoize:
+            if len(memo) >= state.MEMO_SIZE:
+                memo.clear()
+            memo[key] = found
     return found
 
 

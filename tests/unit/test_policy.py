@@ -171,3 +171,14 @@ def test_a_broken_rewrite_keeps_the_rules_in_force(policy_file):
     assert not policy.allowed(MEMBER, "backup:create")  # the last good rules
     _rewrite(policy_file, '"backup:create": "rule:xena_system_admin_or_project_member"\n')
     assert policy.allowed(MEMBER, "backup:create")
+
+
+def test_decisions_are_not_remembered_when_a_remote_check_decides(policy_file):
+    policy.allowed(MEMBER, "backup:create")
+    assert policy._STATE.memoize and policy._STATE.memo
+    # a rule that asks a server (never reached here: its rule is not the one checked)
+    _rewrite(policy_file, '"backup:verify": "role:admin or http://127.0.0.1:9/check"\n')
+    assert policy.allowed(MEMBER, "backup:create")
+    assert not policy._STATE.memoize and not policy._STATE.memo
+    _rewrite(policy_file, "{}\n")
+    assert policy.allowed(MEMBER, "backup:create") and policy._STATE.memoize
