@@ -355,3 +355,41 @@ def storage_rebuild_refs(args) -> None:
     """Set every backup's references to what its manifest in the store names
     (`python -m workers.rebuild`, run on a backup host; --dry-run reports only)."""
     os.execv(sys.executable, [sys.executable, "-m", "workers.rebuild", *args])
+
+
+@main.command("keystone-register")
+@click.option("--url", required=True,
+              help="the API's v3 URL as clients reach it, e.g. "
+                   "'http://api.example:8776/v3/%(project_id)s'")
+@click.option("--region", default="RegionOne", show_default=True, envvar="OS_REGION_NAME")
+@click.option("--interface", "interfaces", multiple=True,
+              type=click.Choice(["public", "internal", "admin"]),
+              help="endpoint interfaces (default: all three)")
+@click.option("--os-auth-url", envvar="OS_AUTH_URL", required=True)
+@click.option("--os-username", envvar="OS_USERNAME", required=True)
+@click.option("--os-password", envvar="OS_PASSWORD", required=True,
+              help="read from OS_PASSWORD (never printed)")
+@click.option("--os-project-name", envvar="OS_PROJECT_NAME", required=True)
+@click.option("--os-user-domain-name", envvar="OS_USER_DOMAIN_NAME", default="Default")
+@click.option("--os-project-domain-name", envvar="OS_PROJECT_DOMAIN_NAME", default="Default")
+def keystone_register(url: str, region: str, interfaces: tuple[str, ...], os_auth_url: str,
+                      os_username: str, os_password: str, os_project_name: str,
+                      os_user_domain_name: str, os_project_domain_name: str) -> None:
+    """Register this service in Keystone's catalog (block-storage and volumev3).
+
+    Authenticates like the openstack CLI (OS_* variables) as a Keystone admin; running
+    it again updates the endpoints' URL in place.
+    """
+    from keystoneauth1 import exceptions as ks_errors
+
+    from orchestrator import keystone
+
+    sess = keystone.password_session(os_auth_url, os_username, os_password, os_project_name,
+                                     os_user_domain_name, os_project_domain_name)
+    try:
+        done = keystone.register(sess, url, region, interfaces or keystone.INTERFACES)
+    except ks_errors.ClientException as exc:
+        raise click.ClickException(f"Keystone refused: {exc}") from None
+    for r in done:
+        click.echo(f"{r.service_type:14} {r.interface:9} {'created' if r.created else 'kept':8}"
+                   f" {r.endpoint_id}  {r.url}")

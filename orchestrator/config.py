@@ -40,8 +40,9 @@ def normalise_host(name: str) -> str:
 CHOICES = {
     "backup_store": ("posix", "s3"),
     "backup_compression": ("zstd", "zlib", "none"),
-    "auth": ("noauth", "token"),
+    "auth": ("noauth", "token", "keystone"),
     "log_level": ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+    "keystone_interface": ("public", "internal", "admin"),
 }
 _LARGE = 2**31 - 1
 BOUNDS = (
@@ -56,7 +57,10 @@ BOUNDS = (
     ("gc_interval", 0, 86400 * 365), ("gc_grace", 0, 86400 * 365),
     ("policy_tick_interval", 0.1, 3600), ("policy_tick_pause", 0, 60),
     ("policy_tick_threads", 1, 64),
+    ("keystone_token_cache_time", -1, 86400),
 )
+KEYSTONE_REQUIRED = ("keystone_auth_url", "keystone_username", "keystone_password",
+                     "keystone_project_name")
 BROKER_SCHEMES = ("redis", "rediss", "redis+socket", "amqp", "amqps", "pyamqp", "memory")
 
 
@@ -122,6 +126,19 @@ class Settings:
     # fault-injection tests (a process killed mid-tick), never set in production.
     policy_tick_pause: float = 0.0
     policy_tick_threads: int = 4        # due policies a tick runs at once
+    # oslo.policy overrides (YAML); empty: the built-in defaults (orchestrator.policy)
+    policy_file: str = ""
+    # ORCH_AUTH=keystone: keystonemiddleware's auth_token, validating as this service user
+    keystone_auth_url: str = ""
+    keystone_username: str = ""
+    keystone_password: str = dataclasses.field(default="", repr=False)  # never printed
+    keystone_project_name: str = ""
+    keystone_user_domain_name: str = "Default"
+    keystone_project_domain_name: str = "Default"
+    keystone_memcached_servers: str = ""   # host:port,...; empty: a per-process cache
+    keystone_token_cache_time: int = 300   # seconds a validated token is trusted; -1: never
+    keystone_region_name: str = ""
+    keystone_interface: str = "internal"  # which identity endpoint of the catalog validates
 
     def __post_init__(self) -> None:
         state = Path(self.state_dir).absolute()
@@ -159,6 +176,11 @@ class Settings:
         if scheme not in BROKER_SCHEMES:
             raise ValueError(f"ORCH_BROKER_URL must be a URL of {', '.join(BROKER_SCHEMES)} "
                              f"(not {without_password(self.broker_url)!r})")
+        if self.auth == "keystone":
+            missing = [f"ORCH_{name.upper()}" for name in KEYSTONE_REQUIRED
+                       if not getattr(self, name)]
+            if missing:
+                raise ValueError(f"ORCH_AUTH=keystone needs {', '.join(missing)}")
         try:
             make_url(self.database_url)
         except Exception:

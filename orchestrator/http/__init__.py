@@ -28,6 +28,7 @@ from orchestrator.http import versions
 from orchestrator.http import volumes
 from orchestrator.http.auth import MODES
 from orchestrator.http.auth import authenticate
+from orchestrator.http.auth import keystone_middleware
 from orchestrator.http.body import check_request_text
 from orchestrator.http.jsonio import FastJSONProvider
 from orchestrator.http.microversion import negotiate
@@ -68,6 +69,7 @@ def create_app(settings: Settings | None = None, *, celery_app=None) -> Flask:
     settings = settings or Settings.from_env()
     if settings.auth not in MODES:
         raise ValueError(f"ORCH_AUTH must be one of {', '.join(MODES)}, not {settings.auth!r}")
+    policy.configure(settings.policy_file)
     app = Flask("orchestrator")
     app.json = FastJSONProvider(app)
     app.config["ORCH_SETTINGS"] = settings
@@ -99,7 +101,9 @@ def create_app(settings: Settings | None = None, *, celery_app=None) -> Flask:
                                  g.request_id)
         if url_project and url_project != g.context.project_id:
             raise errors.InvalidInput("Malformed request url")
-        policy.authorize_method(g.context, request.method, request.path)
+        route = getattr(app.view_functions.get(request.endpoint), "route", None)
+        policy.authorize_method(g.context, request.method, request.path,
+                                rule=route.policy if route is not None else None)
         return None
 
     @app.after_request
@@ -113,4 +117,6 @@ def create_app(settings: Settings | None = None, *, celery_app=None) -> Flask:
             response.headers["Vary"] = "OpenStack-API-Version"
         return response
 
+    if settings.auth == "keystone":
+        app.wsgi_app = keystone_middleware(app.wsgi_app, settings)
     return app

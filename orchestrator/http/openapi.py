@@ -94,7 +94,8 @@ def build_document(app: Flask) -> dict:
     spec.components.security_scheme("token", {
         "type": "apiKey", "in": "header", "name": "X-Auth-Token",
         "description": "ORCH_AUTH=token: a secret from `orchestrator token create`; "
-                       "ORCH_AUTH=noauth: `user_id:project_id`."})
+                       "ORCH_AUTH=noauth: `user_id:project_id`; "
+                       "ORCH_AUTH=keystone: a Keystone token."})
     for rule in sorted(app.url_map.iter_rules(), key=lambda r: (r.rule, sorted(r.methods))):
         view = app.view_functions[rule.endpoint]
         route: Route | None = getattr(view, "route", None)

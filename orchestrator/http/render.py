@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from flask import g
 
+from orchestrator import policy
 from orchestrator.http.current import ctx
 from orchestrator.http.current import mv
 from orchestrator.http.responses import link_prefixes
@@ -22,7 +23,9 @@ def _backup_fields() -> tuple[bool, bool, bool, bool, bool]:
     flags = g.get("backup_view_flags")
     if flags is None:
         version, admin = mv(), ctx().is_admin
-        flags = g.backup_view_flags = (version.matches("3.43"), admin and version.matches("3.18"),
+        project_attr = policy.allowed(ctx(), "backup:backup_project_attribute")
+        flags = g.backup_view_flags = (version.matches("3.43"),
+                                       project_attr and version.matches("3.18"),
                                        admin and version.matches("3.56"),
                                        version.matches("3.64"), admin)
     return flags

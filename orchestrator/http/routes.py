@@ -273,8 +273,10 @@ def plumb(route: Route, view: Callable) -> Callable:
 
     def endpoint(project_id=None, **kwargs):
         version = g.api_version
-        if rule is not None and (owner is None or kwargs[owner] != g.context.project_id):
+        if rule is not None and owner is None:
             policy.authorize(g.context, rule)
+        elif rule is not None and kwargs[owner] != g.context.project_id:
+            policy.authorize(g.context, rule, {"project_id": kwargs[owner]})
         if since is not None and version < since:
             raise errors.NotFound(NOT_FOUND)
         for name, values in choices:
