@@ -19,8 +19,10 @@ from sqlalchemy.orm.attributes import set_committed_value
 from orchestrator.db import dialect_of
 from orchestrator.models import Backup
 from orchestrator.models import BackupMetadata
+from orchestrator.models import Job
 from orchestrator.models import Volume
 from orchestrator.states import BackupStatus
+from orchestrator.states import JobState
 
 BACKUPS = Backup.__table__
 _INSERT_BACKUP = insert(BACKUPS)
@@ -57,9 +59,23 @@ def _metadata_column(dialect: str):
     return type_coerce(items, JSON).label("metadata_items")
 
 
+@functools.cache
+def _running_job_columns() -> tuple:
+    """The operation and own progress of the job running on the backup (NULLs when none),
+    as two probes of ix_jobs_resource per row shown, built once."""
+    jobs = Job.__table__
+    running = (jobs.c.resource_id == BACKUPS.c.id, jobs.c.state == JobState.RUNNING)
+
+    def newest(column):
+        return (select(column).where(*running).order_by(jobs.c.started_at.desc())
+                .limit(literal_column("1")).scalar_subquery())
+    return (newest(jobs.c.op).label("running_op"),
+            type_coerce(newest(jobs.c.progress), JSON).label("running_progress"))
+
+
 def view_columns(session, with_metadata: bool) -> tuple:
     """Columns a backup view reads beside the table's own."""
-    extra = (_has_dependents_column(),)
+    extra = (_has_dependents_column(), *_running_job_columns())
     if with_metadata:
         extra += (_metadata_column(dialect_of(session).name),)
     return extra
@@ -68,7 +84,8 @@ def view_columns(session, with_metadata: bool) -> tuple:
 @functools.cache
 def _show_statement(scoped: bool, dialect: str, with_metadata: bool):
     """The one-row read of a backup, built once per shape."""
-    extra = (_has_dependents_column(),) + ((_metadata_column(dialect),) if with_metadata else ())
+    extra = (_has_dependents_column(), *_running_job_columns()) + \
+        ((_metadata_column(dialect),) if with_metadata else ())
     query = select(*BACKUPS.c, *extra).where(BACKUPS.c.id == bindparam("backup_id"),
                                              BACKUPS.c.deleted.is_(False))
     if scoped:

@@ -262,8 +262,7 @@ def backup(store: ObjectStore, config: DriverConfig, source_path: str, *, backup
     except BaseException:
         delete_quietly(store, ref)
         raise
-    if progress is not None:
-        progress(size_bytes, size_bytes)
+    pipeline.ticker.report(size_bytes, force=True)  # the end, once the manifest is stored
     return BackupResult(
         container=ref.container, prefix=ref.prefix, object_count=len(pipeline.objects) + 1,
         stored_bytes=pack_bytes + len(raw), logical_bytes=size_bytes,
@@ -321,9 +320,13 @@ class _BackupPipeline:
         self._scan_pool = ThreadPoolExecutor(config.threads, thread_name_prefix="bk-scan")
         self._io_pool = ThreadPoolExecutor(config.io_threads, thread_name_prefix="bk-io")
         pending = self._pending
+        scan_end = 0  # where the last data extent handed to the scan ended
         try:
             for offset, length in segment_tasks(self.fd, self.size, config.block_size,
                                                 config.segment_size):
+                if offset > scan_end:
+                    ticker.skip(offset - scan_end)  # a hole: never read
+                scan_end = offset + length
                 if ticker.should_cancel(offset):
                     raise BackupCancelled("backup cancelled")
                 while pending and self._inflight + length > config.max_inflight_bytes:
@@ -346,6 +349,8 @@ class _BackupPipeline:
                 self._consume_one()
             if ticker.should_cancel(self.size, force=True):
                 raise BackupCancelled("backup cancelled")
+            if self.size > scan_end:
+                ticker.skip(self.size - scan_end)
         except BaseException:
             for item in pending:
                 item.future.cancel()

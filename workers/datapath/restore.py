@@ -214,12 +214,14 @@ def restore(store: ObjectStore, config: DriverConfig, ref: tuple[str, str], targ
                     raise VolumeIOError(f"cannot zero target range at {offset}: {e}") from e
                 counters.zeroed_bytes += length
                 done += length
+                ticker.skip(length)
                 ticker.report(done)
                 if ticker.should_cancel(done):
                     raise BackupCancelled("restore cancelled")
         else:
             done = size - sum(newest.block_range_bytes(first_block, count)
                               for first_block, count in plan.data_runs)
+            ticker.skip(done)  # already zero: never written
         ticker.report(done)
         PackRunner(store, config, chain, plan.work, ticker, counters, fd=fd).run(done)
         if config.fsync_target:
