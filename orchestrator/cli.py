@@ -15,6 +15,7 @@ from sqlalchemy import inspect
 from orchestrator import errors
 from orchestrator import jobs
 from orchestrator import tokens
+from orchestrator.cli_backup import backup as backup_commands
 from orchestrator.config import Settings
 from orchestrator.config import default_host
 from orchestrator.config import without_password
@@ -38,6 +39,9 @@ def _env(settings: Settings) -> dict:
 @click.group()
 def main() -> None:
     """Cinder-compatible volume backup orchestrator."""
+
+
+main.add_command(backup_commands)
 
 
 @main.group()
