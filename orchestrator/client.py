@@ -82,7 +82,7 @@ def default_endpoint(env: Mapping[str, str], settings=None) -> str:
             return env[name]
     if settings is None:
         return "http://127.0.0.1:8776/v3"
-    scheme = "https" if getattr(settings, "api_tls_cert", "") else "http"
+    scheme = settings.api_scheme
     host = settings.api_host
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"

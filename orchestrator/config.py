@@ -102,6 +102,10 @@ class Settings:
     max_list_limit: int = 1000
     max_body_bytes: int = 1048576
     log_level: str = "INFO"
+    # TLS for the API (serve.py hands them to granian): a PEM certificate (chain) and its
+    # PKCS#8 PEM key. Both or neither; unset, the API speaks plain HTTP.
+    api_tls_cert: str = ""
+    api_tls_key: str = ""
 
     def __post_init__(self) -> None:
         state = Path(self.state_dir).absolute()
@@ -139,6 +143,13 @@ class Settings:
         if scheme not in BROKER_SCHEMES:
             raise ValueError(f"ORCH_BROKER_URL must be a URL of {', '.join(BROKER_SCHEMES)} "
                              f"(not {without_password(self.broker_url)!r})")
+        if bool(self.api_tls_cert) != bool(self.api_tls_key):
+            raise ValueError("ORCH_API_TLS_CERT and ORCH_API_TLS_KEY go together: set both "
+                             "(a PEM certificate and its PKCS#8 key) or neither")
+        for name in ("api_tls_cert", "api_tls_key"):
+            path = getattr(self, name)
+            if path and not os.access(path, os.R_OK):
+                raise ValueError(f"ORCH_{name.upper()}: cannot read {path!r}")
         try:
             make_url(self.database_url)
         except Exception:
@@ -149,6 +160,11 @@ class Settings:
     def admin_set(self) -> frozenset[str]:
         """Names (user or project ids) that are admin in noauth mode."""
         return frozenset(n.strip() for n in self.admin_names.split(",") if n.strip())
+
+    @property
+    def api_scheme(self) -> str:
+        """https when the API serves TLS (ORCH_API_TLS_CERT), else http."""
+        return "https" if self.api_tls_cert else "http"
 
     @property
     def log_dir(self) -> str:
