@@ -66,10 +66,10 @@ def api(workers: int | None) -> None:
     os.execvpe(sys.executable, api_command(settings, workers=workers), _env(settings))
 
 
-@main.command(context_settings={"ignore_unknown_options": True})
+@main.command(context_settings={"ignore_unknown_options": True}, add_help_option=False)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def worker(args) -> None:
-    """A storage-node worker (same options as `python -m workers`)."""
+    """A storage-node worker: --host, --zone, --concurrency, --maintenance (see --help)."""
     # The worker is its own program (orchestrator/ never imports workers/): become it.
     os.execv(sys.executable, [sys.executable, "-m", "workers", *args])
 
