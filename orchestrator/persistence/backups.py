@@ -5,10 +5,13 @@ import functools
 
 from sqlalchemy import JSON
 from sqlalchemy import bindparam
+from sqlalchemy import case
 from sqlalchemy import false
 from sqlalchemy import func
 from sqlalchemy import insert
 from sqlalchemy import literal_column
+from sqlalchemy import null
+from sqlalchemy import or_
 from sqlalchemy import select
 from sqlalchemy import type_coerce
 from sqlalchemy import update
@@ -23,6 +26,7 @@ from orchestrator.models import Job
 from orchestrator.models import Volume
 from orchestrator.states import BackupStatus
 from orchestrator.states import JobState
+from orchestrator.states import VerifyStatus
 
 BACKUPS = Backup.__table__
 _INSERT_BACKUP = insert(BACKUPS)
@@ -59,16 +63,24 @@ def _metadata_column(dialect: str):
     return type_coerce(items, JSON).label("metadata_items")
 
 
+# A job can run on a backup only while it is in one of these (or being verified).
+_BUSY = (BackupStatus.CREATING, BackupStatus.RESTORING, BackupStatus.DELETING)
+
+
 @functools.cache
 def _running_job_columns() -> tuple:
     """The operation and own progress of the job running on the backup (NULLs when none),
-    as two probes of ix_jobs_resource per row shown, built once."""
+    built once: two probes of ix_jobs_resource for a backup that is busy, none for the
+    settled backups that fill most pages."""
     jobs = Job.__table__
     running = (jobs.c.resource_id == BACKUPS.c.id, jobs.c.state == JobState.RUNNING)
+    busy = or_(BACKUPS.c.status.in_([s.value for s in _BUSY]),
+               BACKUPS.c.verify_status == VerifyStatus.VERIFYING.value)
 
     def newest(column):
-        return (select(column).where(*running).order_by(jobs.c.started_at.desc())
-                .limit(literal_column("1")).scalar_subquery())
+        probe = (select(column).where(*running).order_by(jobs.c.started_at.desc())
+                 .limit(literal_column("1")).scalar_subquery())
+        return case((busy, probe), else_=null())
     return (newest(jobs.c.op).label("running_op"),
             type_coerce(newest(jobs.c.progress), JSON).label("running_progress"))
 
