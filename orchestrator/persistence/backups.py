@@ -63,6 +63,12 @@ def _metadata_column(dialect: str):
     return type_coerce(items, JSON).label("metadata_items")
 
 
+def _sql_text(value: str):
+    """A status constant as an SQL string literal (statuses are plain lower-case words)."""
+    assert value.replace("_", "").replace("-", "").isalpha()
+    return literal_column(f"'{value}'")
+
+
 # A job can run on a backup only while it is in one of these (or being verified).
 _BUSY = (BackupStatus.CREATING, BackupStatus.RESTORING, BackupStatus.DELETING)
 
@@ -73,9 +79,11 @@ def _running_job_columns() -> tuple:
     built once: two probes of ix_jobs_resource for a backup that is busy, none for the
     settled backups that fill most pages."""
     jobs = Job.__table__
-    running = (jobs.c.resource_id == BACKUPS.c.id, jobs.c.state == JobState.RUNNING)
-    busy = or_(BACKUPS.c.status.in_([s.value for s in _BUSY]),
-               BACKUPS.c.verify_status == VerifyStatus.VERIFYING.value)
+    # The constants are written into the SQL text (no bound or expanding parameters to
+    # process on every execution of a cached statement).
+    running = (jobs.c.resource_id == BACKUPS.c.id, jobs.c.state == _sql_text(JobState.RUNNING))
+    busy = or_(BACKUPS.c.status.in_([_sql_text(s) for s in _BUSY]),
+               BACKUPS.c.verify_status == _sql_text(VerifyStatus.VERIFYING))
 
     def newest(column):
         probe = (select(column).where(*running).order_by(jobs.c.started_at.desc())
