@@ -26,9 +26,10 @@ MiB, GiB = 1 << 20, 1 << 30
 DEMO = RequestContext("demo", "demo")
 
 
-@pytest.fixture
-def settings(tmp_path):
-    s = Settings(state_dir=str(tmp_path), broker_url="memory://")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def settings(request, tmp_path):
+    url = request.getfixturevalue("postgres").url if request.param == "postgresql" else ""
+    s = Settings(state_dir=str(tmp_path), broker_url="memory://", database_url=url)
     upgrade(s.database_url)
     yield s
     d = dbmod._databases.pop(s.database_url, None)
@@ -131,3 +132,41 @@ def test_backup_create_counts_holes_as_skipped(settings, tmp_path):
     done, total, skipped = seen[-1]
     assert (done, total) == (GiB, GiB)
     assert GiB - 8 * MiB <= skipped <= GiB - 4 * MiB, seen[-1]
+
+
+def test_the_backup_view_reads_the_running_jobs_progress(settings):
+    """The read model's running_op/running_progress: the running job's, for a busy backup
+    only, decoded as JSON on both databases."""
+    from orchestrator import jobs
+    from orchestrator.persistence import backups as backup_rows
+
+    database = dbmod.get_database(settings.database_url)
+    with database.scope() as s:
+        busy = Backup(user_id="u", project_id="p", volume_id=str(uuid.uuid4()),
+                      status="restoring", size=1, created_at=utcnow(),
+                      progress_bytes=GiB, progress_total=GiB)
+        idle = Backup(user_id="u", project_id="p", volume_id=str(uuid.uuid4()),
+                      status="available", size=1, created_at=utcnow())
+        s.add_all([busy, idle])
+        s.flush()
+        busy_id, idle_id = busy.id, idle.id
+        job = jobs.create(s, "backup_restore", resource_id=busy_id, host="h", project_id="p",
+                          now=utcnow())
+        # A finished job on the settled backup must not show.
+        old = jobs.create(s, "backup_verify", resource_id=idle_id, host="h", project_id="p",
+                          now=utcnow())
+        s.flush()
+        job_id, old_id = job.id, old.id
+    with database.scope() as s:
+        claimed = jobs.claim(s, job_id, "w1", now=utcnow(), ttl=30)
+        assert claimed is not None
+        written = jobs.record_progress(s, job_id, done=MiB, total=GiB, skipped=0, rate=5.0,
+                                       now=utcnow())
+        s.execute(Job.__table__.update().where(Job.id == old_id).values(
+            state="succeeded", progress={"bytes_done": 1}))
+    with database.scope(write=False) as s:
+        row = backup_rows.view_row(s, busy_id, project_id="p", with_metadata=False)
+        assert (row.running_op, row.running_progress) == ("backup_restore", written)
+        assert row.progress_bytes == GiB  # the create's, untouched
+        row = backup_rows.view_row(s, idle_id, project_id=None, with_metadata=True)
+        assert (row.running_op, row.running_progress) == (None, None)
