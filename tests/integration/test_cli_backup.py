@@ -225,3 +225,18 @@ def test_token_mode_credentials(tmp_path, redis_server):
         assert code == EXIT_OK
     finally:
         api.stop()
+
+
+def test_text_mode_without_a_terminal(stack):
+    """Piped (no terminal, no --json): no live display codes, the outcome on stdout."""
+    _, api = stack
+    vol = _client(api).create_volume(1, name="piped-vol")
+    code, out, err = cli(api.url, "create", "piped-vol", "--name", "piped", "--wait")
+    assert code == EXIT_OK, err
+    assert "is available" in out and "\x1b[" not in out + err
+    code, out, _ = cli(api.url, "list", "--volume-id", vol["id"])
+    assert code == EXIT_OK and "piped" in out and out.splitlines()[0].startswith("ID")
+    code, out, _ = cli(api.url, "show", "piped")
+    assert code == EXIT_OK
+    assert re.search(r"^status\s+available$", out, re.M), out
+    assert re.search(r"^progress\s+1\.0 GiB of 1\.0 GiB \(100\.0%\)", out, re.M), out
