@@ -8,11 +8,16 @@ STAMP := $(VENV)/.installed
 .PHONY: run test flower venv clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	@echo "==> first run (or requirements changed): setting up $(VENV) with $(PYTHON)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "==> upgrading pip"
 	$(BIN)/python -m pip install -q --upgrade pip
+	@echo "==> installing the pinned packages of requirements-dev.txt (about a minute the first time)"
 	$(BIN)/python -m pip install -q -r requirements-dev.txt
+	@echo "==> installing this project into $(VENV) (editable)"
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(STAMP)
+	@echo "==> $(VENV) is ready"
 
 venv: $(STAMP)
 

@@ -16,7 +16,9 @@ from orchestrator import errors
 from orchestrator import jobs
 from orchestrator import storage as store_rules
 from orchestrator import tokens
+from orchestrator.cli_backup import backup as backup_commands
 from orchestrator.cli_policies import backup_policy
+from orchestrator.client import default_endpoint
 from orchestrator.config import Settings
 from orchestrator.config import default_host
 from orchestrator.config import without_password
@@ -47,6 +49,7 @@ def main() -> None:
 
 
 main.add_command(backup_policy)
+main.add_command(backup_commands)
 
 
 @main.group()
@@ -71,10 +74,10 @@ def api(workers: int | None) -> None:
     os.execvpe(sys.executable, api_command(settings, workers=workers), _env(settings))
 
 
-@main.command(context_settings={"ignore_unknown_options": True})
+@main.command(context_settings={"ignore_unknown_options": True}, add_help_option=False)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def worker(args) -> None:
-    """A storage-node worker (same options as `python -m workers`)."""
+    """A storage-node worker: --host, --zone, --concurrency, --maintenance (see --help)."""
     # The worker is its own program (orchestrator/ never imports workers/): become it.
     os.execv(sys.executable, [sys.executable, "-m", "workers", *args])
 
@@ -99,8 +102,12 @@ def flower(port: int) -> None:
     settings = Settings.load()
     env = _env(settings)
     env.setdefault("FLOWER_UNAUTHENTICATED_API", "true")
+    log = Path(settings.log_dir) / "flower.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    click.echo(f"Flower on http://127.0.0.1:{port} (log: {log})")
     os.execvpe(sys.executable, [sys.executable, "-m", "celery", "-A", "orchestrator.celery_app",
-                                "flower", "--address=127.0.0.1", f"--port={port}"], env)
+                                "flower", "--address=127.0.0.1", f"--port={port}",
+                                f"--log_file_prefix={log}"], env)
 
 
 @main.command()
@@ -121,7 +128,7 @@ def run(host: str | None, zone: str) -> None:
     host = host or default_host()
     redis = None
     if "ORCH_BROKER_URL" not in os.environ:
-        redis = RedisServer(str(state)).start()
+        redis = RedisServer(str(state), log_path=logs / "redis.log").start()
         settings.broker_url = redis.url
     upgrade(settings.database_url)
     node = f"worker@{host}"
@@ -140,7 +147,7 @@ def run(host: str | None, zone: str) -> None:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    endpoint = f"http://{settings.api_host}:{settings.api_port}/v3"
+    endpoint = default_endpoint({}, settings)
     click.echo(f"""
 Backup orchestrator running (state in {state}, logs in {logs}):
   redis        {settings.broker_url}{'' if redis else ' (external)'}
@@ -150,13 +157,7 @@ Backup orchestrator running (state in {state}, logs in {logs}):
   maintenance  pid {supervisor.pid('maintenance')}
   beat         pid {supervisor.pid('beat')}
 
-Try it with the cinder CLI (from this project's virtualenv):
-  export OS_AUTH_TYPE=noauth OS_USER_ID=demo OS_PROJECT_ID=demo CINDER_ENDPOINT={endpoint}
-  .venv/bin/cinder create --name vol1 1
-  .venv/bin/cinder backup-create --name b1 vol1
-  .venv/bin/cinder backup-list
-  .venv/bin/cinder backup-restore --name restored b1
-
+{try_it(settings, endpoint)}
 A process that exits is restarted; Ctrl-C stops everything.
 """)
     try:
@@ -170,6 +171,27 @@ A process that exits is restarted; Ctrl-C stops everything.
             redis.stop()
         lock.release()
         click.echo("stopped.")
+
+
+def try_it(settings: Settings, endpoint: str) -> str:
+    """The banner's first steps, in the commands that work in the configured auth mode."""
+    if settings.auth == "token":
+        return f"""Every call needs an API token (ORCH_AUTH=token). Issue one, then use it:
+  .venv/bin/orchestrator token create --project demo --user demo --role member
+  export OS_TOKEN=<the token printed> OS_PROJECT_ID=demo OS_ENDPOINT={endpoint}
+  .venv/bin/cinder --os-auth-type admin_token --os-endpoint {endpoint} create --name vol1 1
+  .venv/bin/orchestrator backup create vol1 --name b1 --wait
+  .venv/bin/orchestrator backup list
+  .venv/bin/orchestrator backup restore b1 --wait
+"""
+    return f"""Try it with the cinder CLI (from this project's virtualenv):
+  export OS_AUTH_TYPE=noauth OS_USER_ID=demo OS_PROJECT_ID=demo CINDER_ENDPOINT={endpoint}
+  .venv/bin/cinder create --name vol1 1
+  .venv/bin/cinder backup-create --name b1 vol1
+  .venv/bin/cinder backup-list
+  .venv/bin/cinder backup-restore --name restored b1
+or follow a backup's progress: .venv/bin/orchestrator backup create vol1 --wait
+"""
 
 
 def _stop_jobs(settings: Settings, node: str, supervisor: Supervisor) -> None:

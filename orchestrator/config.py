@@ -139,6 +139,10 @@ class Settings:
     keystone_token_cache_time: int = 300   # seconds a validated token is trusted; -1: never
     keystone_region_name: str = ""
     keystone_interface: str = "internal"  # which identity endpoint of the catalog validates
+    # TLS for the API (serve.py hands them to granian): a PEM certificate (chain) and its
+    # PKCS#8 PEM key. Both or neither; unset, the API speaks plain HTTP.
+    api_tls_cert: str = ""
+    api_tls_key: str = ""
 
     def __post_init__(self) -> None:
         state = Path(self.state_dir).absolute()
@@ -181,6 +185,13 @@ class Settings:
                        if not getattr(self, name)]
             if missing:
                 raise ValueError(f"ORCH_AUTH=keystone needs {', '.join(missing)}")
+        if bool(self.api_tls_cert) != bool(self.api_tls_key):
+            raise ValueError("ORCH_API_TLS_CERT and ORCH_API_TLS_KEY go together: set both "
+                             "(a PEM certificate and its PKCS#8 key) or neither")
+        for name in ("api_tls_cert", "api_tls_key"):
+            path = getattr(self, name)
+            if path and not os.access(path, os.R_OK):
+                raise ValueError(f"ORCH_{name.upper()}: cannot read {path!r}")
         try:
             make_url(self.database_url)
         except Exception:
@@ -191,6 +202,11 @@ class Settings:
     def admin_set(self) -> frozenset[str]:
         """Names (user or project ids) that are admin in noauth mode."""
         return frozenset(n.strip() for n in self.admin_names.split(",") if n.strip())
+
+    @property
+    def api_scheme(self) -> str:
+        """https when the API serves TLS (ORCH_API_TLS_CERT), else http."""
+        return "https" if self.api_tls_cert else "http"
 
     @property
     def log_dir(self) -> str:

@@ -44,10 +44,13 @@ def free_port() -> int:
 class RedisServer:
     """A redis-server child process; ``url`` is the Celery broker URL for it."""
 
-    def __init__(self, directory: str, *, port: int | None = None, persist: bool = True):
+    def __init__(self, directory: str, *, port: int | None = None, persist: bool = True,
+                 log_path: str | Path | None = None):
         self.dir = Path(directory).absolute()
         self.port = port
         self.persist = persist
+        # Where redis-server logs (`orchestrator run` puts it with the other logs).
+        self.log_path = Path(log_path).absolute() if log_path else self.dir / "redis.log"
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -62,10 +65,11 @@ class RedisServer:
 
     def start(self, timeout: float = 10.0) -> RedisServer:
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         args = [redis_binary(), "--dir", str(self.dir), "--save", "",
                 "--appendonly", "yes" if self.persist else "no",
                 "--maxmemory-policy", "noeviction", "--daemonize", "no",
-                "--logfile", str(self.dir / "redis.log")]
+                "--logfile", str(self.log_path)]
         if self.port:
             args += ["--port", str(self.port), "--bind", "127.0.0.1"]
         else:
@@ -76,7 +80,7 @@ class RedisServer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"redis-server exited with {self.proc.returncode}; see "
-                                   f"{self.dir / 'redis.log'}")
+                                   f"{self.log_path}")
             if self.ping():
                 return self
             time.sleep(0.02)

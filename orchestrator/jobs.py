@@ -110,6 +110,19 @@ def finish(session: Session, job: Job, state: str, *, now: dt.datetime,
     return job_rows.finish(session, job, state, now=now, error=error, owner=owner)
 
 
+def record_progress(session: Session, job_id: str, *, done: int, total: int, skipped: int,
+                    rate: float | None, now: dt.datetime) -> dict:
+    """Write a running job's own progress: ``done`` of ``total`` bytes, of which
+    ``skipped`` were holes or zero ranges (not read or written), ``rate`` the bytes per
+    second actually processed. Returns what was written."""
+    progress = {"bytes_done": int(done), "bytes_total": int(total),
+                "bytes_skipped": int(skipped),
+                "rate_bytes_per_s": round(rate) if rate is not None else None,
+                "updated_at": now.strftime("%Y-%m-%dT%H:%M:%S.%f") + "Z"}
+    job_rows.set_progress(session, job_id, progress)
+    return progress
+
+
 def end_unstarted(session: Session, job: Job, state: str, *, now: dt.datetime,
                   error: str) -> bool:
     """End a job that never ran (queued, or waiting behind another) in ``state``; False if

@@ -1,18 +1,24 @@
-"""Programmatic alembic: `upgrade head` for the CLI, the stack and tests."""
+"""Programmatic alembic: `upgrade head` for the CLI, the stack and tests.
+
+The migrations ship inside the package (orchestrator/migrations), so an installed
+``orchestrator db upgrade`` finds them without a checkout or an alembic.ini; the
+alembic.ini at the top of a checkout points at the same directory for the
+``alembic`` command (revision, history).
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
+from alembic import command
 from alembic.config import Config
 
-from alembic import command
-
-ROOT = Path(__file__).resolve().parent.parent
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
 def alembic_config(url: str) -> Config:
-    cfg = Config(str(ROOT / "alembic.ini"))
-    cfg.set_main_option("script_location", str(ROOT / "alembic"))
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("path_separator", "os")
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     cfg.attributes["configure_logging"] = False
     return cfg

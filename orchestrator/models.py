@@ -293,6 +293,10 @@ class Job(Base):
     history: Mapped[list | None] = mapped_column(JSON)
     # What the job reported when it succeeded (a garbage collection: what it freed).
     result: Mapped[dict | None] = mapped_column(JSON)
+    # The run half's own progress (None until it first reports): bytes_done, bytes_total,
+    # bytes_skipped (holes and zero ranges not read or written), rate_bytes_per_s and
+    # updated_at (ISO 8601 UTC), so a stalled job shows an old updated_at.
+    progress: Mapped[dict | None] = mapped_column(JSON)
     dispatched_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     dispatch_count: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime)

@@ -42,4 +42,11 @@ def api_command(settings: Settings, *, workers: int | None = None,
             "--backlog", "2048",
             "--respawn-failed-workers", "--workers-kill-timeout", str(GRACEFUL_S),
             "--log-level", "warning", "--access-log", "--access-log-fmt", ACCESS_FORMAT,
-            "orchestrator.wsgi:app"]
+            *_tls_args(settings), "orchestrator.wsgi:app"]
+
+
+def _tls_args(settings: Settings) -> list[str]:
+    """granian's TLS options when ORCH_API_TLS_CERT/KEY are set (else none: plain HTTP)."""
+    if not settings.api_tls_cert:
+        return []
+    return ["--ssl-certificate", settings.api_tls_cert, "--ssl-keyfile", settings.api_tls_key]

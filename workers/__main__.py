@@ -87,15 +87,35 @@ class Heartbeat(threading.Thread):
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m workers", description=__doc__.split("\n")[0])
-    parser.add_argument("--host", default=None, help="node name (default: this machine's)")
-    parser.add_argument("--zone", default=None, help="availability zone (default: nova)")
-    parser.add_argument("--concurrency", "-c", type=int, default=2,
-                        help="jobs run at once on this node (prefork processes)")
+    parser = argparse.ArgumentParser(
+        prog="orchestrator worker",
+        description="One storage node: runs the backup and volume jobs queued for this host "
+                    "(queues backup.<host> and volume.<host>) and keeps its cinder-backup and "
+                    "cinder-volume service rows alive. With --maintenance, the control-plane "
+                    "worker instead (reaper, re-sends, reservation expiry; one or more per "
+                    "deployment).",
+        epilog="Everything else comes from the ORCH_* settings the API uses too: "
+               "ORCH_DATABASE_URL, ORCH_BROKER_URL, ORCH_BACKUP_STORE and ORCH_BACKUP_PATH "
+               "(or ORCH_S3_*), ORCH_VOLUME_PATH, ORCH_HEARTBEAT_INTERVAL, ORCH_LEASE_TTL, "
+               "ORCH_LOG_LEVEL. See docs/deployment.md.")
+    parser.add_argument("--host", default=None, metavar="NAME",
+                        help="this node's name, as the API routes jobs to it (default: this "
+                             "machine's short host name, lower-cased)")
+    parser.add_argument("--zone", default=None, metavar="AZ",
+                        help="availability zone the node serves (default: "
+                             "ORCH_DEFAULT_AVAILABILITY_ZONE, nova)")
+    parser.add_argument("--concurrency", "-c", type=int, default=2, metavar="N",
+                        help="jobs run at once on this node, one prefork process each "
+                             "(default: 2)")
     parser.add_argument("--maintenance", action="store_true",
                         help="run the control-plane maintenance worker instead of a storage node")
-    parser.add_argument("--loglevel", "-l", default=None)
-    return parser.parse_args(argv)
+    parser.add_argument("--loglevel", "-l", default=None, type=str.upper,
+                        choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+                        help="log level (default: ORCH_LOG_LEVEL, INFO)")
+    args = parser.parse_args(argv)
+    if args.concurrency < 1:
+        parser.error("--concurrency must be at least 1")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

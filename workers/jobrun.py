@@ -95,8 +95,13 @@ class JobRun:
 
 
 class ProgressRecorder:
-    """Writes the data path's progress to the backup row, at most once per PROGRESS_EVERY_S
-    and always at done == total.
+    """Writes the data path's progress to the job's own row (and, given ``backup_id``, to
+    the backup row: a create's progress stays with its backup), at most once per
+    PROGRESS_EVERY_S and always at done == total.
+
+    The job's rate is of the bytes actually read or written: the holes and zero ranges the
+    data path reports as skipped count as done but not in it (the backup row's rate, kept
+    as it was, is of the bytes covered).
 
     With ``write_first=False`` the first report (0 bytes, at the start) is not written, and
     with ``write_last=False`` neither is the one at done == total: for a caller that has
@@ -104,22 +109,30 @@ class ProgressRecorder:
     completion (``final_rate`` is the rate that report carried).
     """
 
-    def __init__(self, run: JobRun, backup_id: str, *, write_first: bool = True,
+    takes_skipped = True  # the data path passes skipped=... (datapath/progress.py)
+
+    def __init__(self, run: JobRun, backup_id: str | None = None, *, write_first: bool = True,
                  write_last: bool = True):
-        self.db, self.backup_id, self.write_last = run.db, backup_id, write_last
+        self.db, self.job_id = run.db, run.job.id
+        self.backup_id, self.write_last = backup_id, write_last
         self.start = time.monotonic()
         self.last = 0.0 if write_first else self.start
         self.final_rate: float | None = None
 
-    def __call__(self, done: int, total: int) -> None:
+    def __call__(self, done: int, total: int, skipped: int = 0) -> None:
         t = time.monotonic()
         if t - self.last < PROGRESS_EVERY_S and done < total:
             return
-        rate = done / max(t - self.start, 1e-6)
+        elapsed = max(t - self.start, 1e-6)
+        rate = done / elapsed  # the backup row's rate: of the volume covered, as before
         if done >= total:
             self.final_rate = rate
             if not self.write_last:
                 return
         self.last = t
         with self.db.scope() as session:
-            backup_rows.set_progress(session, self.backup_id, done, total, rate)
+            jobs.record_progress(session, self.job_id, done=done, total=total,
+                                 skipped=skipped, rate=max(done - skipped, 0) / elapsed,
+                                 now=utcnow())
+            if self.backup_id is not None:
+                backup_rows.set_progress(session, self.backup_id, done, total, rate)

@@ -91,12 +91,23 @@ def _detail(backup, has_dependents: bool, metadata: dict | None, flags, prefixes
 
 
 def _progress(backup: Backup) -> dict:
-    """Live progress of the backup's running operation (an extension)."""
-    total = backup.progress_total or 0
-    done = backup.progress_bytes or 0
-    return {"bytes_done": done, "bytes_total": total,
+    """Progress of the operation running on the backup (an extension): the running job's
+    own report when it has made one, else what the backup row holds (its create's)."""
+    operation = getattr(backup, "running_op", None)
+    job = getattr(backup, "running_progress", None) if operation else None
+    if job:
+        done, total = job.get("bytes_done") or 0, job.get("bytes_total") or 0
+        rate, skipped, updated = (job.get("rate_bytes_per_s"), job.get("bytes_skipped"),
+                                  job.get("updated_at"))
+    else:
+        total = backup.progress_total or 0
+        done = backup.progress_bytes or 0
+        rate = round(backup.progress_rate) if backup.progress_rate else None
+        skipped = updated = None
+    return {"operation": operation, "bytes_done": done, "bytes_total": total,
+            "bytes_skipped": skipped,
             "percent": round(100.0 * done / total, 1) if total else None,
-            "rate_bytes_per_s": round(backup.progress_rate) if backup.progress_rate else None,
+            "rate_bytes_per_s": rate, "updated_at": updated,
             "stored_bytes": backup.stored_bytes}
 
 

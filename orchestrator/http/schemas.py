@@ -221,6 +221,27 @@ class BackupSummarySchema(ReplySchema):
     links = fields.List(fields.Nested(LinkSchema))
 
 
+class BackupProgressSchema(ReplySchema):
+    """Live progress of the operation on a backup (an extension; clients ignore it)."""
+
+    operation = fields.String(allow_none=True, metadata={
+        "description": "the running job's operation (backup_create, backup_restore, "
+                       "backup_verify); null when none runs: then the create's last report"})
+    bytes_done = fields.Integer(metadata={"description": "bytes of the volume covered, "
+                                                         "holes and zero ranges included"})
+    bytes_total = fields.Integer()
+    bytes_skipped = fields.Integer(allow_none=True, metadata={
+        "description": "of bytes_done, holes and zero ranges neither read nor written"})
+    percent = fields.Float(allow_none=True)
+    rate_bytes_per_s = fields.Integer(allow_none=True, metadata={
+        "description": "of a running job: bytes read or written per second (skipped bytes "
+                       "not counted); of the create's last report: bytes covered per second"})
+    updated_at = fields.String(allow_none=True, metadata={
+        "description": "when the running job last reported (UTC); an old one means a "
+                       "stalled job"})
+    stored_bytes = fields.Integer(allow_none=True)
+
+
 class BackupDetailSchema(ReplySchema):
     id = fields.UUID()
     status = fields.String(metadata={"enum": [s.value for s in BackupStatus
@@ -251,6 +272,7 @@ class BackupDetailSchema(ReplySchema):
         "description": "extension: the backup policy that created it"})
     kept_by = fields.List(fields.String(), allow_none=True, metadata={
         "description": "extension: the rules that kept it at its policy's last prune"})
+    progress = fields.Nested(BackupProgressSchema)
 
 
 class RestoreResultSchema(ReplySchema):

@@ -5,10 +5,13 @@ import functools
 
 from sqlalchemy import JSON
 from sqlalchemy import bindparam
+from sqlalchemy import case
 from sqlalchemy import false
 from sqlalchemy import func
 from sqlalchemy import insert
 from sqlalchemy import literal_column
+from sqlalchemy import null
+from sqlalchemy import or_
 from sqlalchemy import select
 from sqlalchemy import type_coerce
 from sqlalchemy import update
@@ -19,8 +22,11 @@ from sqlalchemy.orm.attributes import set_committed_value
 from orchestrator.db import dialect_of
 from orchestrator.models import Backup
 from orchestrator.models import BackupMetadata
+from orchestrator.models import Job
 from orchestrator.models import Volume
 from orchestrator.states import BackupStatus
+from orchestrator.states import JobState
+from orchestrator.states import VerifyStatus
 
 BACKUPS = Backup.__table__
 _INSERT_BACKUP = insert(BACKUPS)
@@ -57,9 +63,39 @@ def _metadata_column(dialect: str):
     return type_coerce(items, JSON).label("metadata_items")
 
 
+def _sql_text(value: str):
+    """A status constant as an SQL string literal (statuses are plain lower-case words)."""
+    assert value.replace("_", "").replace("-", "").isalpha()
+    return literal_column(f"'{value}'")
+
+
+# A job can run on a backup only while it is in one of these (or being verified).
+_BUSY = (BackupStatus.CREATING, BackupStatus.RESTORING, BackupStatus.DELETING)
+
+
+@functools.cache
+def _running_job_columns() -> tuple:
+    """The operation and own progress of the job running on the backup (NULLs when none),
+    built once: two probes of ix_jobs_resource for a backup that is busy, none for the
+    settled backups that fill most pages."""
+    jobs = Job.__table__
+    # The constants are written into the SQL text (no bound or expanding parameters to
+    # process on every execution of a cached statement).
+    running = (jobs.c.resource_id == BACKUPS.c.id, jobs.c.state == _sql_text(JobState.RUNNING))
+    busy = or_(BACKUPS.c.status.in_([_sql_text(s) for s in _BUSY]),
+               BACKUPS.c.verify_status == _sql_text(VerifyStatus.VERIFYING))
+
+    def newest(column):
+        probe = (select(column).where(*running).order_by(jobs.c.started_at.desc())
+                 .limit(literal_column("1")).scalar_subquery())
+        return case((busy, probe), else_=null())
+    return (newest(jobs.c.op).label("running_op"),
+            type_coerce(newest(jobs.c.progress), JSON).label("running_progress"))
+
+
 def view_columns(session, with_metadata: bool) -> tuple:
     """Columns a backup view reads beside the table's own."""
-    extra = (_has_dependents_column(),)
+    extra = (_has_dependents_column(), *_running_job_columns())
     if with_metadata:
         extra += (_metadata_column(dialect_of(session).name),)
     return extra
@@ -68,7 +104,8 @@ def view_columns(session, with_metadata: bool) -> tuple:
 @functools.cache
 def _show_statement(scoped: bool, dialect: str, with_metadata: bool):
     """The one-row read of a backup, built once per shape."""
-    extra = (_has_dependents_column(),) + ((_metadata_column(dialect),) if with_metadata else ())
+    extra = (_has_dependents_column(), *_running_job_columns()) + \
+        ((_metadata_column(dialect),) if with_metadata else ())
     query = select(*BACKUPS.c, *extra).where(BACKUPS.c.id == bindparam("backup_id"),
                                              BACKUPS.c.deleted.is_(False))
     if scoped:

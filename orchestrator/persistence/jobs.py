@@ -109,3 +109,13 @@ def append_history(session: Session, job: Job, event: dict) -> None:
     session.execute(update(Job).where(Job.id == job.id).values(history=history)
                     .execution_options(synchronize_session=False))
     set_committed_value(job, "history", history)
+
+
+_SET_PROGRESS = (update(Job).where(Job.id == bindparam("job_id"))
+                 .values(progress=bindparam("progress"))
+                 .execution_options(synchronize_session=False))
+
+
+def set_progress(session: Session, job_id: str, progress: dict) -> None:
+    """Write a running job's own progress (see Job.progress)."""
+    session.execute(_SET_PROGRESS, {"job_id": job_id, "progress": progress})

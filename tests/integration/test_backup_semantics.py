@@ -213,8 +213,12 @@ def _running(db, backup_id: str, op: str):
     def check():
         with db.scope(write=False) as s:
             job = s.scalar(select(Job).where(Job.resource_id == backup_id, Job.op == op))
-            b = s.get(Backup, backup_id)
-            return job is not None and job.state == "running" and (b.progress_bytes or 0) > 0
+            if job is None or job.state != "running":
+                return False
+            # The job's own progress: the backup row's is its create's (a restore's or a
+            # verify's reports are the job's alone).
+            return ((job.progress or {}).get("bytes_done") or 0) > 0 or (
+                op == "backup_create" and (s.get(Backup, backup_id).progress_bytes or 0) > 0)
     return check
 
 

@@ -319,8 +319,7 @@ def backup(store: ObjectStore, config: DriverConfig, source_path: str, *, backup
     except BaseException:
         delete_quietly(store, ref)
         raise
-    if progress is not None:
-        progress(size_bytes, size_bytes)
+    pipeline.ticker.report(size_bytes, force=True)  # the end, once the manifest is stored
     new_objects = [*pipeline.packs, *pipeline.index_objects]
     return BackupResult(
         container=ref.container, prefix=ref.prefix, object_count=len(new_objects) + 1,
@@ -385,9 +384,13 @@ class _BackupPipeline:
         self._io_pool = ThreadPoolExecutor(config.io_threads, thread_name_prefix="bk-io")
         pending = self._pending
         blocks_per_segment = config.blocks_per_segment
+        scan_end = 0  # where the last data extent handed to the scan ended
         try:
             for offset, length in segment_tasks(self.fd, self.size, config.block_size,
                                                 config.segment_size):
+                if offset > scan_end:
+                    ticker.skip(offset - scan_end)  # a hole: never read
+                scan_end = offset + length
                 if ticker.should_cancel(offset):
                     raise BackupCancelled("backup cancelled")
                 while pending and self._inflight + length > config.max_inflight_bytes:
@@ -412,6 +415,8 @@ class _BackupPipeline:
                 self._consume_one()
             if ticker.should_cancel(self.size, force=True):
                 raise BackupCancelled("backup cancelled")
+            if self.size > scan_end:
+                ticker.skip(self.size - scan_end)
         except BaseException:
             for item in pending:
                 item.future.cancel()

@@ -9,6 +9,9 @@ import time
 from collections.abc import Callable
 
 ProgressCallback = Callable[[int, int], object]
+# A callback with a true ``takes_skipped`` attribute is called as
+# ``progress(done, total, skipped=n)``: n of the done bytes were holes or zero ranges
+# that were not read or written (so a rate over them would flatter the job).
 CancelledCallback = Callable[[], bool]
 
 
@@ -24,6 +27,8 @@ class ProgressTicker:
         self.byte_interval = byte_interval
         self.time_interval = time_interval
         self.done = 0
+        self.skipped = 0
+        self._with_skipped = bool(getattr(progress, "takes_skipped", False))
         self._reported_bytes = -1
         self._reported_at = 0.0
         self._checked_bytes = 0
@@ -40,7 +45,14 @@ class ProgressTicker:
                 or now - self._reported_at >= self.time_interval):
             self._reported_bytes = self.done
             self._reported_at = now
-            self.progress(self.done, self.total)
+            if self._with_skipped:
+                self.progress(self.done, self.total, skipped=self.skipped)
+            else:
+                self.progress(self.done, self.total)
+
+    def skip(self, length: int) -> None:
+        """Count ``length`` of the bytes done as skipped (a hole, a zero range)."""
+        self.skipped += length
 
     def should_cancel(self, position: int | None = None, force: bool = False) -> bool:
         """Whether the caller asked to cancel; asks ``cancelled`` only when it is due."""

@@ -327,6 +327,7 @@ def restore(store: ObjectStore, config: DriverConfig, ref: tuple[str, str], targ
                 raise VolumeIOError(f"cannot zero target range at {offset}: {e}") from e
             counters.zeroed_bytes += length
         counters.skipped_bytes += length
+        ticker.skip(length)
         ticker.report(counters.skipped_bytes + counters.bytes_written)
         if ticker.should_cancel():
             raise BackupCancelled("restore cancelled")

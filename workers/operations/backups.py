@@ -119,7 +119,7 @@ class BackupRestoreRun(RunHalf):
             volumes.create_volume(volume.id, volume.size)  # idempotent: volume_create made it
         backup_driver(run.settings).restore(
             BackupRef(backup.container, backup.service_metadata), volumes.volume_path(volume.id),
-            target_is_zeroed=params.volume_is_new, progress=ProgressRecorder(run, backup.id),
+            target_is_zeroed=params.volume_is_new, progress=ProgressRecorder(run),
             cancelled=run.cancelled)
 
 
@@ -204,7 +204,7 @@ class BackupVerifyRun(RunHalf):
             raise RuntimeError(f"backup {run.job.resource_id} has no data to verify")
         result = backup_driver(run.settings).verify(
             BackupRef(backup.container, backup.service_metadata),
-            progress=ProgressRecorder(run, backup.id), cancelled=run.cancelled)
+            progress=ProgressRecorder(run), cancelled=run.cancelled)
         if result.ok:
             message = (f"verified {result.objects_checked} objects, {result.blocks_checked} "
                        f"blocks ({result.stored_bytes_checked} stored bytes) of a chain of "

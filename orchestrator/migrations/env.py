@@ -1,10 +1,10 @@
 """Alembic environment: migrations for the orchestrator's models."""
 from logging.config import fileConfig
 
+from alembic import context
 from sqlalchemy import create_engine
 from sqlalchemy import pool
 
-from alembic import context
 from orchestrator.config import Settings
 from orchestrator.models import Base
 
