@@ -281,6 +281,9 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(Text)
     # Events besides the state: each in-place retry of a transient failure (None: none).
     history: Mapped[list | None] = mapped_column(JSON)
+    # The x-openstack-request-id of the request that created the job (or of the job that
+    # created it): on every log line of the worker that runs it, and in Flower.
+    request_id: Mapped[str | None] = mapped_column(String(64))
     dispatched_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     dispatch_count: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime)

@@ -15,8 +15,10 @@ import logging
 
 from celery import Celery
 from celery import shared_task
+from celery import signals
 from celery.schedules import schedule
 
+from orchestrator import logs
 from orchestrator import maintenance
 from orchestrator.config import Settings
 from orchestrator.dispatch import Publisher
@@ -68,6 +70,14 @@ def make_celery(settings: Settings) -> Celery:
     app.conf.orchestrator_settings = settings
 
     return app
+
+
+@signals.setup_logging.connect(weak=False)
+def _configure_logging(loglevel=None, **_) -> None:
+    """Celery's processes (workers, beat) log as every other one: ORCH_LOG_FORMAT lines with
+    the request id, instead of Celery's own text set-up."""
+    settings = Settings.from_env()
+    logs.configure(loglevel or settings.log_level, settings.log_format)
 
 
 def settings_of(app: Celery) -> Settings:
