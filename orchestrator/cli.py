@@ -23,6 +23,8 @@ from orchestrator.db import utcnow
 from orchestrator.embedded import RedisServer
 from orchestrator.migrate import upgrade
 from orchestrator.serve import api_command
+from orchestrator.serve import api_environment
+from orchestrator.serve import without_metrics_dir
 from orchestrator.supervisor import StateDirBusy
 from orchestrator.supervisor import StateDirLock
 from orchestrator.supervisor import Supervisor
@@ -59,7 +61,8 @@ def db_upgrade(revision: str) -> None:
 def api(workers: int | None) -> None:
     """Serve the HTTP API with granian on ORCH_API_HOST:ORCH_API_PORT."""
     settings = Settings.load()
-    os.execvpe(sys.executable, api_command(settings, workers=workers), _env(settings))
+    os.execvpe(sys.executable, api_command(settings, workers=workers),
+               {**_env(settings), **api_environment(settings)})
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
@@ -85,13 +88,36 @@ def _beat_args(settings: Settings) -> list[str]:
 
 @main.command()
 @click.option("--port", default=5555, type=int)
-def flower(port: int) -> None:
-    """Flower on 127.0.0.1 against the configured broker."""
+@click.option("--address", default="127.0.0.1", show_default=True)
+def flower(port: int, address: str) -> None:
+    """Flower against the configured broker (FLOWER_BASIC_AUTH or OAuth to open its API)."""
     settings = Settings.load()
-    env = _env(settings)
-    env.setdefault("FLOWER_UNAUTHENTICATED_API", "true")
-    os.execvpe(sys.executable, [sys.executable, "-m", "celery", "-A", "orchestrator.celery_app",
-                                "flower", "--address=127.0.0.1", f"--port={port}"], env)
+    os.execvpe(sys.executable, flower_command(port, address), flower_env(_env(settings)))
+
+
+def flower_command(port: int, address: str = "127.0.0.1") -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "orchestrator.celery_app", "flower",
+            f"--address={address}", f"--port={port}"]
+
+
+# Flower's own variables pass through as they are (FLOWER_BASIC_AUTH, FLOWER_AUTH,
+# FLOWER_AUTH_PROVIDER, FLOWER_OAUTH2_KEY/SECRET/REDIRECT_URI, ...); ORCH_FLOWER_* spell the
+# same with this service's prefix and win over them.
+FLOWER_ALIASES = ("BASIC_AUTH", "AUTH", "AUTH_PROVIDER", "OAUTH2_KEY", "OAUTH2_SECRET",
+                  "OAUTH2_REDIRECT_URI", "COOKIE_SECRET", "UNAUTHENTICATED_API")
+
+
+def flower_env(env: dict) -> dict:
+    """Flower's environment: authentication options passed through, and its HTTP API
+    (which can shut workers down and revoke tasks) closed to the unauthenticated unless
+    FLOWER_UNAUTHENTICATED_API says otherwise."""
+    env = dict(env)
+    for name in FLOWER_ALIASES:
+        value = env.get(f"ORCH_FLOWER_{name}")
+        if value is not None:
+            env[f"FLOWER_{name}"] = value
+    env.setdefault("FLOWER_UNAUTHENTICATED_API", "false")
+    return env
 
 
 @main.command()
@@ -116,12 +142,17 @@ def run(host: str | None, zone: str) -> None:
         settings.broker_url = redis.url
     upgrade(settings.database_url)
     node = f"worker@{host}"
-    supervisor = Supervisor(_env(settings), lambda line: click.echo(line, err=True))
-    supervisor.add("api", api_command(settings), logs / "api.log")
+    env = without_metrics_dir(_env(settings))  # each server keeps its metrics apart
+    supervisor = Supervisor(env, lambda line: click.echo(line, err=True))
+    supervisor.add("api", api_command(settings), logs / "api.log",
+                   env={**env, **api_environment(settings)})
     supervisor.add("worker", [sys.executable, "-m", "workers", "--host", host, "--zone", zone],
                    logs / "worker.log")
+    # One metrics port per machine: the storage worker's (the maintenance worker's health
+    # shows in the API's service list as cinder-scheduler).
     supervisor.add("maintenance", [sys.executable, "-m", "workers", "--maintenance",
-                                   "--host", host], logs / "maintenance.log")
+                                   "--host", host, "--metrics-port", "0"],
+                   logs / "maintenance.log")
     supervisor.add("beat", _beat_args(settings), logs / "beat.log")
 
     stopping = {"flag": False}
@@ -134,7 +165,7 @@ def run(host: str | None, zone: str) -> None:
     endpoint = f"http://{settings.api_host}:{settings.api_port}/v3"
     click.echo(f"""
 Backup orchestrator running (state in {state}, logs in {logs}):
-  redis        {settings.broker_url}{'' if redis else ' (external)'}
+  redis        {without_password(settings.broker_url)}{'' if redis else ' (external)'}
   database     {without_password(settings.database_url)}
   api          {endpoint}   pid {supervisor.pid('api')}
   worker       host {host}, zone {zone}   pid {supervisor.pid('worker')}
@@ -211,7 +242,8 @@ def _token_db():
     settings = Settings.load()
     db = get_database(settings.database_url)
     if not inspect(db.engine).has_table("api_tokens"):
-        raise click.ClickException(f"{settings.database_url} has no api_tokens table; run "
+        raise click.ClickException(f"{without_password(settings.database_url)} has no "
+                                   "api_tokens table; run "
                                    "`orchestrator db upgrade` first.")
     return db
 

@@ -129,6 +129,7 @@ def configure(level: str | int = "INFO", fmt: str = "json", stream=None) -> None
     handler._orchestrator = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
+    logging.captureWarnings(True)  # a library's warning is a log line like any other
 
 
 def configure_from(settings, level: str | None = None) -> None:

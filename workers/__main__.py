@@ -193,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
 
     app.worker_main([
+        # JSON logs: no text banner on stdout (the "ready" line says what it said).
+        *(["--quiet"] if settings.log_format == "json" else []),
         "worker", "-n", nodename, "-Q", ",".join(queues), "-P", "prefork",
         "-c", str(args.concurrency), "-E", "--without-mingle", "--without-gossip",
         "-l", loglevel,

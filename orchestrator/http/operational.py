@@ -26,6 +26,7 @@ from orchestrator.http.auth import authenticate
 
 bp = Blueprint("operational", __name__)
 access_log = logging.getLogger("orchestrator.access")
+log = logging.getLogger(__name__)
 
 
 @bp.get("/metrics")
@@ -59,6 +60,9 @@ def _is_admin(settings) -> bool:
         context = authenticate(request, settings, current_app.extensions["orch_db"], None,
                                g.request_id)
     except errors.OrchestratorError:
+        return False
+    except Exception:  # the token store is the database, which may be what is down
+        log.warning("healthcheck: could not check the caller's credentials", exc_info=True)
         return False
     return context.is_admin
 
