@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 import signal
 import sys
@@ -14,6 +15,7 @@ from sqlalchemy import inspect
 
 from orchestrator import errors
 from orchestrator import jobs
+from orchestrator import logs as log_setup
 from orchestrator import tokens
 from orchestrator.config import Settings
 from orchestrator.config import default_host
@@ -25,6 +27,7 @@ from orchestrator.migrate import upgrade
 from orchestrator.serve import api_command
 from orchestrator.serve import api_environment
 from orchestrator.serve import without_metrics_dir
+from orchestrator.serve import worker_environment
 from orchestrator.supervisor import StateDirBusy
 from orchestrator.supervisor import StateDirLock
 from orchestrator.supervisor import Supervisor
@@ -82,7 +85,8 @@ def beat() -> None:
 
 
 def _beat_args(settings: Settings) -> list[str]:
-    return [sys.executable, "-m", "celery", "-A", "orchestrator.celery_app", "beat",
+    return [sys.executable, "-m", "celery", "-A", "orchestrator.celery_app",
+            *(["--quiet"] if settings.log_format == "json" else []), "beat",
             "-s", str(Path(settings.state_dir) / "beat-schedule"), "-l", "WARNING"]
 
 
@@ -127,6 +131,7 @@ def run(host: str | None, zone: str) -> None:
     """Run the whole stack on one machine: Redis, API, worker, maintenance worker, beat."""
 
     settings = Settings.load()
+    log_setup.configure_from(settings)  # the supervisor's own lines (restarts, exits)
     state = Path(settings.state_dir)
     try:  # before anything else: a second stack must not touch the first one's socket
         lock = StateDirLock(state).acquire()
@@ -143,11 +148,11 @@ def run(host: str | None, zone: str) -> None:
     upgrade(settings.database_url)
     node = f"worker@{host}"
     env = without_metrics_dir(_env(settings))  # each server keeps its metrics apart
-    supervisor = Supervisor(env, lambda line: click.echo(line, err=True))
+    supervisor = Supervisor(env, logging.getLogger("orchestrator.supervisor").warning)
     supervisor.add("api", api_command(settings), logs / "api.log",
                    env={**env, **api_environment(settings)})
     supervisor.add("worker", [sys.executable, "-m", "workers", "--host", host, "--zone", zone],
-                   logs / "worker.log")
+                   logs / "worker.log", env={**env, **worker_environment(settings, node)})
     # One metrics port per machine: the storage worker's (the maintenance worker's health
     # shows in the API's service list as cinder-scheduler).
     supervisor.add("maintenance", [sys.executable, "-m", "workers", "--maintenance",

@@ -62,3 +62,9 @@ def without_metrics_dir(env: dict[str, str]) -> dict[str, str]:
     """``env`` for a process that must choose its own metrics directory."""
     return {k: v for k, v in env.items() if k != metrics.MULTIPROC_ENV and
             k != metrics.MULTIPROC_ENV.lower()}
+
+
+def worker_environment(settings: Settings, nodename: str) -> dict[str, str]:
+    """A storage worker's metrics directory, as it would choose it itself (which saves it
+    running itself a second time to pick it up)."""
+    return {metrics.MULTIPROC_ENV: str(metrics.multiproc_dir(settings, nodename))}
