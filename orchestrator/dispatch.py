@@ -29,6 +29,8 @@ RUN_JOB = "orchestrator.tasks.run_job"
 def task_name(op: str) -> str:
     """The Celery task that runs jobs of operation ``op``: the operation's name."""
     return op
+
+
 PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2,
                  "interval_max": 0.5}
 

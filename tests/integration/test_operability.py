@@ -168,7 +168,7 @@ def test_healthcheck_is_503_when_the_broker_or_the_database_is_gone(settings):
         server.stop()
 
 
-def test_worker_health_and_metrics_on_its_port(settings, client, worker):
+def test_worker_health_and_metrics_on_its_port(settings, db, client, worker):
     base = f"http://127.0.0.1:{worker.metrics_port}"
     r = requests.get(base + "/healthcheck", timeout=10)
     assert r.status_code == 200, r.text
@@ -200,6 +200,16 @@ def test_worker_health_and_metrics_on_its_port(settings, client, worker):
         == 1024 * MiB
     assert 0 < got[("orchestrator_worker_job_bytes_total",
                     (("direction", "stored"), create))] < 1024 * MiB
+    # The failed job's task is a FAILURE raised once, after the job ended: an expected
+    # exception (one line, no traceback), not retried.
+    with db.scope(write=False) as s:
+        job = s.scalars(select(Job).where(Job.resource_id == failed["id"])).one()
+    assert (job.state, job.attempt) == ("failed", 1)
+    wait_for(lambda: f"backup_create[{job.id}] raised expected: JobFailed" in worker.log,
+             timeout=10, what="Celery's line for the failed task")
+    assert worker.log.count(f"backup_create[{job.id}] raised") == 1
+    assert worker.log.count(f"backup_create[{job.id}] received") == 1
+    assert "Traceback" not in worker.log
     # A volume_create ran too, and nothing names a volume, a backup or a project.
     text = requests.get(base + "/metrics", timeout=10).text
     for secret in (vol["id"], backup["id"], "demo"):
@@ -263,10 +273,12 @@ def test_state_gauges_count_stale_volumes_and_backups_by_status(settings, db, cl
         assert got[("orchestrator_backups", (("status", "available"),))] >= 1
         assert got[("orchestrator_backup_stale_after_seconds", ())] == 3600
         assert got[("orchestrator_newest_available_backup_age_seconds", ())] < 600
-        with db.scope() as s:  # both volumes two hours old; the backup as well
-            two_hours_ago = utcnow() - dt.timedelta(hours=2)
+        two_hours_ago = utcnow() - dt.timedelta(hours=2)
+        with db.scope() as s:  # both volumes two hours old: only the one never backed up
             for vid in (fresh["id"], old["id"]):
                 s.get(Volume, vid).created_at = two_hours_ago
+        assert gauges()[("orchestrator_volumes_without_recent_backup", ())] == 1
+        with db.scope() as s:  # and the backup two hours old as well: both
             for b in s.scalars(select(Backup).where(Backup.volume_id == fresh["id"])):
                 b.created_at = two_hours_ago
                 b.data_timestamp = two_hours_ago
