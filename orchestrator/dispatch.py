@@ -14,6 +14,7 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 
 from orchestrator import errors
 from orchestrator import jobs as jobs_mod
+from orchestrator.config import without_password
 from orchestrator.db import utcnow
 from orchestrator.models import Job
 
@@ -54,7 +55,8 @@ class Publisher:
                                task_id=job.id, queue=job.queue, routing_key=job.queue,
                                ignore_result=True, retry=True, retry_policy=PUBLISH_RETRY)
         except (KombuOperationalError, OSError, ConnectionError) as exc:
-            raise errors.BrokerUnavailable(str(exc) or exc.__class__.__name__) from exc
+            raise errors.BrokerUnavailable(without_password(str(exc)) or
+                                           exc.__class__.__name__) from exc
 
 
 def dispatch(db, publisher: Publisher, jobs: Iterable[Job], *, undo_on_failure: bool) -> None:

@@ -11,6 +11,7 @@ so Celery logs it as one line, without a traceback.
 from __future__ import annotations
 
 from celery import shared_task
+from celery import signals
 
 from orchestrator import logs
 from orchestrator import operations
@@ -41,3 +42,19 @@ _OPTIONS = dict(bind=True, acks_late=False, ignore_result=True, throws=(JobFaile
 TASKS = {name: shared_task(name=task_name(name), **_OPTIONS)(run_job)
          for name in sorted(operations.REGISTRY)}
 TASKS[RUN_JOB] = shared_task(name=RUN_JOB, **_OPTIONS)(run_job)
+
+
+@signals.task_prerun.connect(weak=False)
+def _bind_ids(task_id=None, task=None, kwargs=None, **_) -> None:
+    """From the task's start to its end, Celery's own lines about it (``succeeded in``,
+    ``raised expected``) carry the job and request ids too, not only the manager's."""
+    if task is not None and task.name in TASKS:
+        logs.REQUEST_ID.set(logs.valid_request_id((kwargs or {}).get("request_id")))
+        logs.JOB_ID.set(task_id)
+
+
+@signals.task_postrun.connect(weak=False)
+def _unbind_ids(task=None, **_) -> None:
+    if task is not None and task.name in TASKS:
+        logs.REQUEST_ID.set(None)
+        logs.JOB_ID.set(None)

@@ -81,6 +81,8 @@ def test_a_request_id_follows_the_backup_into_every_worker_line(settings, db, cl
     assert any("started" in line["message"] for line in of_job), of_job
     assert any(line["message"].endswith("succeeded") for line in of_job), of_job
     assert of_job and all(line.get("request_id") == rid for line in of_job), of_job
+    # Celery's own line about the task, in the pool process, too.
+    assert any(f"backup_create[{job.id}] succeeded" in line["message"] for line in of_job)
     # Lines that mention the job elsewhere in the worker are not about running it, and no
     # line of this job lost its request id.
     assert not [line for line in lines if line.get("request_id") == rid and
