@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import datetime as dt
-import json
 import logging
 import re
 import sys
+import time
 import uuid
 from collections.abc import Iterator
+
+import orjson
 
 from orchestrator.config import without_password
 
@@ -82,8 +83,8 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
-            "ts": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(
-                timespec="milliseconds").replace("+00:00", "Z"),
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
             "message": without_password(record.getMessage()),
@@ -103,7 +104,7 @@ class JsonFormatter(logging.Formatter):
             entry["exc"] = without_password(self.formatException(record.exc_info))
         elif record.exc_text:
             entry["exc"] = without_password(record.exc_text)
-        return json.dumps(entry, ensure_ascii=False, default=str)
+        return orjson.dumps(entry, default=str).decode()
 
 
 class TextFormatter(logging.Formatter):
@@ -130,6 +131,10 @@ def configure(level: str | int = "INFO", fmt: str = "json", stream=None) -> None
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
     logging.captureWarnings(True)  # a library's warning is a log line like any other
+    # Neither is written on a line: not computing them for every record saves a third of
+    # a record's cost (the API writes one per request).
+    logging.logThreads = False
+    logging.logMultiprocessing = False
 
 
 def configure_from(settings, level: str | None = None) -> None:

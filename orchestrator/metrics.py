@@ -74,11 +74,18 @@ REQUEST_SECONDS = Histogram(f"{PREFIX}_api_request_duration_seconds",
                             "status.", ["route", "method", "status"], buckets=LATENCY_BUCKETS)
 
 
+_REQUEST_SERIES: dict[tuple[str, str, int], tuple] = {}  # bounded: routes x methods x codes
+
+
 def observe_request(route: str, method: str, status: int, seconds: float) -> None:
     """Count one answered request (``route`` is its URL rule, never its URL)."""
-    code = str(status)
-    REQUESTS.labels(route, method, code).inc()
-    REQUEST_SECONDS.labels(route, method, code).observe(seconds)
+    series = _REQUEST_SERIES.get((route, method, status))
+    if series is None:
+        code = str(status)
+        series = _REQUEST_SERIES[(route, method, status)] = (
+            REQUESTS.labels(route, method, code), REQUEST_SECONDS.labels(route, method, code))
+    series[0].inc()
+    series[1].observe(seconds)
 
 
 # ----------------------------------------------------------------------------- multiprocess
