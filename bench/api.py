@@ -49,6 +49,7 @@ from orchestrator.models import Job  # noqa: E402
 from orchestrator.models import Volume  # noqa: E402
 from orchestrator.models import new_id  # noqa: E402
 from orchestrator.serve import api_command  # noqa: E402
+from orchestrator.serve import api_environment  # noqa: E402
 
 PROJECT = "demo"
 LOAD = None  # path of api_load.py, found in main()
@@ -213,10 +214,13 @@ class Stack:
 
     def start(self) -> Stack:
         env = {**os.environ, **self.settings.as_env()}
-        self.procs.append(self._spawn(api_command(self.settings), env, "api.log"))
+        # As `orchestrator run` serves them: the API's metrics shared by its processes, the
+        # worker's on a port of its own.
+        self.procs.append(self._spawn(api_command(self.settings),
+                                      {**env, **api_environment(self.settings)}, "api.log"))
         self.procs.append(self._spawn(
             [sys.executable, "-m", "workers", "--host", self.host, "-c", "1", "-l", "WARNING"],
-            env, "worker.log"))
+            {**env, "ORCH_WORKER_METRICS_PORT": str(free_port())}, "worker.log"))
         import requests
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

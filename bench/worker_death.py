@@ -34,6 +34,7 @@ from orchestrator.db import utcnow  # noqa: E402
 from orchestrator.dispatch import Publisher  # noqa: E402
 from orchestrator.dispatch import dispatch  # noqa: E402
 from orchestrator.embedded import RedisServer  # noqa: E402
+from orchestrator.embedded import free_port  # noqa: E402
 from orchestrator.migrate import upgrade  # noqa: E402
 from orchestrator.models import Backup  # noqa: E402
 from orchestrator.models import Volume  # noqa: E402
@@ -69,16 +70,16 @@ def main() -> None:
     db = get_database(settings.database_url)
     publisher = Publisher(make_celery(settings))
     ctx = RequestContext("bench", "bench")
-    procs = [spawn([sys.executable, "-m", "workers", "--maintenance", "--host", "control"], env,
-                   tmp / "maintenance.log"),
+    procs = [spawn([sys.executable, "-m", "workers", "--maintenance", "--host", "control",
+                    "--metrics-port", "0"], env, tmp / "maintenance.log"),
              spawn([sys.executable, "-m", "celery", "-A", "orchestrator.celery_app", "beat",
                     "-s", str(tmp / "beat")], env, tmp / "beat.log")]
     times = []
     try:
         for round_no in range(args.rounds):
             host = f"victim-{round_no}"
-            worker = spawn([sys.executable, "-m", "workers", "--host", host, "-c", "1"], env,
-                           tmp / f"{host}.log")
+            worker = spawn([sys.executable, "-m", "workers", "--host", host, "-c", "1",
+                            "--metrics-port", str(free_port())], env, tmp / f"{host}.log")
             procs.append(worker)
             wait(lambda: " ready: queues " in (tmp / f"{host}.log").read_text(), 60, 0.1)
             wait(lambda: _host_up(db, settings, host), 30, 0.1)

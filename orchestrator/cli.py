@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 import signal
 import sys
@@ -14,6 +15,7 @@ from sqlalchemy import inspect
 
 from orchestrator import errors
 from orchestrator import jobs
+from orchestrator import logs as log_setup
 from orchestrator import storage as store_rules
 from orchestrator import tokens
 from orchestrator.cli_backup import backup as backup_commands
@@ -30,6 +32,9 @@ from orchestrator.embedded import RedisServer
 from orchestrator.migrate import upgrade
 from orchestrator.models import Job
 from orchestrator.serve import api_command
+from orchestrator.serve import api_environment
+from orchestrator.serve import without_metrics_dir
+from orchestrator.serve import worker_environment
 from orchestrator.supervisor import StateDirBusy
 from orchestrator.supervisor import StateDirLock
 from orchestrator.supervisor import Supervisor
@@ -71,7 +76,8 @@ def db_upgrade(revision: str) -> None:
 def api(workers: int | None) -> None:
     """Serve the HTTP API with granian on ORCH_API_HOST:ORCH_API_PORT."""
     settings = Settings.load()
-    os.execvpe(sys.executable, api_command(settings, workers=workers), _env(settings))
+    os.execvpe(sys.executable, api_command(settings, workers=workers),
+               {**_env(settings), **api_environment(settings)})
 
 
 @main.command(context_settings={"ignore_unknown_options": True}, add_help_option=False)
@@ -91,23 +97,48 @@ def beat() -> None:
 
 
 def _beat_args(settings: Settings) -> list[str]:
-    return [sys.executable, "-m", "celery", "-A", "orchestrator.celery_app", "beat",
+    return [sys.executable, "-m", "celery", "-A", "orchestrator.celery_app",
+            *(["--quiet"] if settings.log_format == "json" else []), "beat",
             "-s", str(Path(settings.state_dir) / "beat-schedule"), "-l", "WARNING"]
 
 
 @main.command()
 @click.option("--port", default=5555, type=int)
-def flower(port: int) -> None:
-    """Flower on 127.0.0.1 against the configured broker."""
+@click.option("--address", default="127.0.0.1", show_default=True)
+def flower(port: int, address: str) -> None:
+    """Flower against the configured broker (FLOWER_BASIC_AUTH or OAuth to open its API)."""
     settings = Settings.load()
-    env = _env(settings)
-    env.setdefault("FLOWER_UNAUTHENTICATED_API", "true")
     log = Path(settings.log_dir) / "flower.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    click.echo(f"Flower on http://127.0.0.1:{port} (log: {log})")
-    os.execvpe(sys.executable, [sys.executable, "-m", "celery", "-A", "orchestrator.celery_app",
-                                "flower", "--address=127.0.0.1", f"--port={port}",
-                                f"--log_file_prefix={log}"], env)
+    click.echo(f"Flower on http://{address}:{port} (log: {log})")
+    os.execvpe(sys.executable, flower_command(port, address, log), flower_env(_env(settings)))
+
+
+def flower_command(port: int, address: str = "127.0.0.1", log_file: Path | None = None
+                   ) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "orchestrator.celery_app", "flower",
+            f"--address={address}", f"--port={port}",
+            *([f"--log_file_prefix={log_file}"] if log_file else [])]
+
+
+# Flower's own variables pass through as they are (FLOWER_BASIC_AUTH, FLOWER_AUTH,
+# FLOWER_AUTH_PROVIDER, FLOWER_OAUTH2_KEY/SECRET/REDIRECT_URI, ...); ORCH_FLOWER_* spell the
+# same with this service's prefix and win over them.
+FLOWER_ALIASES = ("BASIC_AUTH", "AUTH", "AUTH_PROVIDER", "OAUTH2_KEY", "OAUTH2_SECRET",
+                  "OAUTH2_REDIRECT_URI", "COOKIE_SECRET", "UNAUTHENTICATED_API")
+
+
+def flower_env(env: dict) -> dict:
+    """Flower's environment: authentication options passed through, and its HTTP API
+    (which can shut workers down and revoke tasks) closed to the unauthenticated unless
+    FLOWER_UNAUTHENTICATED_API says otherwise."""
+    env = dict(env)
+    for name in FLOWER_ALIASES:
+        value = env.get(f"ORCH_FLOWER_{name}")
+        if value is not None:
+            env[f"FLOWER_{name}"] = value
+    env.setdefault("FLOWER_UNAUTHENTICATED_API", "false")
+    return env
 
 
 @main.command()
@@ -117,6 +148,7 @@ def run(host: str | None, zone: str) -> None:
     """Run the whole stack on one machine: Redis, API, worker, maintenance worker, beat."""
 
     settings = Settings.load()
+    log_setup.configure_from(settings)  # the supervisor's own lines (restarts, exits)
     state = Path(settings.state_dir)
     try:  # before anything else: a second stack must not touch the first one's socket
         lock = StateDirLock(state).acquire()
@@ -132,12 +164,17 @@ def run(host: str | None, zone: str) -> None:
         settings.broker_url = redis.url
     upgrade(settings.database_url)
     node = f"worker@{host}"
-    supervisor = Supervisor(_env(settings), lambda line: click.echo(line, err=True))
-    supervisor.add("api", api_command(settings), logs / "api.log")
+    env = without_metrics_dir(_env(settings))  # each server keeps its metrics apart
+    supervisor = Supervisor(env, logging.getLogger("orchestrator.supervisor").warning)
+    supervisor.add("api", api_command(settings), logs / "api.log",
+                   env={**env, **api_environment(settings)})
     supervisor.add("worker", [sys.executable, "-m", "workers", "--host", host, "--zone", zone],
-                   logs / "worker.log")
+                   logs / "worker.log", env={**env, **worker_environment(settings, node)})
+    # One metrics port per machine: the storage worker's (the maintenance worker's health
+    # shows in the API's service list as cinder-scheduler).
     supervisor.add("maintenance", [sys.executable, "-m", "workers", "--maintenance",
-                                   "--host", host], logs / "maintenance.log")
+                                   "--host", host, "--metrics-port", "0"],
+                   logs / "maintenance.log")
     supervisor.add("beat", _beat_args(settings), logs / "beat.log")
 
     stopping = {"flag": False}
@@ -150,7 +187,7 @@ def run(host: str | None, zone: str) -> None:
     endpoint = default_endpoint({}, settings)
     click.echo(f"""
 Backup orchestrator running (state in {state}, logs in {logs}):
-  redis        {settings.broker_url}{'' if redis else ' (external)'}
+  redis        {without_password(settings.broker_url)}{'' if redis else ' (external)'}
   database     {without_password(settings.database_url)}
   api          {endpoint}   pid {supervisor.pid('api')}
   worker       host {host}, zone {zone}   pid {supervisor.pid('worker')}
@@ -242,7 +279,8 @@ def _token_db():
     settings = Settings.load()
     db = get_database(settings.database_url)
     if not inspect(db.engine).has_table("api_tokens"):
-        raise click.ClickException(f"{settings.database_url} has no api_tokens table; run "
+        raise click.ClickException(f"{without_password(settings.database_url)} has no "
+                                   "api_tokens table; run "
                                    "`orchestrator db upgrade` first.")
     return db
 

@@ -43,6 +43,7 @@ CHOICES = {
     "auth": ("noauth", "token", "keystone"),
     "log_level": ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
     "keystone_interface": ("public", "internal", "admin"),
+    "log_format": ("json", "text"),
 }
 _LARGE = 2**31 - 1
 BOUNDS = (
@@ -58,15 +59,26 @@ BOUNDS = (
     ("policy_tick_interval", 0.1, 3600), ("policy_tick_pause", 0, 60),
     ("policy_tick_threads", 1, 64),
     ("keystone_token_cache_time", -1, 86400),
+    ("worker_metrics_port", 0, 65535), ("backup_stale_after", 60, 86400 * 365),
+    ("health_timeout", 0.1, 60),
 )
 KEYSTONE_REQUIRED = ("keystone_auth_url", "keystone_username", "keystone_password",
                      "keystone_project_name")
 BROKER_SCHEMES = ("redis", "rediss", "redis+socket", "amqp", "amqps", "pyamqp", "memory")
 
 
+_USERINFO_PASSWORD = re.compile(r"(://[^:/@\s]*:)\S*@")
+_QUERY_PASSWORD = re.compile(r"([?&;](?:password|passwd|pwd|secret)=)[^&;\s]*", re.IGNORECASE)
+
+
 def without_password(url: str) -> str:
-    """A URL as it may be printed: any password replaced by ***."""
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+    """A URL (or a text holding URLs) as it may be printed: every password replaced by ***.
+
+    The user-info password runs to the last ``@`` of the URL, so a password holding an
+    unescaped ``@`` or ``/`` is masked whole; a ``password=`` query parameter is masked
+    too. Masking too much is harmless; masking too little is not.
+    """
+    return _QUERY_PASSWORD.sub(r"\1***", _USERINFO_PASSWORD.sub(r"\1***@", url))
 
 
 @dataclass
@@ -143,6 +155,23 @@ class Settings:
     # PKCS#8 PEM key. Both or neither; unset, the API speaks plain HTTP.
     api_tls_cert: str = ""
     api_tls_key: str = ""
+    log_format: str = "json"        # json (one object per line) | text (development)
+    worker_metrics_port: int = 9106  # a worker's /metrics and /healthcheck; 0: off
+    worker_metrics_host: str = "127.0.0.1"
+    backup_stale_after: float = 86400.0  # a volume's newest good backup older: stale
+    health_timeout: float = 2.0     # seconds each /healthcheck probe may take
+
+    def __repr__(self) -> str:
+        """Never the secrets: URLs masked, the S3 secret key left out."""
+        shown = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("s3_secret_key", "keystone_password"):
+                value = "***" if value else ""
+            elif isinstance(value, str) and "://" in value:
+                value = without_password(value)
+            shown.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
 
     def __post_init__(self) -> None:
         state = Path(self.state_dir).absolute()
@@ -168,7 +197,8 @@ class Settings:
         """
         for name, allowed in CHOICES.items():
             value = getattr(self, name)
-            if (value.upper() if name == "log_level" else value) not in allowed:
+            if (value.upper() if name == "log_level" else value.lower() if name == "log_format"
+                    else value) not in allowed:
                 raise ValueError(f"ORCH_{name.upper()} must be one of {', '.join(allowed)} "
                                  f"(not {value!r})")
         for name, low, high in BOUNDS:

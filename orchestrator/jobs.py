@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm import aliased
 
 from orchestrator import operations
+from orchestrator.logs import current_request_id
 from orchestrator.models import Job
 from orchestrator.models import new_id
 from orchestrator.operations import Operation
@@ -54,7 +55,8 @@ def _job_values(op: Operation, *, resource_id: str, host: str, project_id: str |
                 created_at=now, attempt=0,
                 max_attempts=RESUMABLE_ATTEMPTS if op.resumable else 1,
                 cancel_requested=False, dispatch_count=0,
-                dispatched_at=now if state == JobState.QUEUED else None)
+                dispatched_at=now if state == JobState.QUEUED else None,
+                request_id=current_request_id())
 
 
 def create(session: Session, op: str, *, resource_id: str, host: str, project_id: str | None,

@@ -297,6 +297,9 @@ class Job(Base):
     # bytes_skipped (holes and zero ranges not read or written), rate_bytes_per_s and
     # updated_at (ISO 8601 UTC), so a stalled job shows an old updated_at.
     progress: Mapped[dict | None] = mapped_column(JSON)
+    # The x-openstack-request-id of the request that created the job (or of the job that
+    # created it): on every log line of the worker that runs it, and in Flower.
+    request_id: Mapped[str | None] = mapped_column(String(64))
     dispatched_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     dispatch_count: Mapped[int] = mapped_column(Integer, default=0, nullable=False)
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime)

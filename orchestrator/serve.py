@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import sys
 
+from orchestrator import metrics
 from orchestrator.config import Settings
 
 GRACEFUL_S = 10
@@ -41,7 +42,11 @@ def api_command(settings: Settings, *, workers: int | None = None,
             "--http1-keep-alive" if settings.api_keepalive else "--no-http1-keep-alive",
             "--backlog", "2048",
             "--respawn-failed-workers", "--workers-kill-timeout", str(GRACEFUL_S),
-            "--log-level", "warning", "--access-log", "--access-log-fmt", ACCESS_FORMAT,
+            "--log-level", "warning",
+            # JSON: the application writes the access line (with the request id); text:
+            # granian's own line.
+            *(["--access-log", "--access-log-fmt", ACCESS_FORMAT]
+              if settings.log_format == "text" else []),
             *_tls_args(settings), "orchestrator.wsgi:app"]
 
 
@@ -50,3 +55,23 @@ def _tls_args(settings: Settings) -> list[str]:
     if not settings.api_tls_cert:
         return []
     return ["--ssl-certificate", settings.api_tls_cert, "--ssl-keyfile", settings.api_tls_key]
+
+
+def api_environment(settings: Settings, *, bind: str | None = None) -> dict[str, str]:
+    """What the API's processes need in their environment besides the settings: a fresh
+    PROMETHEUS_MULTIPROC_DIR of their own, so /metrics sums every granian worker."""
+    port = _split_bind(bind)[1] if bind else str(settings.api_port)
+    path = metrics.fresh_multiproc_dir(metrics.multiproc_dir(settings, f"api-{port}"))
+    return {metrics.MULTIPROC_ENV: str(path)}
+
+
+def without_metrics_dir(env: dict[str, str]) -> dict[str, str]:
+    """``env`` for a process that must choose its own metrics directory."""
+    return {k: v for k, v in env.items() if k != metrics.MULTIPROC_ENV and
+            k != metrics.MULTIPROC_ENV.lower()}
+
+
+def worker_environment(settings: Settings, nodename: str) -> dict[str, str]:
+    """A storage worker's metrics directory, as it would choose it itself (which saves it
+    running itself a second time to pick it up)."""
+    return {metrics.MULTIPROC_ENV: str(metrics.multiproc_dir(settings, nodename))}

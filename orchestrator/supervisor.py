@@ -66,6 +66,7 @@ class Child:
     name: str
     args: list[str]
     log_path: Path
+    env: dict | None = None  # None: the supervisor's
     proc: subprocess.Popen | None = None
     started_at: float = 0.0
     restart_at: float | None = None
@@ -78,14 +79,15 @@ class Supervisor:
         self.env, self.report = env, report
         self.children: dict[str, Child] = {}
 
-    def add(self, name: str, args: list[str], log_path: Path) -> Child:
-        child = self.children[name] = Child(name, args, log_path)
+    def add(self, name: str, args: list[str], log_path: Path,
+            env: dict | None = None) -> Child:
+        child = self.children[name] = Child(name, args, log_path, env)
         self._start(child)
         return child
 
     def _start(self, child: Child) -> None:
         with open(child.log_path, "ab") as log:  # the child keeps its own descriptor
-            child.proc = subprocess.Popen(child.args, env=self.env, stdout=log,
+            child.proc = subprocess.Popen(child.args, env=child.env or self.env, stdout=log,
                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                           start_new_session=True)
         child.started_at = time.monotonic()

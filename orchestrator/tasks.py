@@ -15,8 +15,10 @@ import logging
 
 from celery import Celery
 from celery import shared_task
+from celery import signals
 from celery.schedules import schedule
 
+from orchestrator import logs
 from orchestrator import maintenance
 from orchestrator.config import Settings
 from orchestrator.dispatch import Publisher
@@ -84,6 +86,14 @@ def make_celery(settings: Settings) -> Celery:
 
 def _gc_round(settings: Settings) -> float:
     return max(1.0, min(settings.gc_interval or 3600.0, 300.0))
+
+
+@signals.setup_logging.connect(weak=False)
+def _configure_logging(loglevel=None, **_) -> None:
+    """Celery's processes (workers, beat) log as every other one: ORCH_LOG_FORMAT lines with
+    the request id, instead of Celery's own text set-up."""
+    settings = Settings.from_env()
+    logs.configure(loglevel or settings.log_level, settings.log_format)
 
 
 def settings_of(app: Celery) -> Settings:

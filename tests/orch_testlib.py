@@ -13,6 +13,8 @@ import requests
 
 from orchestrator.config import Settings
 from orchestrator.embedded import free_port
+from orchestrator.metrics import MULTIPROC_ENV
+from orchestrator.metrics import multiproc_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -104,7 +106,13 @@ class WorkerProcess:
                 "-c", str(concurrency)]
         if maintenance:
             args.append("--maintenance")
-        full_env = {**os.environ, **settings.as_env(), **(env or {})}
+        # Each worker its own free metrics port, and its metrics directory set as the
+        # worker would set it (which saves it a second start).
+        self.metrics_port = free_port()
+        node = f"{'maintenance' if maintenance else 'worker'}@{host}"
+        full_env = {**os.environ, **settings.as_env(),
+                    "ORCH_WORKER_METRICS_PORT": str(self.metrics_port),
+                    MULTIPROC_ENV: str(multiproc_dir(settings, node)), **(env or {})}
         self.proc = subprocess.Popen(args, cwd=str(ROOT), env=full_env,
                                      stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT,
                                      start_new_session=True)
@@ -199,12 +207,15 @@ class ApiProcess:
     def __init__(self, settings: Settings, workers: int = 4):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, **settings.as_env(), "ORCH_API_PORT": str(self.port)}
+        from orchestrator.serve import api_command
+        from orchestrator.serve import api_environment
+        bind = f"127.0.0.1:{self.port}"
+        env = {**os.environ, **settings.as_env(), "ORCH_API_PORT": str(self.port),
+               **api_environment(settings, bind=bind)}
         self.log_path = Path(settings.state_dir) / f"api-{self.port}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        from orchestrator.serve import api_command
         self.proc = subprocess.Popen(
-            api_command(settings, workers=workers, bind=f"127.0.0.1:{self.port}"),
+            api_command(settings, workers=workers, bind=bind),
             cwd=str(ROOT), env=env,
             stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
 

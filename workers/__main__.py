@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import threading
 import time
@@ -20,6 +21,8 @@ from celery import signals
 
 from orchestrator import __version__
 from orchestrator import hosts
+from orchestrator import logs
+from orchestrator import metrics as control_metrics
 from orchestrator.config import Settings
 from orchestrator.config import default_host
 from orchestrator.config import normalise_host
@@ -31,7 +34,8 @@ from orchestrator.jobs import queue_for
 from orchestrator.tasks import MAINTENANCE_QUEUE
 from orchestrator.tasks import make_celery
 from workers import manager
-from workers import tasks as _job_task  # noqa: F401  (registers the job task on every app)
+from workers import metrics
+from workers import tasks as _job_tasks  # noqa: F401  (registers the job tasks on every app)
 
 log = logging.getLogger("workers")
 
@@ -112,20 +116,39 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--loglevel", "-l", default=None, type=str.upper,
                         choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
                         help="log level (default: ORCH_LOG_LEVEL, INFO)")
+    parser.add_argument("--metrics-port", type=int, default=None,
+                        help="port of /metrics and /healthcheck (default: "
+                             "ORCH_WORKER_METRICS_PORT, 9106; 0: none)")
     args = parser.parse_args(argv)
     if args.concurrency < 1:
         parser.error("--concurrency must be at least 1")
     return args
 
 
+def _metrics_dir_or_reexec(settings: Settings, nodename: str, argv: list[str]) -> None:
+    """Make this process (and its pool) keep metrics in its own, fresh multiprocess directory.
+
+    prometheus_client picks its storage when first imported, from
+    PROMETHEUS_MULTIPROC_DIR: when that is not this node's directory yet, set it and run
+    again (once); a launcher that sets it (the tests) saves the second start.
+    """
+    wanted = control_metrics.multiproc_dir(settings, nodename)
+    if os.environ.get(control_metrics.MULTIPROC_ENV) != str(wanted):
+        os.environ[control_metrics.MULTIPROC_ENV] = str(wanted)
+        os.execv(sys.executable, [sys.executable, "-m", "workers", *argv])
+    # Nothing of this process is in it yet (every worker metric has labels, so no file is
+    # opened before a job runs): what is there is a previous run's.
+    control_metrics.fresh_multiproc_dir(wanted)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
     settings = Settings.load("python -m workers")
     host = normalise_host(args.host) if args.host else default_host()
     zone = args.zone or settings.default_availability_zone
     loglevel = (args.loglevel or settings.log_level).upper()
-    logging.basicConfig(level=loglevel, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = make_celery(settings)
+    logs.configure(loglevel, settings.log_format)
     if args.maintenance:
         queues = [MAINTENANCE_QUEUE]
         binaries = [hosts.SCHEDULER_BINARY]
@@ -134,7 +157,24 @@ def main(argv: list[str] | None = None) -> int:
         queues = [queue_for("backup", host), queue_for("volume", host)]
         binaries = [hosts.BACKUP_BINARY, hosts.VOLUME_BINARY]
         nodename = f"worker@{host}"
+    metrics_port = settings.worker_metrics_port if args.metrics_port is None \
+        else args.metrics_port
+    if metrics_port:
+        _metrics_dir_or_reexec(settings, nodename, argv)
+    app = make_celery(settings)
     heartbeat = Heartbeat(settings, host, zone, binaries)
+    status = metrics.NodeStatus(nodename)
+    server = None
+    if metrics_port:
+        try:
+            server = metrics.MetricsServer(settings, get_database(settings.database_url), app,
+                                           status, host=settings.worker_metrics_host,
+                                           port=metrics_port).start()
+            log.info("%s: /metrics and /healthcheck on %s:%d", nodename,
+                     settings.worker_metrics_host, server.port)
+        except OSError as exc:  # the node still works; its operator is told why it is dark
+            log.error("%s: no /metrics or /healthcheck, port %s:%d: %s", nodename,
+                      settings.worker_metrics_host, metrics_port, exc)
 
     @signals.worker_process_init.connect(weak=False)
     def _child_init(**_):
@@ -158,13 +198,23 @@ def main(argv: list[str] | None = None) -> int:
     @signals.worker_ready.connect(weak=False)
     def _ready(**_):
         heartbeat.start()
+        status.ready = True
         log.info("%s ready: queues %s, zone %s", nodename, ",".join(queues), zone)
+
+    @signals.worker_shutting_down.connect(weak=False)
+    def _stopping(**_):
+        status.stopping = True
 
     @signals.worker_shutdown.connect(weak=False)
     def _shutdown(**_):
+        status.stopping = True
         heartbeat.stop()
+        if server is not None:
+            server.stop()
 
     app.worker_main([
+        # JSON logs: no text banner on stdout (the "ready" line says what it said).
+        *(["--quiet"] if settings.log_format == "json" else []),
         "worker", "-n", nodename, "-Q", ",".join(queues), "-P", "prefork",
         "-c", str(args.concurrency), "-E", "--without-mingle", "--without-gossip",
         "-l", loglevel,

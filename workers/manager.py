@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy.exc import DBAPIError
 
 from orchestrator import jobs
+from orchestrator import logs
 from orchestrator import operations
 from orchestrator.config import Settings
 from orchestrator.db import Database
@@ -28,6 +29,7 @@ from orchestrator.dispatch import dispatch
 from orchestrator.models import Job
 from orchestrator.persistence import jobs as job_rows
 from orchestrator.states import JobState
+from workers import metrics
 from workers.datapath import BackupCancelled
 from workers.datapath import DataPathError
 from workers.datapath import StoreError
@@ -48,12 +50,25 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
+class Ending(str):
+    """A job's terminal state as ``run_job`` returns it (compares as the state string),
+    with the public reason of a failure (None otherwise)."""
+
+    reason: str | None
+
+    def __new__(cls, state: str, reason: str | None = None) -> Ending:
+        ending = super().__new__(cls, state)
+        ending.reason = reason
+        return ending
+
+
 def run_job(settings: Settings, job_id: str, *, owner: str,
-            publisher: Publisher | None = None) -> str:
+            publisher: Publisher | None = None) -> Ending:
     """Execute one job to a terminal state; returns that state (or 'skipped').
 
     ``publisher`` sends the jobs that follow this one (a chained delete, the
     restore after its volume): the running worker's own app, never a new one.
+    While the job runs, every log line carries its id and its request id.
     """
     db = get_database(settings.database_url)
     prepared = prepare_error = None
@@ -63,21 +78,33 @@ def run_job(settings: Settings, job_id: str, *, owner: str,
             op = operations.get(job.op)
             runner = RUNNERS[job.op]
             try:
-                params = op.params(job)
-                # In the claim's transaction: one commit fewer, and what it reads the run
-                # half does not read again.
-                prepared = runner.prepare(session, job, params)
+                with logs.bound(job.request_id or logs.current_request_id(), job.id):
+                    params = op.params(job)
+                    # In the claim's transaction: one commit fewer, and what it reads the
+                    # run half does not read again.
+                    prepared = runner.prepare(session, job, params)
             except DBAPIError:
                 raise  # the claim is rolled back with it: the job stays queued for a re-send
             except Exception as exc:  # the claim commits, and the job fails below
                 prepare_error = exc
     if job is None:
         log.info("job %s is not queued (duplicate delivery, cancelled or done): skipped", job_id)
-        return "skipped"
+        return Ending("skipped")
+    with logs.bound(job.request_id or logs.current_request_id(), job.id):
+        return _run_claimed(settings, db, job, op, runner, params, prepared, prepare_error,
+                            owner=owner, publisher=publisher)
+
+
+def _run_claimed(settings: Settings, db: Database, job: Job, op, runner, params, prepared,
+                 prepare_error: Exception | None, *, owner: str,
+                 publisher: Publisher | None) -> Ending:
     lease = Lease(db, job.id, owner, settings.lease_ttl)
     lease.start()
     log.info("job %s %s on %s: started (attempt %d)", job.id, job.op, job.resource_id,
              job.attempt)
+    metrics.job_started(job.op)
+    started = time.monotonic()
+    outcome = None
     try:
         try:
             if prepare_error is not None:
@@ -85,16 +112,18 @@ def run_job(settings: Settings, job_id: str, *, owner: str,
             run = JobRun(settings, db, job, owner, lease, prepared)
             outcome = _run_with_retries(run, op, runner, params)
             state, follow_ups = _complete(run, op, params, outcome)
+            reason = None
         except Exception as exc:
-            state, follow_ups = _fail(db, job, op, exc, owner)
+            state, follow_ups, reason = _fail(db, job, op, exc, owner)
     finally:
         lease.stop()
+    metrics.job_finished(job.op, state, time.monotonic() - started, outcome)
     if follow_ups and publisher is not None:
         dispatch(db, publisher, follow_ups, undo_on_failure=False)
     elif follow_ups:  # no broker at hand (tests): the reaper's re-send delivers them
         log.warning("job %s: %d follow-up job(s) left for the re-send", job.id, len(follow_ups))
     log.info("job %s %s: %s", job.id, job.op, state)
-    return state
+    return Ending(state, reason)
 
 
 def _run_with_retries(run: JobRun, op, runner, params) -> Any:
@@ -142,7 +171,8 @@ def _complete(run: JobRun, op, params, outcome) -> tuple[str, list[Job]]:
         return JobState.SUCCEEDED, follow_ups + ([nxt] if nxt else [])
 
 
-def _fail(db: Database, job: Job, op, exc: Exception, owner: str) -> tuple[str, list[Job]]:
+def _fail(db: Database, job: Job, op, exc: Exception,
+          owner: str) -> tuple[str, list[Job], str]:
     cancelled = isinstance(exc, (JobCancelled, BackupCancelled))
     state = JobState.CANCELLED if cancelled else JobState.FAILED
     if cancelled:
@@ -159,8 +189,8 @@ def _fail(db: Database, job: Job, op, exc: Exception, owner: str) -> tuple[str, 
         # this one meanwhile.
         if jobs.finish(session, job, state, now=utcnow(), error=detail, owner=owner):
             return state, jobs.on_failure(session, job, reason, now=utcnow(),
-                                          cancelled=cancelled)
-    return state, []
+                                          cancelled=cancelled), reason
+    return state, [], reason
 
 
 # Failures whose message is meant for people: the data path's, and the run halves' own

@@ -34,11 +34,15 @@ def volume_backend(settings: Settings) -> FileVolumeBackend:
 
 
 def store_args(settings: Settings) -> tuple[str, dict]:
-    """The configured store: its kind and make_store's arguments."""
+    """The configured store: its kind and make_store's arguments.
+
+    Unset S3 keys are None, not "": boto3 then finds credentials its own way
+    (environment, shared profile, instance or container role).
+    """
     if settings.backup_store == "s3":
         return "s3", dict(endpoint_url=settings.s3_endpoint_url or None,
-                          bucket=settings.s3_bucket, access_key=settings.s3_access_key,
-                          secret_key=settings.s3_secret_key, region=settings.s3_region)
+                          bucket=settings.s3_bucket, access_key=settings.s3_access_key or None,
+                          secret_key=settings.s3_secret_key or None, region=settings.s3_region)
     return "posix", dict(path=settings.backup_path)
 
 

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import logging
-import uuid
 
 from flask import Flask
 from flask import g
 from flask import request
 
 from orchestrator import errors
+from orchestrator import logs
 from orchestrator import policy
 from orchestrator.config import Settings
 from orchestrator.db import get_database
@@ -19,6 +19,7 @@ from orchestrator.http import backups
 from orchestrator.http import faults
 from orchestrator.http import limits
 from orchestrator.http import openapi
+from orchestrator.http import operational
 from orchestrator.http import quotas
 from orchestrator.http import services
 from orchestrator.http import snapshots
@@ -81,6 +82,7 @@ def create_app(settings: Settings | None = None, *, celery_app=None) -> Flask:
     transaction.init_app(app)
     public = register_routes(app)
     app.register_blueprint(openapi.bp)
+    operational.init_app(app)
 
     def versioned() -> bool:
         """Whether this request is a /v3 API call (not version discovery)."""
@@ -88,7 +90,11 @@ def create_app(settings: Settings | None = None, *, celery_app=None) -> Flask:
 
     @app.before_request
     def _begin():
-        g.request_id = f"req-{uuid.uuid4()}"
+        # The caller's id when it is one (req-<uuid>); anything else is replaced, never
+        # echoed. Bound for the request: its log lines and the jobs it creates carry it.
+        g.request_id = (logs.valid_request_id(request.headers.get("X-OpenStack-Request-ID"))
+                        or logs.new_request_id())
+        logs.REQUEST_ID.set(g.request_id)
         g.api_version = None
         g.url_project = None
         if not versioned():
@@ -108,7 +114,7 @@ def create_app(settings: Settings | None = None, *, celery_app=None) -> Flask:
 
     @app.after_request
     def _headers(response):
-        rid = g.get("request_id") or f"req-{uuid.uuid4()}"
+        rid = g.get("request_id") or logs.new_request_id()
         response.headers["x-openstack-request-id"] = rid
         response.headers["x-compute-request-id"] = rid
         if versioned():
@@ -119,4 +125,8 @@ def create_app(settings: Settings | None = None, *, celery_app=None) -> Flask:
 
     if settings.auth == "keystone":
         app.wsgi_app = keystone_middleware(app.wsgi_app, settings)
+    @app.teardown_request
+    def _unbind(exc):
+        logs.REQUEST_ID.set(None)
+
     return app

@@ -3,6 +3,7 @@ rest keeps serving, a job whose process dies ends within seconds, a second stack
 same state directory is refused, and Ctrl-C leaves no job in a transient state."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -35,7 +36,7 @@ class Stack:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
         env.update({"ORCH_STATE_DIR": str(state), "ORCH_API_PORT": str(port),
                     "ORCH_BACKUP_COMPRESSION": "zlib", "ORCH_HEARTBEAT_INTERVAL": "1",
-                    "ORCH_API_WORKERS": "1"})
+                    "ORCH_API_WORKERS": "1", "ORCH_WORKER_METRICS_PORT": str(free_port())})
         self.env = env
         self.out = state.parent / f"run-{port}.out"
         with open(self.out, "ab") as out:
@@ -53,7 +54,8 @@ class Stack:
         return int(re.findall(rf"^  {name} .*pid (\d+)$", self.text(), re.M)[-1])
 
     def restarted_pid(self, name: str) -> int:
-        return int(re.findall(rf"^{name} restarted \(pid (\d+)\)$", self.text(), re.M)[-1])
+        # A line of the supervisor's log (JSON or text): "<name> restarted (pid N)".
+        return int(re.findall(rf"\b{name} restarted \(pid (\d+)\)", self.text())[-1])
 
     def ready(self) -> bool:
         try:
@@ -147,6 +149,26 @@ def test_killing_the_jobs_pool_process_ends_the_backup_at_once(stack):
     result = _ended(stack, backup_id, volume_id, within=15)
     assert "died" in result["backup"]["fail_reason"], result
     assert os.path.exists(f"/proc/{worker}")  # the worker itself goes on
+
+
+def test_the_stack_serves_metrics_and_health_and_logs_json(stack):
+    """The API's /metrics and /healthcheck on its port, the worker's on
+    ORCH_WORKER_METRICS_PORT; every process's log lines are JSON."""
+    api = f"http://127.0.0.1:{stack.port}"
+    node = f"http://127.0.0.1:{stack.env['ORCH_WORKER_METRICS_PORT']}"
+    r = requests.get(api + "/healthcheck", timeout=10)
+    assert (r.status_code, r.text) == (200, "OK\n")
+    assert "orchestrator_services" in requests.get(api + "/metrics", timeout=10).text
+    r = requests.get(node + "/healthcheck", timeout=10)
+    assert r.status_code == 200 and r.json()["node"] == "worker@stacknode"
+    assert "orchestrator_worker_jobs_in_flight" in requests.get(node + "/metrics",
+                                                                timeout=10).text
+    logs = stack.state / "logs"
+    for name in ("api", "worker", "maintenance"):
+        lines = [line for line in (logs / f"{name}.log").read_text().splitlines()
+                 if line.startswith("{")]
+        assert lines, name
+        assert all(json.loads(line)["level"] for line in lines)
 
 
 def test_a_second_stack_on_the_same_state_directory_is_refused(stack, tmp_path):

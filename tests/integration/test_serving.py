@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import time
@@ -51,9 +52,18 @@ def test_workers_threads_keepalive_respawn_access_log_and_graceful_stop(settings
         assert r.status_code == 200, r.text
         assert r.headers["Connection"].lower() == "close"  # ORCH_API_KEEPALIVE=false
         assert r.headers["x-openstack-request-id"].startswith("req-")
-        # The access line is written asynchronously: wait for it before a worker is killed
-        # (a SIGKILLed worker takes its unwritten lines with it).
-        _wait_for(lambda: '"GET /v3/backups HTTP/1.1" 200' in api.log_path.read_text())
+        # The access line (JSON, written by the application with the request id): wait for
+        # it before a worker is killed (a SIGKILLed worker takes its unwritten lines along).
+        rid = r.headers["x-openstack-request-id"]
+
+        def access_line():
+            for line in api.log_path.read_text().splitlines():
+                if line.startswith("{") and rid in line:
+                    return json.loads(line)
+            return None
+        line = _wait_for(access_line)
+        assert (line["logger"], line["method"], line["path"], line["status"]) == (
+            "orchestrator.access", "GET", "/v3/backups", 200)
 
         # A worker that dies is replaced, and the API answers again once it is.
         victim = min(workers)

@@ -22,6 +22,9 @@ from orchestrator.config import without_password
     ("ORCH_BACKUP_USE_SAME_HOST", "perhaps", "not a boolean"),
     ("ORCH_BROKER_URL", "http://user:hunter2@example.invalid/", "ORCH_BROKER_URL"),
     ("ORCH_DATABASE_URL", "not a url", "not a database URL"),
+    ("ORCH_LOG_FORMAT", "xml", "must be one of json, text"),
+    ("ORCH_WORKER_METRICS_PORT", "70000", "between 0 and 65535"),
+    ("ORCH_BACKUP_STALE_AFTER", "1", "between 60"),
 ])
 def test_a_bad_value_is_refused_naming_its_variable(tmp_path, variable, value, needle):
     with pytest.raises(ValueError) as err:

@@ -20,6 +20,7 @@ from orchestrator.states import BackupStatus
 from orchestrator.states import VolumeStatus
 from workers.datapath import BackupRef
 from workers.datapath import ChunkedDriver
+from workers.datapath import RestoreResult
 from workers.datapath.format import FORMAT_VERSION
 from workers.datapath.refs import backup_prefix
 from workers.faults import crash_point
@@ -105,7 +106,7 @@ class BackupCreateRun(RunHalf):
 class BackupRestoreRun(RunHalf):
     operation = "backup_restore"
 
-    def run(self, run: JobRun, params: BackupRestoreParams) -> None:
+    def run(self, run: JobRun, params: BackupRestoreParams) -> RestoreResult:
         with run.db.scope(write=False) as session:
             backup = session.get(Backup, run.job.resource_id)
             volume = session.get(Volume, params.volume_id)
@@ -117,7 +118,9 @@ class BackupRestoreRun(RunHalf):
         volumes = volume_backend(run.settings)
         if params.volume_is_new:
             volumes.create_volume(volume.id, volume.size)  # idempotent: volume_create made it
-        backup_driver(run.settings).restore(
+        # The control half's completion needs nothing of it; the worker's metrics count
+        # the bytes it read and wrote.
+        return backup_driver(run.settings).restore(
             BackupRef(backup.container, backup.service_metadata), volumes.volume_path(volume.id),
             target_is_zeroed=params.volume_is_new, progress=ProgressRecorder(run),
             cancelled=run.cancelled)

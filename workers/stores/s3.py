@@ -61,9 +61,11 @@ class S3Store(ObjectStore):
                         retries={"max_attempts": retries, "mode": "standard"},
                         connect_timeout=connect_timeout, read_timeout=read_timeout,
                         s3={"addressing_style": "path"})
+        # An empty key is no key: boto3's own chain (environment, profile, instance role)
+        # finds the credentials, instead of signing with "".
         self._client = boto3.session.Session().client(
-            "s3", endpoint_url=endpoint_url, aws_access_key_id=access_key,
-            aws_secret_access_key=secret_key, region_name=region, config=config)
+            "s3", endpoint_url=endpoint_url, aws_access_key_id=access_key or None,
+            aws_secret_access_key=secret_key or None, region_name=region, config=config)
         if create_bucket:
             try:
                 self._client.create_bucket(Bucket=bucket)
