@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark of the backup data path (workers/datapath) on a POSIX store.
 
-    bench/datapath.py [--size-mib 1024] [--runs 3] [--workdir DIR] [--keep]
+    bench/datapath.py [--size-mib 1024] [--runs 3] [--workdir DIR] [--keep] [--quick]
 
 Makes the images with volume_workload.py (base, and a copy with one 4 KiB page
 changed in 1 % of the 32 KiB blocks), then runs, each --runs times, a full
@@ -11,7 +11,21 @@ of a 1 TiB sparse volume holding the base image's content.  Every backup and
 restore runs in a fresh child process, which reports its own elapsed time and
 peak RSS.  Throughputs are logical volume bytes per second (MiB/s).
 
-The last line printed is one JSON object with the medians.
+Then, in the same run:
+
+* ``peak_rss_mib_by_size``: peak RSS of a full backup of a volume of 1, 4 and 16
+  times --size-mib (keys: the sizes in MiB), each the base image tiled that
+  many times (holes kept), so the data grows with the volume;
+* ``concurrent4_ratio``: 4 full backups of the base image in 4 processes at once
+  (one store, as on one node): their aggregate throughput ÷ that of one backup
+  alone, run side by side (median over --runs); ``concurrent4_rss_mib``: the
+  sum of the 4 processes' peak RSS;
+* ``limit_ratio``: full_mib_s ÷ 2 / (1/sha256_mib_s + 1/zstd1_mib_s), the
+  single-thread kernel figures measured on the same data in this run.
+
+``--quick`` runs everything small (256 MiB, one run, sizes ×1/×2/×4) to check
+the script. The last line printed is one JSON object with the medians; it also
+holds the load average before and after (the machine may be shared).
 """
 import argparse
 import hashlib
@@ -68,6 +82,7 @@ def child(spec):
     from workers.datapath import ChunkedDriver
     from workers.stores import make_store
     drv = ChunkedDriver(make_store("posix", path=spec["store"]), **spec.get("options", {}))
+    wall0 = time.time()
     t0 = time.perf_counter()
     if spec["op"] == "backup":
         parent = BackupRef(*spec["parent"]) if spec.get("parent") else None
@@ -84,17 +99,28 @@ def child(spec):
     else:
         raise SystemExit(f"unknown op {spec['op']}")
     out["elapsed_s"] = time.perf_counter() - t0
+    out["t_start"], out["t_end"] = wall0, time.time()
     out["maxrss_mib"] = peak_rss_mib()
     print(json.dumps(out))
 
 
 def run_child(spec):
+    return run_children([spec])[0]
+
+
+def run_children(specs):
+    """Run the specs in child processes at the same time; their outputs, in order."""
     os.sync()    # no writeback of earlier steps competes with the measured one
-    p = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)],
-                       capture_output=True, text=True)
-    if p.returncode != 0:
-        raise RuntimeError(f"child failed: {p.stderr[-3000:]}")
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "--child",
+                               json.dumps(spec)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for spec in specs]
+    outs = []
+    for p in procs:
+        stdout, stderr = p.communicate()
+        if p.returncode != 0:
+            raise RuntimeError(f"child failed: {stderr[-3000:]}")
+        outs.append(json.loads(stdout.strip().splitlines()[-1]))
+    return outs
 
 
 # --------------------------------------------------------------------------- limits
@@ -166,6 +192,35 @@ def make_sparse_tib(base, dst, pieces=16):
                     s += n
 
 
+def make_tiled(base, dst, copies):
+    """A volume of ``copies`` times the base image, each copy the base's content at
+    k * its size (holes stay holes)."""
+    from workers.datapath.volume_io import data_extents
+    size = os.path.getsize(base)
+    with open(base, "rb") as src, open(dst, "wb") as out:
+        out.truncate(copies * size)
+        sfd, ofd = src.fileno(), out.fileno()
+        extents = list(data_extents(sfd, size))
+        for k in range(copies):
+            for offset, length in extents:
+                done = 0
+                while done < length:
+                    n = os.copy_file_range(sfd, ofd, length - done, offset + done,
+                                           k * size + offset + done)
+                    if n <= 0:
+                        raise OSError("copy_file_range copied nothing")
+                    done += n
+    return copies * size
+
+
+def sql_side_figures(work, options):
+    """The figures that need the control plane's reference counting: delete_middle_s
+    (delete of a middle backup of a 10-deep chain), gc_s, gc_objects_freed and
+    gc_bytes_freed (GC of a store holding 100 backups). Measured by the control
+    plane's GC job, which this data-path benchmark does not run: added there."""
+    return {}
+
+
 def sha256_file(path, size):
     h = hashlib.sha256()
     with open(path, "rb", buffering=0) as f:
@@ -192,16 +247,26 @@ def main():
     ap.add_argument("--level", type=int, default=None)
     ap.add_argument("--skip-sparse", action="store_true")
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--quick", action="store_true",
+                    help="small sizes and one run, to check the script")
+    ap.add_argument("--rss-multiples", default="1,4,16",
+                    help="volume sizes (multiples of --size-mib) of peak_rss_mib_by_size")
+    ap.add_argument("--skip-rss-sizes", action="store_true")
+    ap.add_argument("--skip-concurrent", action="store_true")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
         return child(json.loads(a.child))
 
     sys.path.insert(0, ROOT)
+    if a.quick:
+        a.size_mib, a.runs, a.rss_multiples = 256, 1, "1,2,4"
+    multiples = [int(m) for m in a.rss_multiples.split(",")]
+    load_start = os.getloadavg()
     size = a.size_mib * MiB
     parent_dir = a.workdir or ("/work" if os.path.isdir("/work") else tempfile.gettempdir())
     free = shutil.disk_usage(parent_dir).free
-    need = 5 * size + 512 * MiB
+    need = 5 * size + 512 * MiB + (0 if a.skip_rss_sizes else 2 * max(multiples) * size)
     if free < need:
         sys.exit(f"not enough free disk in {parent_dir}: {free >> 20} MiB free, need ~{need >> 20}")
     work = tempfile.mkdtemp(prefix="bench-datapath-", dir=parent_dir)
@@ -274,7 +339,40 @@ def main():
                 shutil.rmtree(s2)
             os.unlink(tib)
 
+        rss_by_size = {}
+        if not a.skip_rss_sizes:
+            for m in multiples:
+                tiled = base if m == 1 else os.path.join(work, f"tiled{m}.img")
+                vsize = size if m == 1 else make_tiled(base, tiled, m)
+                s3 = os.path.join(work, f"store-rss{m}")
+                r = backup(s3, tiled, f"rss{m}", vsize)
+                rss_by_size[str(m * a.size_mib)] = round(r["maxrss_mib"], 1)
+                log(f"full of {m * a.size_mib} MiB: {r['elapsed_s']:.2f}s "
+                    f"{vsize / MiB / r['elapsed_s']:.0f} MiB/s rss {r['maxrss_mib']:.0f} MiB")
+                shutil.rmtree(s3)
+                if tiled != base:
+                    os.unlink(tiled)
+
+        conc_ratios, conc_rss = [], []
+        if not a.skip_concurrent:
+            for i in range(a.runs):
+                s4 = os.path.join(work, f"store-conc{i}")
+                alone = backup(s4, base, f"alone{i}", size)
+                together = run_children([
+                    {"op": "backup", "store": s4, "source": base, "backup_id": f"c{i}x{k}",
+                     "size": size, "parent": None, "options": options} for k in range(4)])
+                span = max(r["t_end"] for r in together) - min(r["t_start"] for r in together)
+                ratio = (4 * size / span) / (size / alone["elapsed_s"])
+                conc_ratios.append(ratio)
+                conc_rss.append(sum(r["maxrss_mib"] for r in together))
+                log(f"concurrent4 #{i}: alone {alone['elapsed_s']:.2f}s, 4 together {span:.2f}s "
+                    f"ratio {ratio:.3f} rss {conc_rss[-1]:.0f} MiB")
+                shutil.rmtree(s4)
+
         med = statistics.median
+        full_mib_s = size / MiB / med(r["elapsed_s"] for r in full)
+        kernel_limit = 2 / (1 / limits["sha256_mib_s"] + 1 / limits["zstd1_mib_s"]) \
+            if "zstd1_mib_s" in limits else None
         out = {
             "size_mib": a.size_mib,
             "full_mib_s": round(size / MiB / med(r["elapsed_s"] for r in full), 1),
@@ -293,7 +391,17 @@ def main():
             "restore_peak_rss_mib": round(med(r["maxrss_mib"] for r in rest), 1),
             "block_size": a.block_size, "threads": a.threads, "compression": a.compression,
             "runs": a.runs,
+            "zstd1_mib_s": limits.get("zstd1_mib_s"),
+            "limit_mib_s": round(kernel_limit, 1) if kernel_limit else None,
+            "limit_ratio": round(full_mib_s / kernel_limit, 3) if kernel_limit else None,
+            "peak_rss_mib_by_size": rss_by_size or None,
+            "concurrent4_ratio": round(med(conc_ratios), 3) if conc_ratios else None,
+            "concurrent4_rss_mib": round(med(conc_rss), 1) if conc_rss else None,
+            "loadavg_start": [round(x, 2) for x in load_start],
+            "loadavg_end": [round(x, 2) for x in os.getloadavg()],
         }
+        # delete_middle_s, gc_s, gc_objects_freed, gc_bytes_freed: see sql_side_figures
+        out.update(sql_side_figures(work, options))
         print(json.dumps(out), flush=True)
     finally:
         if not a.keep:

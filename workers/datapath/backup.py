@@ -498,12 +498,11 @@ class _BackupPipeline:
             return
         number = len(self.packs)
         self.packs.append(None)      # filled in when the put completes
-        data = self._pack_parts[0] if len(self._pack_parts) == 1 \
-            else b"".join(self._pack_parts)
+        parts, length = self._pack_parts, self._pack_length
         self._pack_parts, self._pack_length = [], 0
         future = self._io_pool.submit(put_object, self.store, self.ref,
-                                      PACK_NAME_FORMAT.format(number), data)
-        self._pending.append(_Pending("put", future, len(data), number, 0))
+                                      PACK_NAME_FORMAT.format(number), parts)
+        self._pending.append(_Pending("put", future, length, number, 0))
 
     def _close_span(self) -> None:
         """End the index span being built: its last pack goes, then its index object."""

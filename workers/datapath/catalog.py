@@ -178,15 +178,20 @@ def load_chain(store: ObjectStore, ref: tuple[str, str]) -> list[Manifest]:
 
 
 def put_object(store: ObjectStore, ref: BackupRef, name: str,
-               data: bytes | bytearray | memoryview) -> StoredObject:
-    """Store object ``name`` (a pack or an index object) of backup ``ref``.
+               data: bytes | list[bytes]) -> StoredObject:
+    """Store object ``name`` (a pack or an index object) of backup ``ref``: ``data`` or
+    the concatenation of a list of parts (the frames of a pack: never joined in memory
+    where the store can write them one by one).
 
     :raise StoreError: if the store fails.
     """
-    digest = hashlib.sha256(data).hexdigest()
+    parts = data if isinstance(data, list) else [data]
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part)
     full = object_name(ref, name)
-    store.put(full, data)
-    return StoredObject(full, len(data), digest)
+    store.put_parts(full, parts)
+    return StoredObject(full, sum(len(p) for p in parts), digest.hexdigest())
 
 
 def delete_manifest(store: ObjectStore, ref: BackupRef) -> None:

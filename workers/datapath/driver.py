@@ -24,6 +24,7 @@ from .refs import BackupRef
 from .results import BackupResult
 from .results import RestoreResult
 from .results import VerifyResult
+from .volume_io import limit_heap_growth
 
 if TYPE_CHECKING:
     from workers.stores import ObjectStore
@@ -50,6 +51,9 @@ class ChunkedDriver:
     :param fsync_target: fsync the restore target (and start its writeback early).
     :param index_span: volume bytes one index object covers at most (rounded up to
         whole segments); bounds the memory of backup, restore and verify.
+
+    Building a driver sets the process's allocator to map large buffers one by one
+    (:func:`.volume_io.limit_heap_growth`), so RSS does not creep up with the data.
     """
 
     def __init__(self, store: ObjectStore, *, block_size: int = 16 * KiB,
@@ -60,6 +64,7 @@ class ChunkedDriver:
                  check_interval_bytes: int = 32 * MiB, fsync_target: bool = True,
                  driver_id: str | None = None, index_span: int = 1024 * MiB) -> None:
         """:raise ValueError: if a setting is out of range or the compression unknown."""
+        limit_heap_growth()         # RSS flat in the data moved (see there)
         self.store = store
         self.config = DriverConfig(
             block_size=int(block_size), segment_size=int(segment_size),

@@ -148,3 +148,27 @@ def pread_into(fd: int, buf: bytearray | memoryview, length: int, offset: int) -
             view[got:] = bytes(length - got)
             return
         got += n
+
+
+_M_MMAP_THRESHOLD = -3          # glibc's mallopt parameter
+_HEAP_LIMITED = False
+
+
+def limit_heap_growth(threshold: int = MiB) -> None:
+    """Serve every allocation of ``threshold`` bytes or more with its own mapping, given
+    back when it is freed (glibc ``mallopt(M_MMAP_THRESHOLD)``; once per process).
+
+    The pipelines allocate megabyte-sized buffers in several threads (compressed
+    frames, fetched objects). By default glibc raises its mmap threshold after the
+    first such free and then serves them from per-thread heaps, whose fragmentation
+    grows the RSS with the amount of data a process has moved; a fixed threshold
+    keeps the RSS flat. Elsewhere than glibc this is a no-op.
+    """
+    global _HEAP_LIMITED
+    if _HEAP_LIMITED:
+        return
+    _HEAP_LIMITED = True
+    try:
+        _get_libc().mallopt(_M_MMAP_THRESHOLD, int(threshold))
+    except (AttributeError, OSError, TypeError):
+        pass

@@ -36,6 +36,11 @@ class ObjectStore(abc.ABC):
         :raise StoreError: if the store fails.
         """
 
+    def put_parts(self, name: str, parts: list[bytes | memoryview]) -> None:
+        """Store the concatenation of ``parts`` under ``name``, like :meth:`put`. Stores
+        that can write the parts without joining them first override this."""
+        self.put(name, parts[0] if len(parts) == 1 else b"".join(parts))
+
     @abc.abstractmethod
     def get(self, name: str) -> bytes:
         """The bytes of ``name``.

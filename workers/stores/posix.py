@@ -82,6 +82,11 @@ class PosixStore(ObjectStore):
 
     def put(self, name: str, data: bytes | memoryview) -> None:
         """Write ``data`` to a temporary file, then rename it over ``name``."""
+        self.put_parts(name, [data])
+
+    def put_parts(self, name: str, parts: list[bytes | memoryview]) -> None:
+        """Write the parts one after the other to a temporary file (no joined copy),
+        then rename it over ``name``."""
         path = self._path(name)
         directory = os.path.dirname(path)
         tmp = f"{path}.{_TMP_MARK}{uuid.uuid4().hex}"
@@ -96,10 +101,11 @@ class PosixStore(ObjectStore):
                     if attempt == _PUT_ATTEMPTS - 1:
                         raise
             try:
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
+                for part in parts:
+                    view = memoryview(part)
+                    while view:
+                        written = os.write(fd, view)
+                        view = view[written:]
                 if self.fsync:
                     os.fsync(fd)
             finally:
