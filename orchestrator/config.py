@@ -115,6 +115,13 @@ class Settings:
     gc_grace: float = 3600.0
     # Testing only: a worker that reaches the named crash point kills itself (workers/faults).
     crash_point: str = ""
+    # Encryption at rest (orchestrator/keys.py): every new backup is encrypted with its
+    # project's data key unless this is explicitly false. The key encryption key comes
+    # from ORCH_KEK (base64 of 32 bytes, a secret) or else the file ORCH_KEK_FILE
+    # (default: <state_dir>/kek.key).
+    encryption: bool = True
+    kek: str = ""
+    kek_file: str = ""
 
     def __post_init__(self) -> None:
         state = Path(self.state_dir).absolute()
@@ -127,6 +134,8 @@ class Settings:
             self.backup_path = str(state / "backups")
         if not self.volume_path:
             self.volume_path = str(state / "volumes")
+        if not self.kek_file:
+            self.kek_file = str(state / "kek.key")
         if self.service_down_time <= self.heartbeat_interval:
             # Cinder's rule: a down time not above the report interval would flap.
             self.service_down_time = self.heartbeat_interval * 2.5

@@ -6,12 +6,15 @@ in a forked child.
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
 
 from orchestrator.config import Settings
 from orchestrator.operations.backups import DRIVER_ID
 from workers.datapath import ChunkedDriver
 from workers.stores import make_store
+from workers.stores.encrypted import EncryptedStore
 from workers.volumes import FileVolumeBackend
 
 _drivers: dict = {}
@@ -50,8 +53,10 @@ def store_identity(settings: Settings) -> str:
     return f"posix:{os.path.abspath(args['path'])}"
 
 
-def backup_driver(settings: Settings) -> ChunkedDriver:
-    """The chunked driver on the configured store."""
+def backup_driver(settings: Settings, keyring=None) -> ChunkedDriver:
+    """The chunked driver on the configured store; with ``keyring`` (an unwrapped
+    orchestrator.keys.Keyring), one that encrypts every object under the project's data
+    keys and keys the block digests with its identity key (a cheap copy per job)."""
     kind, args = store_args(settings)
     key = (kind, tuple(sorted(args.items())), settings.backup_compression)
     driver = _drivers.get(key)
@@ -59,4 +64,10 @@ def backup_driver(settings: Settings) -> ChunkedDriver:
         driver = _drivers[key] = ChunkedDriver(make_store(kind, **args),
                                                compression=settings.backup_compression,
                                                driver_id=DRIVER_ID)
-    return driver
+    if keyring is None:
+        return driver
+    encrypted = copy.copy(driver)
+    encrypted.store = EncryptedStore(driver.store, keyring)
+    encrypted.config = dataclasses.replace(driver.config, digest_key=keyring.identity_key,
+                                           digest_key_id=keyring.identity_key_id)
+    return encrypted

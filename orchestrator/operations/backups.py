@@ -341,6 +341,7 @@ class BackupImport(Operation):
         backup.container = record.get("container")
         backup.service_metadata = record.get("service_metadata")
         backup.service = DRIVER_ID
+        backup.encryption_key_id = record.get("encryption_key_id") or None
         backup.object_count = int(record.get("object_count") or 0)
         backup.data_timestamp = parse_time(record.get("data_timestamp")) or now
         backup.created_at = parse_time(record.get("created_at")) or backup.created_at

@@ -1,8 +1,12 @@
 """Run halves of the backup job types: the data path on this node's store."""
 from __future__ import annotations
 
-from sqlalchemy import select
+import dataclasses
 
+from sqlalchemy import select
+from sqlalchemy import update
+
+from orchestrator import keys
 from orchestrator.db import get_database
 from orchestrator.db import utcnow
 from orchestrator.models import Backup
@@ -38,6 +42,33 @@ SHARED_FORMAT = 2            # backups.data_format of the shared-block format
 WRITTEN_FORMAT = SHARED_FORMAT if FORMAT_VERSION == SHARED_FORMAT else None
 
 
+def _keyring(settings, session, project_id: str, *, create: bool = False,
+             current: str | None = None) -> keys.Keyring:
+    """The unwrapped keyring of ``project_id`` (wrapped keys from SQL, the KEK from this
+    node's settings); ``create`` makes the project's first keys; ``current`` is the data
+    key the backup was assigned (a rotation since then does not change it).
+
+    :raise keys.KeyError_: if there is no KEK or a key cannot be unwrapped.
+    """
+    provider = keys.kek_provider(settings)
+    rows = keys.ensure_keys(session, provider, project_id, utcnow()) if create \
+        else keys.project_rows(session, project_id)
+    if not rows:
+        raise keys.KeyError_(f"project {project_id} has no keys")
+    ring = keys.keyring(provider, rows)
+    return dataclasses.replace(ring, current_key_id=current) if current else ring
+
+
+def _driver_for(run: JobRun, backup: Backup) -> ChunkedDriver:
+    """The driver that reads ``backup``: decrypting with its project's keys if it is
+    encrypted (backups.encryption_key_id), else plain."""
+    if not backup.encryption_key_id:
+        return backup_driver(run.settings)
+    with run.db.scope(write=False) as session:
+        ring = _keyring(run.settings, session, backup.project_id)
+    return backup_driver(run.settings, ring)
+
+
 def _infos(stored) -> tuple[objects.ObjectInfo, ...]:
     """The data path's objects as the reference counts take them."""
     return tuple(objects.ObjectInfo(o.name, o.size, o.sha256) for o in stored)
@@ -68,13 +99,23 @@ class BackupCreateRun(RunHalf):
         source = volumes.snapshot_path(params.snapshot_id) if params.snapshot_id \
             else volumes.volume_path(params.volume_id)
         parent_ref = BackupRef(parent.container, parent.service_metadata) if parent else None
+        driver = backup_driver(run.settings)
+        if run.settings.encryption:
+            # The project's keys (made on its first backup); the backup records its key.
+            with run.db.scope() as session:
+                ring = _keyring(run.settings, session, backup.project_id, create=True)
+                session.execute(update(Backup).where(Backup.id == backup.id)
+                                .values(encryption_key_id=ring.current_key_id))
+            driver = backup_driver(run.settings, ring)
+        if parent is not None and bool(parent.encryption_key_id) != run.settings.encryption:
+            parent_ref = None        # encrypted on plain (or back): a full backup
         volume_meta = {"display_name": volume.display_name if volume else None,
                        "display_description": volume.display_description if volume else None,
                        "metadata": volume.metadata_ if volume else {},
                        "bootable": volume.bootable if volume else False}
         # The prepare wrote the start (0 of the size); the completion writes the end.
         progress = ProgressRecorder(run, backup.id, write_first=False, write_last=False)
-        result = backup_driver(run.settings).backup(
+        result = driver.backup(
             source, backup_id=backup.id, volume_id=backup.volume_id,
             size_bytes=(backup.size or 0) * GiB, container=backup.container,
             parent=parent_ref, volume_meta=volume_meta, progress=progress,
@@ -117,7 +158,7 @@ class BackupRestoreRun(RunHalf):
         volumes = volume_backend(run.settings)
         if params.volume_is_new:
             volumes.create_volume(volume.id, volume.size)  # idempotent: volume_create made it
-        backup_driver(run.settings).restore(
+        _driver_for(run, backup).restore(
             BackupRef(backup.container, backup.service_metadata), volumes.volume_path(volume.id),
             target_is_zeroed=params.volume_is_new, progress=ProgressRecorder(run, backup.id),
             cancelled=run.cancelled)
@@ -158,13 +199,32 @@ class BackupDeleteRun(RunHalf):
 class BackupImportRun(RunHalf):
     operation = "backup_import"
 
+    @staticmethod
+    def import_driver(run: JobRun, record: dict) -> ChunkedDriver:
+        """The driver that reads the imported backup: for an encrypted one, its project's
+        wrapped keys as the record carries them, unwrapped with this node's KEK, and
+        kept in project_keys where this deployment does not have them yet.
+
+        :raise keys.KeyError_: if a carried key cannot be unwrapped.
+        """
+        if not record.get("encryption_key_id"):
+            return backup_driver(run.settings)
+        provider = keys.kek_provider(run.settings)
+        project_id = record.get("project_id")
+        carried = keys.carried_rows(record, now=utcnow())
+        ring = keys.keyring(provider, carried)          # every one unwraps, or nothing
+        with run.db.scope() as session:
+            keys.adopt_rows(session, provider, carried)
+        ring = dataclasses.replace(ring, project_id=project_id)
+        return backup_driver(run.settings, ring)
+
     def run(self, run: JobRun, params: BackupImportParams) -> BackupImportOutcome:
         record = params.record
         prefix = record.get("service_metadata")
         if not prefix:
             raise ValueError("the record has no service_metadata (object prefix)")
-        manifest = backup_driver(run.settings).read_manifest(
-            BackupRef(record.get("container"), prefix))
+        driver = self.import_driver(run, record)
+        manifest = driver.read_manifest(BackupRef(record.get("container"), prefix))
         if manifest.get("backup_id") not in (None, record["id"]):
             raise ValueError(f"the manifest in the store belongs to backup "
                              f"{manifest.get('backup_id')}, not {record['id']}")
@@ -178,7 +238,6 @@ class BackupImportRun(RunHalf):
             return BackupImportOutcome()
         # Reference every object first (committed), then check that each exists: once
         # referenced, no collection can take it, so what is checked stays there.
-        driver = backup_driver(run.settings)
         ref = BackupRef(record.get("container"), prefix)
         referenced = _infos(driver.referenced_objects(ref).objects)
         store = store_identity(run.settings)
@@ -200,7 +259,7 @@ class BackupVerifyRun(RunHalf):
             backup = session.scalar(select(Backup).where(Backup.id == run.job.resource_id))
         if backup is None or backup.deleted or not backup.service_metadata:
             raise RuntimeError(f"backup {run.job.resource_id} has no data to verify")
-        result = backup_driver(run.settings).verify(
+        result = _driver_for(run, backup).verify(
             BackupRef(backup.container, backup.service_metadata),
             progress=ProgressRecorder(run, backup.id), cancelled=run.cancelled)
         if result.ok:
