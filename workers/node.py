@@ -6,15 +6,13 @@ in a forked child.
 """
 from __future__ import annotations
 
-import copy
-import dataclasses
 import os
 
 from orchestrator.config import Settings
 from orchestrator.operations.backups import DRIVER_ID
 from workers.datapath import ChunkedDriver
 from workers.stores import make_store
-from workers.stores.encrypted import EncryptedStore
+from workers.stores.encrypted import encrypting
 from workers.volumes import FileVolumeBackend
 
 _drivers: dict = {}
@@ -66,8 +64,4 @@ def backup_driver(settings: Settings, keyring=None) -> ChunkedDriver:
                                                driver_id=DRIVER_ID)
     if keyring is None:
         return driver
-    encrypted = copy.copy(driver)
-    encrypted.store = EncryptedStore(driver.store, keyring)
-    encrypted.config = dataclasses.replace(driver.config, digest_key=keyring.identity_key,
-                                           digest_key_id=keyring.identity_key_id)
-    return encrypted
+    return encrypting(driver, keyring)

@@ -21,7 +21,10 @@ authenticate, as does any flipped byte.
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
+from typing import TYPE_CHECKING
 from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
@@ -32,6 +35,9 @@ from workers.datapath.names import validate_object_name
 
 from .base import ObjectInfo
 from .base import ObjectStore
+
+if TYPE_CHECKING:
+    from workers.datapath import ChunkedDriver
 
 MAGIC = b"VBEO"
 VERSION = 1
@@ -44,6 +50,18 @@ class KeyringLike(Protocol):
 
     current_key_id: str
     data_keys: dict[str, bytes]
+    identity_key_id: str
+    identity_key: bytes
+
+
+def encrypting(driver: ChunkedDriver, keyring: KeyringLike) -> ChunkedDriver:
+    """A copy of ``driver`` (cheap: no per-job state) whose store encrypts under
+    ``keyring`` and whose block digests are keyed with its identity key."""
+    out = copy.copy(driver)
+    out.store = EncryptedStore(driver.store, keyring)
+    out.config = dataclasses.replace(driver.config, digest_key=keyring.identity_key,
+                                     digest_key_id=keyring.identity_key_id)
+    return out
 
 
 def _header(key_id: str, nonce: bytes) -> bytes:
