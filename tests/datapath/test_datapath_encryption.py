@@ -92,7 +92,7 @@ def test_wrong_projects_key_fails_clearly_and_writes_nothing(raw, tmp_path):
     target = str(tmp_path / "untouched")
     with open(target, "wb") as f:
         f.write(b"\x5a" * SIZE)
-    with pytest.raises(IntegrityError, match="data key d1.*does not hold"):
+    with pytest.raises(IntegrityError, match=r"data key d1.*does not hold"):
         other.restore(result.ref, target)
     assert read_file(target) == b"\x5a" * SIZE
     verified = other.verify(result.ref)
