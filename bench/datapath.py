@@ -25,6 +25,8 @@ import sys
 import tempfile
 import time
 
+import datapath_crypto
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 MiB = 1024 * 1024
@@ -68,6 +70,7 @@ def child(spec):
     from workers.datapath import ChunkedDriver
     from workers.stores import make_store
     drv = ChunkedDriver(make_store("posix", path=spec["store"]), **spec.get("options", {}))
+    drv = datapath_crypto.maybe_encrypting(drv, spec)
     t0 = time.perf_counter()
     if spec["op"] == "backup":
         parent = BackupRef(*spec["parent"]) if spec.get("parent") else None
@@ -294,6 +297,8 @@ def main():
             "block_size": a.block_size, "threads": a.threads, "compression": a.compression,
             "runs": a.runs,
         }
+        out.update(datapath_crypto.encrypted_figures(run_child, sha256_file, work, base, mod,
+                                                     size, options, a.runs, log))
         print(json.dumps(out), flush=True)
     finally:
         if not a.keep:
