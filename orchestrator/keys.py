@@ -216,8 +216,10 @@ def ensure_keys(session: Session, provider: KekProvider, project_id: str,
     return project_rows(session, project_id)
 
 
-def keyring(provider: KekProvider, rows: list[ProjectKey]) -> Keyring:
-    """The unwrapped keyring of these rows (one project's).
+def keyring(provider: KekProvider, rows: list[ProjectKey],
+            identity_key_id: str | None = None) -> Keyring:
+    """The unwrapped keyring of these rows (one project's); its identity key is the
+    current one, or ``identity_key_id`` (an imported backup keyed with another).
 
     :raise KeyError_: if a key cannot be unwrapped or the project has no current keys.
     """
@@ -231,7 +233,8 @@ def keyring(provider: KekProvider, rows: list[ProjectKey]) -> Keyring:
             data[row.key_id] = key
             if row.retired_at is None:
                 current = row.key_id
-        elif row.purpose == IDENTITY and row.retired_at is None:
+        elif row.purpose == IDENTITY and (row.key_id == identity_key_id if identity_key_id
+                                          else row.retired_at is None):
             identity_id, identity = row.key_id, key
     if current is None or identity_id is None:
         raise KeyError_("the project has no current data or identity key")
@@ -306,13 +309,25 @@ def check_carried(provider: KekProvider, record: dict) -> None:
     keyring(provider, carried_rows(record, dt.datetime.now(dt.UTC).replace(tzinfo=None)))
 
 
-def adopt_rows(session: Session, provider: KekProvider, rows: list[ProjectKey]) -> None:
-    """Add carried keys this deployment does not hold (by key id); one that would be a
-    second current key of its project is kept retired."""
-    for row in rows:
-        if session.get(ProjectKey, row.key_id) is not None:
+def adopt_rows(session: Session, provider: KekProvider, rows: list[ProjectKey],
+               project_id: str) -> None:
+    """Add carried keys this deployment does not hold (by key id) to ``project_id``
+    (re-wrapped for it: the wrapping binds the project); one that would be a second
+    current key of its purpose is kept retired.
+
+    :raise KeyError_: if a carried key cannot be unwrapped.
+    """
+    for carried in rows:
+        if session.get(ProjectKey, carried.key_id) is not None:
             continue
-        row.kek_id = provider.kek_id
+        key = provider.unwrap(carried.wrapped, project_id=carried.project_id,
+                              key_id=carried.key_id, purpose=carried.purpose)
+        row = ProjectKey(key_id=carried.key_id, project_id=project_id,
+                         purpose=carried.purpose, kek_id=provider.kek_id,
+                         wrapped=provider.wrap(key, project_id=project_id,
+                                               key_id=carried.key_id,
+                                               purpose=carried.purpose),
+                         created_at=carried.created_at, retired_at=carried.retired_at)
         try:
             with session.begin_nested():
                 session.add(row)

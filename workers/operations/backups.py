@@ -24,6 +24,7 @@ from orchestrator.states import BackupStatus
 from orchestrator.states import VolumeStatus
 from workers.datapath import BackupRef
 from workers.datapath import ChunkedDriver
+from workers.datapath import DataPathError
 from workers.datapath.format import FORMAT_VERSION
 from workers.datapath.refs import backup_prefix
 from workers.faults import crash_point
@@ -61,12 +62,27 @@ def _keyring(settings, session, project_id: str, *, create: bool = False,
 
 def _driver_for(run: JobRun, backup: Backup) -> ChunkedDriver:
     """The driver that reads ``backup``: decrypting with its project's keys if it is
-    encrypted (backups.encryption_key_id), else plain."""
+    encrypted (backups.encryption_key_id), else plain. Its block digests are checked
+    with the identity key its manifest names (an imported backup may name an older
+    identity key of the project than the current one)."""
     if not backup.encryption_key_id:
         return backup_driver(run.settings)
+    provider = keys.kek_provider(run.settings)
     with run.db.scope(write=False) as session:
-        ring = _keyring(run.settings, session, backup.project_id)
-    return backup_driver(run.settings, ring)
+        rows = keys.project_rows(session, backup.project_id)
+    if not rows:
+        raise keys.KeyError_(f"project {backup.project_id} has no keys")
+    ring = keys.keyring(provider, rows)
+    driver = backup_driver(run.settings, ring)
+    try:
+        named = driver.read_manifest(BackupRef(backup.container, backup.service_metadata)
+                                     ).get("digest_key_id")
+    except DataPathError:
+        return driver                # the operation itself reports the damage
+    if named and named != ring.identity_key_id and \
+            any(r.key_id == named for r in rows):
+        driver = backup_driver(run.settings, keys.keyring(provider, rows, named))
+    return driver
 
 
 def _infos(stored) -> tuple[objects.ObjectInfo, ...]:
@@ -210,12 +226,11 @@ class BackupImportRun(RunHalf):
         if not record.get("encryption_key_id"):
             return backup_driver(run.settings)
         provider = keys.kek_provider(run.settings)
-        project_id = record.get("project_id")
         carried = keys.carried_rows(record, now=utcnow())
         ring = keys.keyring(provider, carried)          # every one unwraps, or nothing
         with run.db.scope() as session:
-            keys.adopt_rows(session, provider, carried)
-        ring = dataclasses.replace(ring, project_id=project_id)
+            backup = session.get(Backup, run.job.resource_id)
+            keys.adopt_rows(session, provider, carried, backup.project_id)
         return backup_driver(run.settings, ring)
 
     def run(self, run: JobRun, params: BackupImportParams) -> BackupImportOutcome:
