@@ -205,15 +205,17 @@ def ensure_keys(session: Session, provider: KekProvider, project_id: str,
     """The project's wrapped keys, creating a current data key and the identity key
     where there are none (a concurrent creator wins cleanly: its keys are used)."""
     rows = project_rows(session, project_id)
-    for purpose in (DATA, IDENTITY):
-        if any(r.purpose == purpose and r.retired_at is None for r in rows):
-            continue
-        try:
-            with session.begin_nested():
-                session.add(_new_row(provider, project_id, purpose, now))
-        except IntegrityError:
-            pass                      # another job made it first
-    return project_rows(session, project_id)
+    missing = [p for p in (DATA, IDENTITY)
+               if not any(r.purpose == p and r.retired_at is None for r in rows)]
+    if not missing:
+        return rows
+    made = [_new_row(provider, project_id, purpose, now) for purpose in missing]
+    try:
+        with session.begin_nested():
+            session.add_all(made)
+    except IntegrityError:            # another job made them first: use its keys
+        return project_rows(session, project_id)
+    return rows + made
 
 
 def keyring(provider: KekProvider, rows: list[ProjectKey],

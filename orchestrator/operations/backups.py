@@ -95,6 +95,8 @@ class BackupCreateOutcome:
     store: str | None = None
     new_objects: tuple[objects.ObjectInfo, ...] = ()
     referenced: tuple[str, ...] = ()
+    # The project's data key the objects are sealed under (None: not encrypted).
+    encryption_key_id: str | None = None
 
 
 @register
@@ -147,6 +149,8 @@ class BackupCreate(Operation):
             updated_at=now)
         if outcome.final_rate is not None:
             values["progress_rate"] = outcome.final_rate
+        if outcome.encryption_key_id:
+            values["encryption_key_id"] = outcome.encryption_key_id
         if not is_incremental:
             values["parent_id"] = None
         if outcome.message:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import dataclasses
 
 from sqlalchemy import select
-from sqlalchemy import update
 
 from orchestrator import keys
 from orchestrator.db import get_database
@@ -115,14 +114,13 @@ class BackupCreateRun(RunHalf):
         source = volumes.snapshot_path(params.snapshot_id) if params.snapshot_id \
             else volumes.volume_path(params.volume_id)
         parent_ref = BackupRef(parent.container, parent.service_metadata) if parent else None
-        driver = backup_driver(run.settings)
+        driver, key_id = backup_driver(run.settings), None
         if run.settings.encryption:
-            # The project's keys (made on its first backup); the backup records its key.
+            # The project's keys (made on its first backup); the completion records the
+            # data key on the backup.
             with run.db.scope() as session:
                 ring = _keyring(run.settings, session, backup.project_id, create=True)
-                session.execute(update(Backup).where(Backup.id == backup.id)
-                                .values(encryption_key_id=ring.current_key_id))
-            driver = backup_driver(run.settings, ring)
+            driver, key_id = backup_driver(run.settings, ring), ring.current_key_id
         if parent is not None and bool(parent.encryption_key_id) != run.settings.encryption:
             parent_ref = None        # encrypted on plain (or back): a full backup
         volume_meta = {"display_name": volume.display_name if volume else None,
@@ -144,7 +142,8 @@ class BackupCreateRun(RunHalf):
             message=result.message, final_rate=progress.final_rate,
             data_format=result.manifest.get("version"), store=store_identity(run.settings),
             new_objects=_infos(result.new_objects),
-            referenced=tuple(o.name for o in result.referenced_objects))
+            referenced=tuple(o.name for o in result.referenced_objects),
+            encryption_key_id=key_id)
 
 
     def lost(self, settings, job) -> None:
