@@ -215,7 +215,7 @@ def ensure_keys(session: Session, provider: KekProvider, project_id: str,
             session.add_all(made)
     except IntegrityError:            # another job made them first: use its keys
         return project_rows(session, project_id)
-    return rows + made
+    return sorted(rows + made, key=lambda r: (r.created_at, r.key_id))
 
 
 def keyring(provider: KekProvider, rows: list[ProjectKey],
