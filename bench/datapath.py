@@ -39,6 +39,8 @@ import sys
 import tempfile
 import time
 
+import datapath_crypto
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 MiB = 1024 * 1024
@@ -83,6 +85,7 @@ def child(spec):
     from workers.stores import make_store
     drv = ChunkedDriver(make_store("posix", path=spec["store"]), **spec.get("options", {}))
     wall0 = time.time()
+    drv = datapath_crypto.maybe_encrypting(drv, spec)
     t0 = time.perf_counter()
     if spec["op"] == "backup":
         parent = BackupRef(*spec["parent"]) if spec.get("parent") else None
@@ -213,12 +216,14 @@ def make_tiled(base, dst, copies):
     return copies * size
 
 
-def sql_side_figures(work, options):
+def sql_side_figures(work, size_mib, base):
     """The figures that need the control plane's reference counting: delete_middle_s
-    (delete of a middle backup of a 10-deep chain), gc_s, gc_objects_freed and
-    gc_bytes_freed (GC of a store holding 100 backups). Measured by the control
-    plane's GC job, which this data-path benchmark does not run: added there."""
-    return {}
+    (delete of a middle backup of a 10-deep chain of the base image), gc_s,
+    gc_objects_freed and gc_bytes_freed (GC of a store holding 100 backups), measured
+    with the functions the delete and store_gc jobs run (bench/gc_figures.py)."""
+    sys.path.insert(0, HERE)
+    import gc_figures
+    return gc_figures.measure(work, size_mib=size_mib, source=base)
 
 
 def sha256_file(path, size):
@@ -401,7 +406,9 @@ def main():
             "loadavg_end": [round(x, 2) for x in os.getloadavg()],
         }
         # delete_middle_s, gc_s, gc_objects_freed, gc_bytes_freed: see sql_side_figures
-        out.update(sql_side_figures(work, options))
+        out.update(sql_side_figures(work, a.size_mib, base))
+        out.update(datapath_crypto.encrypted_figures(run_child, sha256_file, work, base, mod,
+                                                     size, options, a.runs, log))
         print(json.dumps(out), flush=True)
     finally:
         if not a.keep:

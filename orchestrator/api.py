@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from orchestrator import errors
 from orchestrator import hosts
 from orchestrator import jobs
+from orchestrator import keys
 from orchestrator import paging
 from orchestrator import policy
 from orchestrator import quota
@@ -564,6 +565,10 @@ def export_record(session: Session, ctx: RequestContext, settings: Settings, bac
         record[key] = value.isoformat() if isinstance(value, dt.datetime) else value
     record["metadata"] = backup.metadata_dict
     record["driver_info"] = {"store": settings.backup_store, "format": "chunked-v1"}
+    if backup.encryption_key_id:
+        # Only wrapped keys: a deployment with the same KEK can import and restore.
+        record["encryption"] = {"keys": keys.export_rows(
+            keys.project_rows(session, backup.project_id))}
     url = base64.b64encode(json.dumps(record, sort_keys=True).encode()).decode()
     return {"backup_service": backup.service or DRIVER_ID, "backup_url": url}
 
@@ -647,6 +652,12 @@ def import_record(session: Session, ctx: RequestContext, settings: Settings, *,
     except (TypeError, ValueError, OverflowError, errors.InvalidInput) as exc:
         raise errors.InvalidInput(f"Invalid input received: Can't parse backup record "
                                   f"({exc}).") from None
+    if record.get("encryption_key_id"):
+        try:
+            keys.check_carried(keys.kek_provider(settings), record)
+        except keys.KeyError_ as exc:
+            raise errors.InvalidInput(f"Invalid input received: the record's encryption keys "
+                                      f"cannot be used here ({exc}).") from None
     parent_id = record.get("parent_id")
     if parent_id is not None and session.scalar(select(Backup.id).where(
             Backup.id == parent_id, Backup.project_id == ctx.project_id,

@@ -163,6 +163,12 @@ def run(host: str | None, zone: str) -> None:
         redis = RedisServer(str(state), log_path=logs / "redis.log").start()
         settings.broker_url = redis.url
     upgrade(settings.database_url)
+    if settings.encryption and not settings.kek:
+        from orchestrator.keys import create_kek_file
+        if create_kek_file(settings.kek_file):
+            click.echo(f"created the key encryption key {settings.kek_file} (mode 0600): "
+                       "back it up; without it no encrypted backup can be restored",
+                       err=True)
     node = f"worker@{host}"
     env = without_metrics_dir(_env(settings))  # each server keeps its metrics apart
     supervisor = Supervisor(env, logging.getLogger("orchestrator.supervisor").warning)
@@ -453,3 +459,43 @@ def keystone_register(url: str, region: str, interfaces: tuple[str, ...], os_aut
     for r in done:
         click.echo(f"{r.service_type:14} {r.interface:9} {'created' if r.created else 'kept':8}"
                    f" {r.endpoint_id}  {r.url}")
+
+
+@main.group()
+def keys() -> None:
+    """Per-project encryption keys: rotate data keys, re-wrap under a new KEK."""
+
+
+@keys.command("rotate")
+@click.option("--project", required=True, help="the project whose data key to rotate")
+def keys_rotate(project: str) -> None:
+    """New data key for the project's new backups (old ones keep theirs)."""
+    from orchestrator import keys as keymod
+    from orchestrator.db import utcnow
+    settings = Settings.load()
+    try:
+        provider = keymod.kek_provider(settings)
+        with get_database(settings.database_url).scope() as session:
+            row = keymod.rotate(session, provider, project, utcnow())
+            key_id = row.key_id
+    except keymod.KeyError_ as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"project {project}: new data key {key_id}")
+
+
+@keys.command("rewrap")
+@click.option("--new-kek-file", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="file holding the new KEK (base64 of 32 bytes)")
+def keys_rewrap(new_kek_file: str) -> None:
+    """Re-wrap every stored key under a new KEK (no backup data is touched); then
+    point ORCH_KEK_FILE (or ORCH_KEK) at the new KEK."""
+    from orchestrator import keys as keymod
+    settings = Settings.load()
+    try:
+        old = keymod.kek_provider(settings)
+        new = keymod.FileKekProvider(new_kek_file)
+        with get_database(settings.database_url).scope() as session:
+            changed = keymod.rewrap(session, old, new)
+    except keymod.KeyError_ as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"re-wrapped {changed} key(s) under the new key encryption key")

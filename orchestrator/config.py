@@ -161,12 +161,20 @@ class Settings:
     backup_stale_after: float = 86400.0  # a volume's newest good backup older: stale
     health_timeout: float = 2.0     # seconds each /healthcheck probe may take
 
+    # Encryption at rest (orchestrator/keys.py): every new backup is encrypted with its
+    # project's data key unless this is explicitly false. The key encryption key comes
+    # from ORCH_KEK (base64 of 32 bytes, a secret) or else the file ORCH_KEK_FILE
+    # (default: <state_dir>/kek.key).
+    encryption: bool = True
+    kek: str = ""
+    kek_file: str = ""
+
     def __repr__(self) -> str:
         """Never the secrets: URLs masked, the S3 secret key left out."""
         shown = []
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name in ("s3_secret_key", "keystone_password"):
+            if f.name in ("s3_secret_key", "keystone_password", "kek"):
                 value = "***" if value else ""
             elif isinstance(value, str) and "://" in value:
                 value = without_password(value)
@@ -184,6 +192,8 @@ class Settings:
             self.backup_path = str(state / "backups")
         if not self.volume_path:
             self.volume_path = str(state / "volumes")
+        if not self.kek_file:
+            self.kek_file = str(state / "kek.key")
         if self.service_down_time <= self.heartbeat_interval:
             # Cinder's rule: a down time not above the report interval would flap.
             self.service_down_time = self.heartbeat_interval * 2.5

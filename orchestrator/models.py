@@ -427,3 +427,26 @@ class BackupPolicyRun(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     backup_ids: Mapped[dict] = mapped_column(JSON, nullable=False, default=dict)  # volume→id
     errors: Mapped[dict] = mapped_column(JSON, nullable=False, default=dict)  # volume→message
+
+
+class ProjectKey(Base):
+    """One wrapped key of a project (orchestrator/keys.py): a data key (which encrypts
+    the objects of new backups while it is current, i.e. not retired) or the identity
+    key (which keys the block digests; one per project, never rotated). Only the
+    wrapped form is stored, sealed under the key encryption key ``kek_id`` names."""
+
+    __tablename__ = "project_keys"
+    __table_args__ = (
+        # At most one current key per project and purpose.
+        Index("uq_project_keys_current", "project_id", "purpose", unique=True,
+              postgresql_where=text("retired_at IS NULL"),
+              sqlite_where=text("retired_at IS NULL")),
+    )
+
+    key_id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    project_id: Mapped[str] = mapped_column(String(255), nullable=False)
+    purpose: Mapped[str] = mapped_column(String(16), nullable=False)    # data | identity
+    wrapped: Mapped[str] = mapped_column(Text, nullable=False)
+    kek_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, nullable=False)
+    retired_at: Mapped[dt.datetime | None] = mapped_column(DateTime)

@@ -24,7 +24,11 @@ def make_settings(state_dir: Path, broker_url: str, **overrides) -> Settings:
                   service_down_time=4.0, lease_ttl=6.0, reaper_interval=2.0,
                   dispatch_resend_after=5.0, log_level="INFO")
     values.update(overrides)
-    return Settings(**values)
+    settings = Settings(**values)
+    # Encryption is on by default: each test deployment gets its own KEK file.
+    from orchestrator.keys import create_kek_file
+    create_kek_file(settings.kek_file)
+    return settings
 
 
 class ApiServer:

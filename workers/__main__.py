@@ -21,6 +21,7 @@ from celery import signals
 
 from orchestrator import __version__
 from orchestrator import hosts
+from orchestrator import keys
 from orchestrator import logs
 from orchestrator import metrics as control_metrics
 from orchestrator.config import Settings
@@ -145,6 +146,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     settings = Settings.load("python -m workers")
+    if settings.encryption and not args.maintenance:
+        try:
+            keys.kek_provider(settings)
+        except keys.KeyError_ as e:
+            print(f"python -m workers: encryption is on (ORCH_ENCRYPTION) but there is no "
+                  f"usable key encryption key: {e}. Set ORCH_KEK or ORCH_KEK_FILE (or "
+                  "ORCH_ENCRYPTION=false to write plaintext); not starting.", file=sys.stderr)
+            return 2
     host = normalise_host(args.host) if args.host else default_host()
     zone = args.zone or settings.default_availability_zone
     loglevel = (args.loglevel or settings.log_level).upper()

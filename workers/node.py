@@ -12,6 +12,7 @@ from orchestrator.config import Settings
 from orchestrator.operations.backups import DRIVER_ID
 from workers.datapath import ChunkedDriver
 from workers.stores import make_store
+from workers.stores.encrypted import encrypting
 from workers.volumes import FileVolumeBackend
 
 _drivers: dict = {}
@@ -54,8 +55,10 @@ def store_identity(settings: Settings) -> str:
     return f"posix:{os.path.abspath(args['path'])}"
 
 
-def backup_driver(settings: Settings) -> ChunkedDriver:
-    """The chunked driver on the configured store."""
+def backup_driver(settings: Settings, keyring=None) -> ChunkedDriver:
+    """The chunked driver on the configured store; with ``keyring`` (an unwrapped
+    orchestrator.keys.Keyring), one that encrypts every object under the project's data
+    keys and keys the block digests with its identity key (a cheap copy per job)."""
     kind, args = store_args(settings)
     key = (kind, tuple(sorted(args.items())), settings.backup_compression)
     driver = _drivers.get(key)
@@ -63,4 +66,6 @@ def backup_driver(settings: Settings) -> ChunkedDriver:
         driver = _drivers[key] = ChunkedDriver(make_store(kind, **args),
                                                compression=settings.backup_compression,
                                                driver_id=DRIVER_ID)
-    return driver
+    if keyring is None:
+        return driver
+    return encrypting(driver, keyring)

@@ -20,6 +20,7 @@ import sys
 from sqlalchemy import select
 from sqlalchemy import update
 
+from orchestrator import keys
 from orchestrator.config import Settings
 from orchestrator.db import get_database
 from orchestrator.db import utcnow
@@ -43,15 +44,24 @@ def rebuild(settings: Settings, *, dry_run: bool = False) -> dict:
               "references_added": 0, "references_dropped": 0, "chain_format": 0,
               "problems": []}
     with db.scope(write=False) as session:
-        rows = session.execute(select(Backup.id, Backup.container, Backup.service_metadata)
+        rows = session.execute(select(Backup.id, Backup.container, Backup.service_metadata,
+                                      Backup.project_id, Backup.encryption_key_id)
                                .where(Backup.deleted.is_(False), Backup.status.in_(STEADY),
                                       Backup.service_metadata.is_not(None))
                                .order_by(Backup.created_at)).all()
-    for backup_id, container, prefix in rows:
+    rings: dict = {}
+    for backup_id, container, prefix, project_id, key_id in rows:
         report["backups_checked"] += 1
         try:
-            stored = driver.referenced_objects(BackupRef(container, prefix))
-        except DataPathError as exc:
+            reader = driver
+            if key_id:             # an encrypted backup: read with its project's keys
+                if project_id not in rings:
+                    with db.scope(write=False) as session:
+                        rings[project_id] = keys.keyring(keys.kek_provider(settings),
+                                                         keys.project_rows(session, project_id))
+                reader = backup_driver(settings, rings[project_id])
+            stored = reader.referenced_objects(BackupRef(container, prefix))
+        except (DataPathError, keys.KeyError_) as exc:
             report["problems"].append(f"backup {backup_id}: {exc}")
             continue
         if stored.format_version != 2:

@@ -72,6 +72,9 @@ def _detail(backup, has_dependents: bool, metadata: dict | None, flags, prefixes
         "data_timestamp": timestamp(backup.data_timestamp),
         # Extra fields (clients ignore them): live progress of the running operation.
         "progress": _progress(backup),
+        # Encryption at rest (orchestrator/keys.py): the data key id of its objects.
+        "encrypted": bool(backup.encryption_key_id),
+        "encryption_data_key_id": backup.encryption_key_id,
         "verification": {"status": backup.verify_status,
                          "checked_at": timestamp(backup.verified_at),
                          "message": backup.verify_message},

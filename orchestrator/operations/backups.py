@@ -95,6 +95,8 @@ class BackupCreateOutcome:
     store: str | None = None
     new_objects: tuple[objects.ObjectInfo, ...] = ()
     referenced: tuple[str, ...] = ()
+    # The project's data key the objects are sealed under (None: not encrypted).
+    encryption_key_id: str | None = None
 
 
 @register
@@ -147,6 +149,8 @@ class BackupCreate(Operation):
             updated_at=now)
         if outcome.final_rate is not None:
             values["progress_rate"] = outcome.final_rate
+        if outcome.encryption_key_id:
+            values["encryption_key_id"] = outcome.encryption_key_id
         if not is_incremental:
             values["parent_id"] = None
         if outcome.message:
@@ -341,6 +345,7 @@ class BackupImport(Operation):
         backup.container = record.get("container")
         backup.service_metadata = record.get("service_metadata")
         backup.service = DRIVER_ID
+        backup.encryption_key_id = record.get("encryption_key_id") or None
         backup.object_count = int(record.get("object_count") or 0)
         backup.data_timestamp = parse_time(record.get("data_timestamp")) or now
         backup.created_at = parse_time(record.get("created_at")) or backup.created_at

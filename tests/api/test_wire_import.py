@@ -28,7 +28,9 @@ def _sha(path) -> str:
 
 def test_import_into_a_second_deployment_restores_the_data(stacks):
     first = stacks("noauth")
-    second = stacks("noauth", backup_path=first.settings.backup_path)
+    # A second deployment on the same store and the same key encryption key.
+    second = stacks("noauth", backup_path=first.settings.backup_path,
+                    kek_file=first.settings.kek_file)
     project = "dr"
     a_user = CinderclientDriver(first, first.creds(project), project, project_in_url=True)
     a_admin = CinderclientDriver(first, first.creds(project, "admin"), project,

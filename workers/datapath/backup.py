@@ -31,7 +31,6 @@ volume size, block size, compression or volume).
 from __future__ import annotations
 
 import datetime
-import hashlib
 import os
 import queue
 import re
@@ -221,6 +220,10 @@ def _choose_parent(store: ObjectStore, config: DriverConfig, ref: BackupRef,
             manifest.segment_size != config.segment_size:
         return None, (f"block size changed from {manifest.block_size} to {config.block_size} "
                       "since the parent backup; took a full backup")
+    if manifest.body.get("digest") != config.digest_name or \
+            manifest.body.get("digest_key_id") != config.digest_key_id:
+        return None, ("block digests (encryption) changed since the parent backup; "
+                      "took a full backup")
     if manifest.compression != config.codec.name:
         return None, (f"compression changed from {manifest.compression} to "
                       f"{config.codec.name} since the parent backup; took a full backup")
@@ -312,6 +315,7 @@ def backup(store: ObjectStore, config: DriverConfig, source_path: str, *, backup
             volume_meta=dict(volume_meta or {}), index=pipeline.index_entries,
             stats=BackupStats(pipeline.data_bytes, pipeline.changed_bytes, pack_bytes))
         body = manifest.to_body()
+        body.update(digest=config.digest_name, digest_key_id=config.digest_key_id)
         raw = encode_manifest(body)
         if cancelled is not None and cancelled():
             raise BackupCancelled(f"backup {backup_id} cancelled")
@@ -351,9 +355,9 @@ class _BackupPipeline:
         self.ticker = ticker
         block_size = config.block_size
         # An all-zero block is found by its digest; the volume's last block may be short.
-        self.zero_digest = hashlib.sha256(bytes(block_size)).digest()
+        self.zero_digest = config.block_digest(bytes(block_size))
         self.tail_length = size % block_size
-        self.tail_zero_digest = hashlib.sha256(bytes(self.tail_length)).digest()
+        self.tail_zero_digest = config.block_digest(bytes(self.tail_length))
         self.packs: list[StoredObject | None] = []        # this backup's packs, by number
         self.index_objects: list[StoredObject] = []
         self.index_entries: list[IndexEntry] = []
@@ -451,8 +455,8 @@ class _BackupPipeline:
             except OSError as e:
                 raise VolumeIOError(f"cannot read source at offset {offset}: {e}") from e
             view = memoryview(buf)[:length]
-            sha256 = hashlib.sha256
-            digest_list = [sha256(view[start:start + block_size]).digest()
+            block_digest = self.config.block_digest
+            digest_list = [block_digest(view[start:start + block_size])
                            for start in range(0, length, block_size)]
             block_count = len(digest_list)
             zero = self.zero_digest

@@ -4,10 +4,22 @@ Only what a backup *writes* depends on it (block and segment size, pack size,
 compression); reading a backup follows its manifest, whatever the reader's
 configuration.
 """
+import hashlib
+import hmac
+from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import field
+from dataclasses import replace
+from functools import partial
 
 from .codec import Codec
+from .errors import IntegrityError
+
+# The block digests a manifest may name: plain SHA-256, or HMAC-SHA256 under a
+# per-project identity key (encrypted backups: equal content in two projects gives
+# different digests, so nothing can be compared or shared across projects).
+PLAIN_DIGEST = "sha256"
+KEYED_DIGEST = "hmac-sha256"
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -32,6 +44,10 @@ class DriverConfig:
     index_span: int = 1024 * MiB
     # Written into every manifest as its "driver" (the service's name for this driver).
     driver_id: str | None = None
+    # The identity key of keyed block digests (None: plain SHA-256) and its id, which
+    # the manifest records so that a reader can tell which key it needs.
+    digest_key: bytes | None = field(default=None, repr=False)
+    digest_key_id: str | None = None
     codec: Codec = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -62,3 +78,37 @@ class DriverConfig:
     def blocks_per_index(self) -> int:
         """Blocks one index object covers (a multiple of blocks_per_segment)."""
         return self.index_span // self.block_size
+
+    @property
+    def digest_name(self) -> str:
+        """The manifest's "digest" of what this configuration writes."""
+        return PLAIN_DIGEST if self.digest_key is None else KEYED_DIGEST
+
+    @property
+    def block_digest(self) -> Callable[[bytes | memoryview], bytes]:
+        """The 32-byte digest of one block (keyed when a digest key is set)."""
+        if self.digest_key is None:
+            return _sha256_digest
+        return partial(hmac.digest, self.digest_key, digest="sha256")
+
+    def reading(self, body: dict) -> "DriverConfig":
+        """This configuration as it must read a backup whose manifest is ``body``: its
+        block digests are checked with the function the manifest names.
+
+        :raise IntegrityError: if the backup is keyed with an identity key this
+            configuration does not hold.
+        """
+        name = body.get("digest")
+        if name == KEYED_DIGEST:
+            if self.digest_key is None or body.get("digest_key_id") != self.digest_key_id:
+                raise IntegrityError(
+                    f"backup {body.get('backup_id')}: its block digests are keyed with "
+                    f"identity key {body.get('digest_key_id')!r}, which this reader does "
+                    "not hold (another project's backup, or its keys are missing)")
+            return self
+        return self if self.digest_key is None else replace(self, digest_key=None,
+                                                            digest_key_id=None)
+
+
+def _sha256_digest(data: bytes | memoryview) -> bytes:
+    return hashlib.sha256(data).digest()

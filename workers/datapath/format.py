@@ -318,7 +318,7 @@ def check_header(body: dict[str, Any], ref: BackupRef, version: int) -> Manifest
             raise InvalidBackup(f"{where}: bad segment_size {segment_size!r}")
         if not (isinstance(size_bytes, int) and size_bytes >= 0):
             raise InvalidBackup(f"{where}: bad size_bytes {size_bytes!r}")
-        if body.get("digest") != DIGEST:
+        if body.get("digest") not in (DIGEST, "hmac-sha256"):
             raise InvalidBackup(f"{where}: unknown digest {body.get('digest')!r}")
         if body.get("compression") not in COMPRESSIONS:
             raise InvalidBackup(f"{where}: unknown compression {body.get('compression')!r}")

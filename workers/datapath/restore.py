@@ -26,7 +26,6 @@ target allows) unless the caller says the target already reads as zeros.
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import stat
 import time
@@ -301,6 +300,7 @@ def restore(store: ObjectStore, config: DriverConfig, ref: tuple[str, str], targ
     started = time.monotonic()
     ref = BackupRef(*ref)
     newest = read_manifest(store, ref)
+    config = config.reading(newest.body)
     chain: list[Manifest | RootManifest] = [newest]
     if newest.format_version == 1:
         chain = load_chain(store, ref)
@@ -477,7 +477,7 @@ class PackRunner:
         fsync_target = self.config.fsync_target
         view = memoryview(data)
         written = blocks = 0
-        sha256 = hashlib.sha256
+        block_digest = self.config.block_digest
         for frame in job.frames:
             first_block = frame.first_block
             raw_len = geometry.block_range_bytes(first_block, frame.block_count)
@@ -503,7 +503,7 @@ class PackRunner:
                 for block in range(run_first, run_first + run_count):
                     i = block - first_block
                     d = block - digests_first
-                    if sha256(raw_view[i * block_size:(i + 1) * block_size]).digest() \
+                    if block_digest(raw_view[i * block_size:(i + 1) * block_size]) \
                             != digests[d * DIGEST_LEN:(d + 1) * DIGEST_LEN]:
                         raise IntegrityError(f"{name}: block {block} does not match its digest")
                 blocks += run_count

@@ -58,6 +58,7 @@ def verify(store: ObjectStore, config: DriverConfig, ref: tuple[str, str], *,
     problems: list[str] = []
     try:
         newest = read_manifest(store, ref)
+        config = config.reading(newest.body)
         chain = load_chain(store, ref) if newest.format_version == 1 else [newest]
     except (IntegrityError, InvalidBackup, StoreError) as e:
         return VerifyResult(ok=False, objects_checked=0, stored_bytes_checked=0,

@@ -1,8 +1,11 @@
 """Run halves of the backup job types: the data path on this node's store."""
 from __future__ import annotations
 
+import dataclasses
+
 from sqlalchemy import select
 
+from orchestrator import keys
 from orchestrator.db import get_database
 from orchestrator.db import utcnow
 from orchestrator.models import Backup
@@ -20,6 +23,7 @@ from orchestrator.states import BackupStatus
 from orchestrator.states import VolumeStatus
 from workers.datapath import BackupRef
 from workers.datapath import ChunkedDriver
+from workers.datapath import DataPathError
 from workers.datapath import RestoreResult
 from workers.datapath.format import FORMAT_VERSION
 from workers.datapath.refs import backup_prefix
@@ -37,6 +41,48 @@ GiB = 1024 ** 3
 SHARED_FORMAT = 2            # backups.data_format of the shared-block format
 # What this data path writes: the shared-block format once it is version 2.
 WRITTEN_FORMAT = SHARED_FORMAT if FORMAT_VERSION == SHARED_FORMAT else None
+
+
+def _keyring(settings, session, project_id: str, *, create: bool = False,
+             current: str | None = None) -> keys.Keyring:
+    """The unwrapped keyring of ``project_id`` (wrapped keys from SQL, the KEK from this
+    node's settings); ``create`` makes the project's first keys; ``current`` is the data
+    key the backup was assigned (a rotation since then does not change it).
+
+    :raise keys.KeyError_: if there is no KEK or a key cannot be unwrapped.
+    """
+    provider = keys.kek_provider(settings)
+    rows = keys.ensure_keys(session, provider, project_id, utcnow()) if create \
+        else keys.project_rows(session, project_id)
+    if not rows:
+        raise keys.KeyError_(f"project {project_id} has no keys")
+    ring = keys.keyring(provider, rows)
+    return dataclasses.replace(ring, current_key_id=current) if current else ring
+
+
+def _driver_for(run: JobRun, backup: Backup) -> ChunkedDriver:
+    """The driver that reads ``backup``: decrypting with its project's keys if it is
+    encrypted (backups.encryption_key_id), else plain. Its block digests are checked
+    with the identity key its manifest names (an imported backup may name an older
+    identity key of the project than the current one)."""
+    if not backup.encryption_key_id:
+        return backup_driver(run.settings)
+    provider = keys.kek_provider(run.settings)
+    with run.db.scope(write=False) as session:
+        rows = keys.project_rows(session, backup.project_id)
+    if not rows:
+        raise keys.KeyError_(f"project {backup.project_id} has no keys")
+    ring = keys.keyring(provider, rows)
+    driver = backup_driver(run.settings, ring)
+    try:
+        named = driver.read_manifest(BackupRef(backup.container, backup.service_metadata)
+                                     ).get("digest_key_id")
+    except DataPathError:
+        return driver                # the operation itself reports the damage
+    if named and named != ring.identity_key_id and \
+            any(r.key_id == named for r in rows):
+        driver = backup_driver(run.settings, keys.keyring(provider, rows, named))
+    return driver
 
 
 def _infos(stored) -> tuple[objects.ObjectInfo, ...]:
@@ -69,13 +115,22 @@ class BackupCreateRun(RunHalf):
         source = volumes.snapshot_path(params.snapshot_id) if params.snapshot_id \
             else volumes.volume_path(params.volume_id)
         parent_ref = BackupRef(parent.container, parent.service_metadata) if parent else None
+        driver, key_id = backup_driver(run.settings), None
+        if run.settings.encryption:
+            # The project's keys (made on its first backup); the completion records the
+            # data key on the backup.
+            with run.db.scope() as session:
+                ring = _keyring(run.settings, session, backup.project_id, create=True)
+            driver, key_id = backup_driver(run.settings, ring), ring.current_key_id
+        if parent is not None and bool(parent.encryption_key_id) != run.settings.encryption:
+            parent_ref = None        # encrypted on plain (or back): a full backup
         volume_meta = {"display_name": volume.display_name if volume else None,
                        "display_description": volume.display_description if volume else None,
                        "metadata": volume.metadata_ if volume else {},
                        "bootable": volume.bootable if volume else False}
         # The prepare wrote the start (0 of the size); the completion writes the end.
         progress = ProgressRecorder(run, backup.id, write_first=False, write_last=False)
-        result = backup_driver(run.settings).backup(
+        result = driver.backup(
             source, backup_id=backup.id, volume_id=backup.volume_id,
             size_bytes=(backup.size or 0) * GiB, container=backup.container,
             parent=parent_ref, volume_meta=volume_meta, progress=progress,
@@ -88,7 +143,8 @@ class BackupCreateRun(RunHalf):
             message=result.message, final_rate=progress.final_rate,
             data_format=result.manifest.get("version"), store=store_identity(run.settings),
             new_objects=_infos(result.new_objects),
-            referenced=tuple(o.name for o in result.referenced_objects))
+            referenced=tuple(o.name for o in result.referenced_objects),
+            encryption_key_id=key_id)
 
 
     def lost(self, settings, job) -> None:
@@ -120,7 +176,7 @@ class BackupRestoreRun(RunHalf):
             volumes.create_volume(volume.id, volume.size)  # idempotent: volume_create made it
         # The control half's completion needs nothing of it; the worker's metrics count
         # the bytes it read and wrote.
-        return backup_driver(run.settings).restore(
+        return _driver_for(run, backup).restore(
             BackupRef(backup.container, backup.service_metadata), volumes.volume_path(volume.id),
             target_is_zeroed=params.volume_is_new, progress=ProgressRecorder(run),
             cancelled=run.cancelled)
@@ -163,13 +219,31 @@ class BackupDeleteRun(RunHalf):
 class BackupImportRun(RunHalf):
     operation = "backup_import"
 
+    @staticmethod
+    def import_driver(run: JobRun, record: dict) -> ChunkedDriver:
+        """The driver that reads the imported backup: for an encrypted one, its project's
+        wrapped keys as the record carries them, unwrapped with this node's KEK, and
+        kept in project_keys where this deployment does not have them yet.
+
+        :raise keys.KeyError_: if a carried key cannot be unwrapped.
+        """
+        if not record.get("encryption_key_id"):
+            return backup_driver(run.settings)
+        provider = keys.kek_provider(run.settings)
+        carried = keys.carried_rows(record, now=utcnow())
+        ring = keys.keyring(provider, carried)          # every one unwraps, or nothing
+        with run.db.scope() as session:
+            backup = session.get(Backup, run.job.resource_id)
+            keys.adopt_rows(session, provider, carried, backup.project_id)
+        return backup_driver(run.settings, ring)
+
     def run(self, run: JobRun, params: BackupImportParams) -> BackupImportOutcome:
         record = params.record
         prefix = record.get("service_metadata")
         if not prefix:
             raise ValueError("the record has no service_metadata (object prefix)")
-        manifest = backup_driver(run.settings).read_manifest(
-            BackupRef(record.get("container"), prefix))
+        driver = self.import_driver(run, record)
+        manifest = driver.read_manifest(BackupRef(record.get("container"), prefix))
         if manifest.get("backup_id") not in (None, record["id"]):
             raise ValueError(f"the manifest in the store belongs to backup "
                              f"{manifest.get('backup_id')}, not {record['id']}")
@@ -183,7 +257,6 @@ class BackupImportRun(RunHalf):
             return BackupImportOutcome()
         # Reference every object first (committed), then check that each exists: once
         # referenced, no collection can take it, so what is checked stays there.
-        driver = backup_driver(run.settings)
         ref = BackupRef(record.get("container"), prefix)
         referenced = _infos(driver.referenced_objects(ref).objects)
         store = store_identity(run.settings)
@@ -205,7 +278,7 @@ class BackupVerifyRun(RunHalf):
             backup = session.scalar(select(Backup).where(Backup.id == run.job.resource_id))
         if backup is None or backup.deleted or not backup.service_metadata:
             raise RuntimeError(f"backup {run.job.resource_id} has no data to verify")
-        result = backup_driver(run.settings).verify(
+        result = _driver_for(run, backup).verify(
             BackupRef(backup.container, backup.service_metadata),
             progress=ProgressRecorder(run), cancelled=run.cancelled)
         if result.ok:
