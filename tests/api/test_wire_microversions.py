@@ -140,19 +140,23 @@ def test_3_18_and_3_56_admin_attributes(stack, world):
 
 def test_3_64_encryption_key_id_only_when_set(stack, world):
     bid = world.ids["alpha"]["backup2"]
-    assert "encryption_key_id" not in raw(stack, f"/backups/{bid}", "volume 3.71").json()[
-        "backup"]
-    with stack.db.scope() as s:
-        s.execute(update(Backup).where(Backup.id == bid).values(
-            encryption_key_id="00000000-0000-0000-0000-00000000beef"))
+    with stack.db.scope() as s:   # encrypted backups carry one: clear it, then set it
+        original = s.get(Backup, bid).encryption_key_id
+        s.execute(update(Backup).where(Backup.id == bid).values(encryption_key_id=None))
     try:
+        assert "encryption_key_id" not in raw(stack, f"/backups/{bid}", "volume 3.71").json()[
+            "backup"]
+        with stack.db.scope() as s:
+            s.execute(update(Backup).where(Backup.id == bid).values(
+                encryption_key_id="00000000-0000-0000-0000-00000000beef"))
         assert "encryption_key_id" not in raw(stack, f"/backups/{bid}", "volume 3.63").json()[
             "backup"]
         assert raw(stack, f"/backups/{bid}", "volume 3.64").json()["backup"][
             "encryption_key_id"] == "00000000-0000-0000-0000-00000000beef"
     finally:
         with stack.db.scope() as s:
-            s.execute(update(Backup).where(Backup.id == bid).values(encryption_key_id=None))
+            s.execute(update(Backup).where(Backup.id == bid).values(
+                encryption_key_id=original))
 
 
 def test_volume_and_snapshot_fields_per_version(stack, world):

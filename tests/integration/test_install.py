@@ -22,6 +22,7 @@ from alembic.script import ScriptDirectory
 from orch_testlib import ROOT
 
 from orchestrator.embedded import free_port
+from orchestrator.keys import create_kek_file
 from orchestrator.migrate import alembic_config
 
 pytestmark = pytest.mark.slow
@@ -87,6 +88,8 @@ def test_db_upgrade_api_and_worker_from_the_install(installed, tmp_path, redis_s
     assert {"backups", "jobs", "services", "api_tokens"} <= tables
     assert version == head
 
+    # An operator gives the worker its key encryption key (encryption is on by default).
+    assert create_kek_file(str(state / "kek.key"))
     r = _run([orchestrator, "worker", "--help"], cwd=tmp_path, env=env, timeout=60)
     assert r.returncode == 0 and "--concurrency" in r.stdout and "--zone" in r.stdout
 

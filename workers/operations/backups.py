@@ -9,6 +9,7 @@ from orchestrator import keys
 from orchestrator.db import get_database
 from orchestrator.db import utcnow
 from orchestrator.models import Backup
+from orchestrator.models import ProjectKey
 from orchestrator.models import Volume
 from orchestrator.operations.backups import BackupCreateInputs
 from orchestrator.operations.backups import BackupCreateOutcome
@@ -70,6 +71,13 @@ def _driver_for(run: JobRun, backup: Backup) -> ChunkedDriver:
     provider = keys.kek_provider(run.settings)
     with run.db.scope(write=False) as session:
         rows = keys.project_rows(session, backup.project_id)
+        if not any(r.key_id == backup.encryption_key_id for r in rows):
+            # Imported into another project of this deployment: the key ids the record
+            # carried are held by the project that exported it (an admin's import brought
+            # them along), so the backup reads with that project's keyring.
+            owner = session.get(ProjectKey, backup.encryption_key_id)
+            if owner is not None:
+                rows = keys.project_rows(session, owner.project_id)
     if not rows:
         raise keys.KeyError_(f"project {backup.project_id} has no keys")
     ring = keys.keyring(provider, rows)
