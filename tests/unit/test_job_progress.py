@@ -14,6 +14,7 @@ from orchestrator import hosts
 from orchestrator.config import Settings
 from orchestrator.context import RequestContext
 from orchestrator.db import utcnow
+from orchestrator.keys import create_kek_file
 from orchestrator.migrate import upgrade
 from orchestrator.models import Backup
 from orchestrator.models import Job
@@ -30,6 +31,7 @@ DEMO = RequestContext("demo", "demo")
 def settings(request, tmp_path):
     url = request.getfixturevalue("postgres").url if request.param == "postgresql" else ""
     s = Settings(state_dir=str(tmp_path), broker_url="memory://", database_url=url)
+    create_kek_file(s.kek_file)         # encryption is on by default
     upgrade(s.database_url)
     yield s
     d = dbmod._databases.pop(s.database_url, None)
