@@ -145,8 +145,12 @@ class WorkerProcess:
             self.proc.wait(30)
 
     def stop(self) -> None:
+        """SIGTERM (a warm shutdown); SIGKILL if it has not ended within its 30 s."""
         if self.proc.poll() is None:
-            self.kill(signal.SIGTERM)
+            try:
+                self.kill(signal.SIGTERM)
+            except subprocess.TimeoutExpired:
+                self.kill(signal.SIGKILL)
 
 
 def volume_file(settings: Settings, volume_id: str) -> Path:

@@ -24,11 +24,13 @@ from orch_testlib import make_settings
 from orch_testlib import wait_for
 from sqlalchemy import select
 
+from orchestrator import keys
 from orchestrator import quota
 from orchestrator.db import get_database
 from orchestrator.migrate import upgrade
 from orchestrator.models import Backup
 from orchestrator.models import Job
+from orchestrator.models import ProjectKey
 from orchestrator.models import Volume
 from workers.datapath import BackupRef
 from workers.node import backup_driver
@@ -135,7 +137,15 @@ def _check_invariants(db, settings, volume_sha: dict[str, str]) -> dict:
         available = [(b.id, b.volume_id, b.container, b.service_metadata)
                      for b in backups if b.status == "available"]
         live = {b.id for b in backups}
-    driver = backup_driver(settings)
+        # Encrypted backups read with the keyring of the project holding their key id.
+        provider = keys.kek_provider(settings)
+        drivers = {}
+        for b in backups:
+            if b.status == "available" and b.encryption_key_id:
+                owner = s.get(ProjectKey, b.encryption_key_id)
+                drivers[b.id] = backup_driver(settings, keys.keyring(
+                    provider, keys.project_rows(s, owner.project_id)))
+    plain = backup_driver(settings)
     restored = 0
     with tempfile.TemporaryDirectory() as tmp:
         for backup_id, volume_id, container, prefix in available:
@@ -145,7 +155,8 @@ def _check_invariants(db, settings, volume_sha: dict[str, str]) -> dict:
             target = Path(tmp) / backup_id
             with open(target, "wb") as f:
                 f.truncate(1 << 30)
-            driver.restore(BackupRef(container, prefix), str(target), target_is_zeroed=True)
+            drivers.get(backup_id, plain).restore(BackupRef(container, prefix), str(target),
+                                                  target_is_zeroed=True)
             assert _sha(target) == expected, f"backup {backup_id} does not restore its volume"
             target.unlink()
             restored += 1
