@@ -167,6 +167,7 @@ def _check_invariants(db, settings, volume_sha: dict[str, str]) -> dict:
     return {"available_restored": restored}
 
 
+@pytest.mark.timeout(1200)  # two rounds of 55 pairs, each restoring every 1 GiB backup
 def test_every_pair_of_operations_at_once(tmp_path, redis_server, start_worker_factory,
                                           postgres):
     settings = make_settings(tmp_path / "state", f"{redis_server.url[:-1]}3",
