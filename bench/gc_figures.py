@@ -91,15 +91,10 @@ class Harness:
         from orchestrator.db import utcnow
         from orchestrator.persistence import objects
         from workers.datapath.refs import backup_prefix
-        from workers.operations.storage import free_unknown
+        from workers.operations.storage import free_own_leftovers
         ref = self.refs.pop(backup_id)
         self.driver.delete_manifest(ref)
-        listing = self.driver.list_objects(backup_prefix(ref))
-        with self.db.scope(write=False) as s:
-            known = objects.known_names(s, self.store, [e[0] for e in listing])
-        free_unknown(self.settings, self.db, self.store,
-                     [objects.ObjectInfo(n, size, "") for n, size, _ in listing
-                      if n not in known])
+        free_own_leftovers(self.settings, self.db, self.driver, self.store, backup_prefix(ref))
         with self.db.scope() as s:
             objects.release(s, backup_id, now=utcnow())
 

@@ -36,7 +36,7 @@ from workers.node import store_identity
 from workers.node import volume_backend
 from workers.operations.base import RunHalf
 from workers.operations.base import runs
-from workers.operations.storage import free_unknown
+from workers.operations.storage import free_own_leftovers
 
 GiB = 1024 ** 3
 SHARED_FORMAT = 2            # backups.data_format of the shared-block format
@@ -213,13 +213,7 @@ class BackupDeleteRun(RunHalf):
         driver.delete_manifest(ref)
         crash_point(run.settings, "delete:manifest_gone")
         store = store_identity(run.settings)
-        listing = driver.list_objects(backup_prefix(ref))
-        with run.db.scope(write=False) as session:
-            known = objects.known_names(session, store, [e[0] for e in listing])
-        free_unknown(run.settings, run.db, store, [objects.ObjectInfo(name, size, "")
-                                  for name, size, _ in listing if name not in known])
-        # and what interrupted puts left (nothing writes under a deleting backup's prefix)
-        driver.store.purge_incomplete(backup_prefix(ref))
+        free_own_leftovers(run.settings, run.db, driver, store, backup_prefix(ref))
         return BackupDeleteOutcome(store=store, collect=run.settings.gc_after_delete)
 
 

@@ -65,6 +65,18 @@ def free_unknown(settings, db, store: str, entries: list[objects.ObjectInfo]
     return freed, freed_bytes
 
 
+def free_own_leftovers(settings, db, driver, store: str, prefix: str) -> None:
+    """After a shared-format backup's manifest is gone: free what no row knows under its own
+    prefix (an interrupted attempt's objects) and its interrupted puts. Nothing writes
+    under a deleting backup's prefix."""
+    listing = driver.list_objects(prefix)
+    with db.scope(write=False) as session:
+        known = objects.known_names(session, store, [e[0] for e in listing])
+    free_unknown(settings, db, store, [objects.ObjectInfo(name, size, "")
+                                       for name, size, _ in listing if name not in known])
+    driver.store.purge_incomplete(prefix)
+
+
 def free_released(settings, db, store: str, check=lambda: None) -> tuple[int, int]:
     """Free every known object of ``store`` that nothing references, a batch at a time;
     ``check`` runs before each batch (it raises to stop). Returns (objects, bytes)."""
