@@ -302,6 +302,25 @@ class Follower:
             progress.update(task, description=label, note=note or "waiting")
 
 
+def _wait_for(client: Client, opts: Options, backup_id: str,
+              finished: Callable[[dict | None], tuple[int, str] | None], *,
+              operation: str | None = None, show: bool = True,
+              on_error: Callable[[dict | None], dict] | None = None) -> tuple[dict | None, str]:
+    """Follow ``backup_id`` until ``finished`` decides (or --timeout passes).
+
+    Ended well: (the backup as it ended, the message). Otherwise raises Done with the exit
+    status, the message and ``on_error(backup)`` (default ``{"backup": backup}``) plus
+    the error, for --json. The bar is drawn when ``show`` and not --json.
+    """
+    final, code, message = Follower(client, backup_id, operation=operation,
+                                    timeout=opts.timeout,
+                                    show=show and not opts.as_json).follow(finished)
+    if code != EXIT_OK:
+        body = on_error(final) if on_error else {"backup": final}
+        raise Done(code, message, {**body, "error": {"message": message}})
+    return final, message
+
+
 def _fail_reason(backup: dict | None) -> str:
     return (backup or {}).get("fail_reason") or "no reason given"
 
@@ -390,12 +409,7 @@ def backup_create(volume_ref, name, description, incremental, force, snapshot_id
                 return EXIT_JOB_ERROR, (f"backup {b['id']} ended {cur['status']}: "
                                         f"{_fail_reason(cur)}")
             return None
-        final, code, message = Follower(client, b["id"], operation="backup_create",
-                                        timeout=opts.timeout,
-                                        show=not opts.as_json).follow(finished)
-        if code != EXIT_OK:
-            raise Done(code, message, {"backup": final, "error": {"message": message}})
-        return final, message
+        return _wait_for(client, opts, b["id"], finished, operation="backup_create")
     _run(opts, action)
 
 
@@ -430,13 +444,10 @@ def backup_restore(backup_ref, volume_ref, name, wait, **kw) -> None:
                 return EXIT_OK, f"volume {target} restored from backup {b['id']}"
             return EXIT_JOB_ERROR, (f"restore of backup {b['id']} ended with volume {target} "
                                     f"{vol['status']}")
-        _, code, message = Follower(client, b["id"], operation="backup_restore",
-                                    timeout=opts.timeout,
-                                    show=not opts.as_json).follow(finished)
-        payload = {"restore": result, "volume": state.get("volume")}
-        if code != EXIT_OK:
-            raise Done(code, message, {**payload, "error": {"message": message}})
-        return payload, message
+        payload = lambda _final: {"restore": result, "volume": state.get("volume")}
+        _, message = _wait_for(client, opts, b["id"], finished, operation="backup_restore",
+                               on_error=payload)
+        return payload(None), message
     _run(opts, action)
 
 
@@ -465,11 +476,9 @@ def backup_delete(backup_refs, force, wait, **kw) -> None:
                     return None
                 return EXIT_JOB_ERROR, (f"backup {backup_id} ended {cur['status']}: "
                                         f"{_fail_reason(cur)}")
-            _, code, message = Follower(client, backup_id, operation=None,
-                                        timeout=opts.timeout, show=False).follow(finished)
-            if code != EXIT_OK:
-                raise Done(code, message, {"deleted": deleted[:deleted.index(backup_id)],
-                                           "error": {"message": message}})
+            done = deleted[:deleted.index(backup_id)]
+            _wait_for(client, opts, backup_id, finished, show=False,
+                      on_error=lambda _final, done=done: {"deleted": done})
         return {"deleted": deleted}, "\n".join(f"backup {i} deleted" for i in deleted)
     _run(opts, action)
 
@@ -498,10 +507,5 @@ def backup_watch(backup_ref, **kw) -> None:
             if cur["status"] == "available":
                 return EXIT_OK, f"backup {b['id']} is available"
             return EXIT_JOB_ERROR, f"backup {b['id']} is {cur['status']}: {_fail_reason(cur)}"
-        final, code, message = Follower(client, b["id"], operation=None,
-                                        timeout=opts.timeout,
-                                        show=not opts.as_json).follow(finished)
-        if code != EXIT_OK:
-            raise Done(code, message, {"backup": final, "error": {"message": message}})
-        return final, message
+        return _wait_for(client, opts, b["id"], finished)
     _run(opts, action)
