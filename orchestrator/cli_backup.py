@@ -1,16 +1,19 @@
 """`orchestrator backup create|list|show|restore|delete|watch`: the public API from a shell.
 
 Everything goes over HTTP (orchestrator/client.py), so the commands work from any
-machine that reaches the API, with the credentials the cinder CLI takes. ``--wait``
+machine that reaches the API, with the credentials the openstack and cinder CLIs take
+(Keystone password auth and the catalog, a token, or noauth). ``--wait``
 (and ``watch``) follow the backup's ``progress`` with a live bar: bytes, percent,
 rate and time left, and a note when the running job has stopped reporting.
 
 Exit status, for scripts (docs/clients.md):
 
 * 0  done: the call succeeded (with ``--wait``: the job ended well)
-* 2  bad usage (an unknown option, a missing argument)
-* 3  the API refused the call (a 4xx/5xx fault; the message says why)
-* 4  the API could not be reached (connection refused, TLS, timeout of one call)
+* 2  bad usage (an unknown option, a missing argument, credentials missing or
+     incomplete, no endpoint of the API in Keystone's catalog)
+* 3  the API refused the call (a 4xx/5xx fault; the message says why), or Keystone
+     refused the credentials
+* 4  the API (or Keystone) could not be reached (connection refused, TLS, timeout)
 * 5  the job ended in error (backup ``error``, restore ``error_restoring``, …)
 * 6  ``--timeout`` passed before the job ended (the job goes on)
 * 130 interrupted (Ctrl-C; the job goes on)
@@ -24,15 +27,19 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from dataclasses import field
 
 import click
 
 from orchestrator.client import ApiError
+from orchestrator.client import AuthFailed
 from orchestrator.client import Client
 from orchestrator.client import ClientError
 from orchestrator.client import CredentialsMissing
+from orchestrator.client import NoEndpoint
 from orchestrator.client import Unreachable
-from orchestrator.client import default_endpoint
+from orchestrator.client import connect
+from orchestrator.client import explicit_endpoint
 from orchestrator.client import resolve_credentials
 
 EXIT_OK = 0
@@ -61,10 +68,16 @@ class Done(Exception):
 # ----------------------------------------------------------------------------- plumbing
 
 
+# The Keystone options (--os-auth-url …) and the Options fields they fill, in order.
+_KEYSTONE_FIELDS = ("auth_url", "username", "password", "project_name", "user_domain_name",
+                    "user_domain_id", "project_domain_name", "project_domain_id",
+                    "region_name", "interface")
+
+
 @dataclass
 class Options:
     endpoint: str | None
-    token: str | None
+    token: str | None = field(repr=False)
     user_id: str | None
     project_id: str | None
     auth_type: str | None
@@ -72,15 +85,18 @@ class Options:
     insecure: bool
     as_json: bool
     timeout: float
+    keystone: dict = field(default_factory=dict, repr=False)  # _KEYSTONE_FIELDS → value
 
     def client(self) -> Client:
         env = os.environ
         creds = resolve_credentials(env, token=self.token, user_id=self.user_id,
-                                    project_id=self.project_id, auth_type=self.auth_type)
-        endpoint = self.endpoint or default_endpoint(env, _settings())
+                                    project_id=self.project_id, auth_type=self.auth_type,
+                                    endpoint=self.endpoint, **self.keystone)
         verify: bool | str = False if self.insecure else (self.cacert or
                                                           env.get("OS_CACERT") or True)
-        return Client(endpoint, creds, verify=verify)
+        endpoint = explicit_endpoint(env, self.endpoint)
+        settings = _settings() if endpoint is None and creds.keystone is None else None
+        return connect(creds, endpoint, verify=verify, settings=settings, env=env)
 
 
 def _settings():
@@ -93,23 +109,48 @@ def _settings():
 
 
 def _common(func):
-    """The options every backup command takes (as the cinder CLI spells them)."""
+    """The options every backup command takes (as the openstack and cinder CLIs spell them;
+    each falls back on its OS_* variable)."""
     options = [
         click.option("--os-endpoint", "endpoint", default=None,
                      help="API endpoint, e.g. http://127.0.0.1:8776/v3 (OS_ENDPOINT; default: "
-                          "the local API of the ORCH_* settings)"),
-        click.option("--os-token", "token", default=None,
-                     help="API token for ORCH_AUTH=token (OS_TOKEN)"),
-        click.option("--os-user-id", "user_id", default=None,
-                     help="noauth user (OS_USER_ID)"),
+                          "the Keystone catalog's, else the local API of the ORCH_* settings)"),
+        click.option("--os-auth-url", "auth_url", default=None,
+                     help="Keystone URL, e.g. http://keystone:5000/v3 (OS_AUTH_URL)"),
+        click.option("--os-username", "username", default=None,
+                     help="Keystone user name (OS_USERNAME)"),
+        click.option("--os-password", "password", default=None,
+                     help="Keystone password (OS_PASSWORD; better kept in the environment "
+                          "than on a command line)"),
+        click.option("--os-project-name", "project_name", default=None,
+                     help="Keystone project (OS_PROJECT_NAME)"),
         click.option("--os-project-id", "project_id", default=None,
-                     help="noauth project (OS_PROJECT_ID)"),
+                     help="Keystone project id; noauth: the project (OS_PROJECT_ID)"),
+        click.option("--os-user-id", "user_id", default=None,
+                     help="Keystone user id; noauth: the user (OS_USER_ID)"),
+        click.option("--os-user-domain-name", "user_domain_name", default=None,
+                     help="the user's domain (OS_USER_DOMAIN_NAME; default: Default)"),
+        click.option("--os-user-domain-id", "user_domain_id", default=None,
+                     help="(OS_USER_DOMAIN_ID)"),
+        click.option("--os-project-domain-name", "project_domain_name", default=None,
+                     help="the project's domain (OS_PROJECT_DOMAIN_NAME; default: Default)"),
+        click.option("--os-project-domain-id", "project_domain_id", default=None,
+                     help="(OS_PROJECT_DOMAIN_ID)"),
+        click.option("--os-region-name", "region_name", default=None,
+                     help="catalog region (OS_REGION_NAME)"),
+        click.option("--os-interface", "interface", default=None,
+                     help="catalog interface: public, internal or admin (OS_INTERFACE; "
+                          "default: public)"),
+        click.option("--os-token", "token", default=None,
+                     help="a token: an API token of ORCH_AUTH=token, or with OS_AUTH_URL a "
+                          "Keystone token (OS_TOKEN)"),
         click.option("--os-auth-type", "auth_type", default=None,
-                     help="noauth to send OS_USER_ID:OS_PROJECT_ID even if OS_TOKEN is set "
-                          "(OS_AUTH_TYPE)"),
+                     help="password, token (Keystone), admin_token (the token as it is) or "
+                          "noauth; default: chosen from what is given (OS_AUTH_TYPE)"),
         click.option("--os-cacert", "cacert", default=None,
-                     help="CA bundle to verify the API's TLS certificate (OS_CACERT)"),
-        click.option("--insecure", is_flag=True, help="do not verify the TLS certificate"),
+                     help="CA bundle to verify the API's and Keystone's TLS certificates "
+                          "(OS_CACERT)"),
+        click.option("--insecure", is_flag=True, help="do not verify TLS certificates"),
         click.option("--json", "as_json", is_flag=True,
                      help="print JSON on stdout (errors too), no progress bar"),
     ]
@@ -137,8 +178,10 @@ def _run(opts: Options, action: Callable[[Client], tuple[dict | list | None, str
         payload, text = action(opts.client())
     except Done as done:
         code, payload, text = done.code, done.payload, done.message or ""
-    except CredentialsMissing as exc:
+    except (CredentialsMissing, NoEndpoint) as exc:
         code, payload, text = EXIT_USAGE, {"error": {"message": str(exc)}}, str(exc)
+    except AuthFailed as exc:
+        code, payload, text = EXIT_API_ERROR, {"error": {"message": str(exc)}}, str(exc)
     except ApiError as exc:
         rid = f" (request {exc.request_id})" if exc.request_id else ""
         code, payload = EXIT_API_ERROR, {"error": exc.as_dict()}
@@ -161,7 +204,8 @@ def _run(opts: Options, action: Callable[[Client], tuple[dict | list | None, str
 def _options(kw: dict) -> Options:
     return Options(kw.pop("endpoint"), kw.pop("token"), kw.pop("user_id"),
                    kw.pop("project_id"), kw.pop("auth_type"), kw.pop("cacert"),
-                   kw.pop("insecure"), kw.pop("as_json"), kw.pop("timeout", 0.0))
+                   kw.pop("insecure"), kw.pop("as_json"), kw.pop("timeout", 0.0),
+                   {name: kw.pop(name) for name in _KEYSTONE_FIELDS})
 
 
 # ----------------------------------------------------------------------------- text views
@@ -302,6 +346,25 @@ class Follower:
             progress.update(task, description=label, note=note or "waiting")
 
 
+def _wait_for(client: Client, opts: Options, backup_id: str,
+              finished: Callable[[dict | None], tuple[int, str] | None], *,
+              operation: str | None = None, show: bool = True,
+              on_error: Callable[[dict | None], dict] | None = None) -> tuple[dict | None, str]:
+    """Follow ``backup_id`` until ``finished`` decides (or --timeout passes).
+
+    Ended well: (the backup as it ended, the message). Otherwise raises Done with the exit
+    status, the message and ``on_error(backup)`` (default ``{"backup": backup}``) plus
+    the error, for --json. The bar is drawn when ``show`` and not --json.
+    """
+    final, code, message = Follower(client, backup_id, operation=operation,
+                                    timeout=opts.timeout,
+                                    show=show and not opts.as_json).follow(finished)
+    if code != EXIT_OK:
+        body = on_error(final) if on_error else {"backup": final}
+        raise Done(code, message, {**body, "error": {"message": message}})
+    return final, message
+
+
 def _fail_reason(backup: dict | None) -> str:
     return (backup or {}).get("fail_reason") or "no reason given"
 
@@ -311,10 +374,12 @@ def _fail_reason(backup: dict | None) -> str:
 
 @click.group()
 def backup() -> None:
-    """Backups over the public API (credentials and endpoint as the cinder CLI takes them).
+    """Backups over the public API (credentials and endpoint as the openstack and cinder
+    CLIs take them: Keystone password auth and the catalog, a token, or noauth).
 
-    Exit status: 0 ok, 2 bad usage, 3 API error, 4 API unreachable, 5 the job ended in
-    error, 6 --timeout passed, 130 interrupted.
+    Exit status: 0 ok, 2 bad usage (or incomplete credentials), 3 API error (or Keystone
+    refused the credentials), 4 API or Keystone unreachable, 5 the job ended in error,
+    6 --timeout passed, 130 interrupted.
     """
 
 
@@ -390,12 +455,7 @@ def backup_create(volume_ref, name, description, incremental, force, snapshot_id
                 return EXIT_JOB_ERROR, (f"backup {b['id']} ended {cur['status']}: "
                                         f"{_fail_reason(cur)}")
             return None
-        final, code, message = Follower(client, b["id"], operation="backup_create",
-                                        timeout=opts.timeout,
-                                        show=not opts.as_json).follow(finished)
-        if code != EXIT_OK:
-            raise Done(code, message, {"backup": final, "error": {"message": message}})
-        return final, message
+        return _wait_for(client, opts, b["id"], finished, operation="backup_create")
     _run(opts, action)
 
 
@@ -430,13 +490,10 @@ def backup_restore(backup_ref, volume_ref, name, wait, **kw) -> None:
                 return EXIT_OK, f"volume {target} restored from backup {b['id']}"
             return EXIT_JOB_ERROR, (f"restore of backup {b['id']} ended with volume {target} "
                                     f"{vol['status']}")
-        _, code, message = Follower(client, b["id"], operation="backup_restore",
-                                    timeout=opts.timeout,
-                                    show=not opts.as_json).follow(finished)
-        payload = {"restore": result, "volume": state.get("volume")}
-        if code != EXIT_OK:
-            raise Done(code, message, {**payload, "error": {"message": message}})
-        return payload, message
+        payload = lambda _final: {"restore": result, "volume": state.get("volume")}
+        _, message = _wait_for(client, opts, b["id"], finished, operation="backup_restore",
+                               on_error=payload)
+        return payload(None), message
     _run(opts, action)
 
 
@@ -465,11 +522,9 @@ def backup_delete(backup_refs, force, wait, **kw) -> None:
                     return None
                 return EXIT_JOB_ERROR, (f"backup {backup_id} ended {cur['status']}: "
                                         f"{_fail_reason(cur)}")
-            _, code, message = Follower(client, backup_id, operation=None,
-                                        timeout=opts.timeout, show=False).follow(finished)
-            if code != EXIT_OK:
-                raise Done(code, message, {"deleted": deleted[:deleted.index(backup_id)],
-                                           "error": {"message": message}})
+            done = deleted[:deleted.index(backup_id)]
+            _wait_for(client, opts, backup_id, finished, show=False,
+                      on_error=lambda _final, done=done: {"deleted": done})
         return {"deleted": deleted}, "\n".join(f"backup {i} deleted" for i in deleted)
     _run(opts, action)
 
@@ -498,10 +553,5 @@ def backup_watch(backup_ref, **kw) -> None:
             if cur["status"] == "available":
                 return EXIT_OK, f"backup {b['id']} is available"
             return EXIT_JOB_ERROR, f"backup {b['id']} is {cur['status']}: {_fail_reason(cur)}"
-        final, code, message = Follower(client, b["id"], operation=None,
-                                        timeout=opts.timeout,
-                                        show=not opts.as_json).follow(finished)
-        if code != EXIT_OK:
-            raise Done(code, message, {"backup": final, "error": {"message": message}})
-        return final, message
+        return _wait_for(client, opts, b["id"], finished)
     _run(opts, action)

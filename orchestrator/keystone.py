@@ -27,13 +27,38 @@ class Registered:
 def password_session(auth_url: str, username: str, password: str, project_name: str,
                      user_domain_name: str = "Default", project_domain_name: str = "Default"):
     """A keystoneauth session authenticated with a password (project-scoped)."""
+    return user_session(auth_url, password=password, username=username,
+                        project_name=project_name, user_domain_name=user_domain_name,
+                        project_domain_name=project_domain_name)
+
+
+def v3_auth_url(auth_url: str) -> str:
+    """The identity v3 URL: ``OS_AUTH_URL`` as given, ``/v3`` added when it names no version
+    (``http://keystone:5000`` and ``http://host/identity`` are both common)."""
+    url = auth_url.rstrip("/")
+    return url if url.endswith("/v3") else f"{url}/v3"
+
+
+def user_session(auth_url: str, *, password: str | None = None, token: str | None = None,
+                 verify: bool | str = True, **identity: str | None):
+    """A keystoneauth session of a user: v3 password auth, or (``token``) v3 token auth,
+    which re-scopes an existing token to the project.
+
+    ``identity``: username or user_id with user_domain_name/_id (password only), and
+    project_id, or project_name with project_domain_name/_id. None values are left out;
+    the session re-authenticates by itself when its token is about to expire.
+    """
     from keystoneauth1 import session
     from keystoneauth1.identity import v3
 
-    auth = v3.Password(auth_url=auth_url, username=username, password=password,
-                       project_name=project_name, user_domain_name=user_domain_name,
-                       project_domain_name=project_domain_name)
-    return session.Session(auth=auth)
+    given = {k: v for k, v in identity.items() if v}
+    url = v3_auth_url(auth_url)
+    if token is not None:
+        given = {k: v for k, v in given.items() if k.startswith("project")}
+        auth = v3.Token(auth_url=url, token=token, **given)
+    else:
+        auth = v3.Password(auth_url=url, password=password, **given)
+    return session.Session(auth=auth, verify=verify)
 
 
 def register(sess, url: str, region: str, interfaces=INTERFACES,

@@ -162,11 +162,15 @@ def test_exit_statuses(stack):
     # No API there: 4.
     code, body = cli_json(f"http://127.0.0.1:{free_port()}", "list")
     assert code == EXIT_UNREACHABLE and "cannot reach" in body["error"]["message"]
-    # No credentials at all: 2, naming what to set.
+    # noauth without its user and project: 2, naming what to set.
     env = {k: v for k, v in _env(api.url).items() if not k.startswith("OS_USER")}
     env.pop("OS_PROJECT_ID")
     code, out, err = cli(api.url, "list", env=env)
-    assert code == EXIT_USAGE and "OS_TOKEN" in err
+    assert code == EXIT_USAGE and "OS_USER_ID" in err and "OS_PROJECT_ID" in err
+    # No credentials at all: 2, naming every way to give them.
+    env = {k: v for k, v in env.items() if not k.startswith("OS_AUTH")}
+    code, out, err = cli(api.url, "list", env=env)
+    assert code == EXIT_USAGE and "OS_TOKEN" in err and "OS_PASSWORD" in err, err
     # The job ends in error (the volume's data is gone): 5, with the backup's reason.
     vol = _client(api).create_volume(1, name="doomed")
     volume_file(settings, vol["id"]).unlink()
