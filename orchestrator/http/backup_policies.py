@@ -72,10 +72,8 @@ class BackupPolicyWriteSchema(schemas.StrictSchema):
     enabled = schemas.LenientBool(**NUMBER)
 
 
-class BackupPolicySummarySchema(schemas.ReplySchema):
-    id = fields.UUID()
-    name = fields.String(allow_none=True)
-    links = fields.List(fields.Nested(schemas.LinkSchema))
+class BackupPolicySummarySchema(schemas.SummarySchema):
+    pass
 
 
 class BackupPolicyRunViewSchema(schemas.ReplySchema):

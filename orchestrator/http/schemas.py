@@ -215,10 +215,18 @@ class LinkSchema(ReplySchema):
     href = fields.String(metadata={"description": "absolute URL"})
 
 
-class BackupSummarySchema(ReplySchema):
+class SummarySchema(ReplySchema):
+    """What a summary listing shows of any resource; each resource's summary is a
+    subclass, so the OpenAPI document names it (subclasses stay without a docstring:
+    the document's components have none)."""
+
     id = fields.UUID()
     name = fields.String(allow_none=True)
     links = fields.List(fields.Nested(LinkSchema))
+
+
+class BackupSummarySchema(SummarySchema):
+    pass
 
 
 class BackupProgressSchema(ReplySchema):
@@ -281,10 +289,8 @@ class RestoreResultSchema(ReplySchema):
     volume_name = fields.String(allow_none=True)
 
 
-class VolumeSummarySchema(ReplySchema):
-    id = fields.UUID()
-    name = fields.String(allow_none=True)
-    links = fields.List(fields.Nested(LinkSchema))
+class VolumeSummarySchema(SummarySchema):
+    pass
 
 
 class VolumeDetailSchema(ReplySchema):

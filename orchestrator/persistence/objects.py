@@ -120,12 +120,12 @@ def adopt(session: Session, backup_id: str, store: str, objects: Sequence[Object
     :raise UnpinnedReference: if one of them is being removed by a collector.
     """
     by_name = {o.name: o for o in objects}
-    rows = _rows_by_name(session, store, by_name)
+    rows = known_names(session, store, by_name)
     for chunk in _chunks([o for name, o in sorted(by_name.items()) if name not in rows]):
         session.execute(insert(StoredObject), [
             {"store": store, "name": o.name, "size": o.size, "sha256": o.sha256,
              "ref_count": 0, "state": LIVE, "created_at": now} for o in chunk])
-    rows = _rows_by_name(session, store, by_name)
+    rows = known_names(session, store, by_name)
     removing = sorted(name for name, (_, state) in rows.items() if state != LIVE)
     if removing:
         raise UnpinnedReference(f"object {removing[0]!r} is being removed by a garbage "
@@ -141,17 +141,6 @@ def adopt(session: Session, backup_id: str, store: str, objects: Sequence[Object
         if added != len(chunk):
             raise UnpinnedReference("an object was claimed by a garbage collection meanwhile")
     _add_refs(session, backup_id, to_add)
-
-
-def _rows_by_name(session: Session, store: str, names: Iterable[str]
-                  ) -> dict[str, tuple[int, str]]:
-    rows: dict[str, tuple[int, str]] = {}
-    for chunk in _chunks(sorted(names)):
-        for oid, name, state in session.execute(
-                select(StoredObject.id, StoredObject.name, StoredObject.state)
-                .where(StoredObject.store == store, StoredObject.name.in_(chunk))):
-            rows[name] = (oid, state)
-    return rows
 
 
 def register(session: Session, backup_id: str, store: str, *, new: Sequence[ObjectInfo],
@@ -238,13 +227,17 @@ def forget(session: Session, ids: Sequence[int]) -> None:
                                                    StoredObject.state == REMOVING))
 
 
-def known_names(session: Session, store: str, names: Sequence[str]) -> set[str]:
-    """Which of ``names`` have a row in ``store`` (whatever their state)."""
-    known: set[str] = set()
+def known_names(session: Session, store: str, names: Iterable[str]
+                ) -> dict[str, tuple[int, str]]:
+    """Which of ``names`` have a row in ``store`` (whatever their state): name → (id,
+    state)."""
+    rows: dict[str, tuple[int, str]] = {}
     for chunk in _chunks(sorted(set(names))):
-        known.update(session.scalars(select(StoredObject.name).where(
-            StoredObject.store == store, StoredObject.name.in_(chunk))))
-    return known
+        for oid, name, state in session.execute(
+                select(StoredObject.id, StoredObject.name, StoredObject.state)
+                .where(StoredObject.store == store, StoredObject.name.in_(chunk))):
+            rows[name] = (oid, state)
+    return rows
 
 
 def stores(session: Session) -> list[str]:

@@ -324,3 +324,40 @@ def test_beat_collects_every_known_store(shared, db, client, start_worker):
     finally:
         beat.stop()
         maintenance.stop()
+
+
+def test_an_incremental_on_a_parent_missing_an_index_object_is_a_full_backup(
+        shared, db, client, worker):
+    """The parent's index object gone from the store: the incremental asked for succeeds as
+    a full backup that says why, references nothing of the parent (its pins released),
+    and restores byte-identical; the parent keeps no dependent."""
+    chain = Chain(shared, client)
+    _b1, b2 = chain.build(2)
+    indexes = sorted(n for n in store_names(shared) if f"backup_{b2}/index-" in n)
+    assert len(indexes) >= 1
+    (Path(shared.backup_path) / indexes[-1]).unlink()
+    chain.change(7)
+    b3 = chain.backup(incremental=True)
+    detail = client.get(f"/backups/{b3}").json()["backup"]
+    assert detail["is_incremental"] is False
+    assert detail["fail_reason"].startswith("parent backup unusable (")
+    assert indexes[-1] in detail["fail_reason"]
+    assert detail["fail_reason"].endswith("took a full backup")
+    assert client.get(f"/backups/{b2}").json()["backup"]["has_dependent_backups"] is False
+    with db.scope(write=False) as s:
+        row = s.get(Backup, b3)
+        assert row.parent_id is None and row.data_format == 2
+        manifest = f"{row.container}/{row.service_metadata}/manifest.json"
+        assert s.get(Backup, b2).num_dependent_backups == 0
+        names = set(s.scalars(select(StoredObject.name).join(
+            BackupObject, BackupObject.object_id == StoredObject.id)
+            .where(BackupObject.backup_id == b3)))
+    assert names and all(f"backup_{b3}/" in name for name in names)
+    assert names <= store_names(shared)
+    assert {n for n in store_names(shared) if f"backup_{b3}/" in n} == \
+        names | {manifest}
+    chain.restores_identical(b3)
+    chain.change(8)
+    b4 = chain.backup(incremental=True)               # builds on the full one
+    assert client.get(f"/backups/{b4}").json()["backup"]["is_incremental"] is True
+    chain.restores_identical(b4)

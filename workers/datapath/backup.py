@@ -26,7 +26,12 @@ parent's depth + 1. ``max_chain_depth`` caps it (it bounds how fragmented the
 extents of a volume get): when the new backup would exceed it, a full backup is
 taken instead and ``BackupResult.message`` says why (this never raises). So does
 any other reason the parent cannot serve (unreadable, format version 1, another
-volume size, block size, compression or volume).
+volume size, block size, compression or volume). A parent index object is only read
+when the scan reaches its span, so one that is missing, damaged or malformed
+(:class:`ParentUnusable`) is found while the backup runs: the attempt's objects are
+deleted and the volume is scanned again as a full backup. Checking every parent
+index object first would read them twice (they grow with the volume); a failure of
+the store itself, or of the source, still fails the backup.
 """
 from __future__ import annotations
 
@@ -52,6 +57,7 @@ from .catalog import read_manifest
 from .config import DriverConfig
 from .errors import BackupCancelled
 from .errors import DataPathError
+from .errors import IntegrityError
 from .errors import InvalidBackup
 from .errors import VolumeIOError
 from .format import DIGEST_LEN
@@ -130,20 +136,29 @@ class _Pending(NamedTuple):
 ObjectKey = tuple[str, int] | StoredObject
 
 
+class ParentUnusable(DataPathError):
+    """A parent index object is missing, damaged or malformed: the parent cannot serve
+    (:func:`backup` then takes a full backup; it never raises this)."""
+
+
 class ParentCursor:
     """Streams the extents of a version-2 parent in volume order, segment by segment,
     holding one parent index object at a time.
 
-    :raise IntegrityError, InvalidBackup: (from :meth:`segment`) if a parent index
+    :raise ParentUnusable: (from the constructor and :meth:`segment`) if a parent index
         object is missing, damaged or malformed.
+    :raise StoreError: if the store fails.
     """
 
     def __init__(self, store: ObjectStore, root: RootManifest) -> None:
         self.root = root
         self._extents = self._iterate(store, root)
-        self._next = next(self._extents, None)
         self._segment: int | None = None
         self._state: ParentSegment | None = None
+        try:
+            self._next = next(self._extents, None)
+        except (IntegrityError, InvalidBackup) as e:
+            raise ParentUnusable(str(e)) from e
 
     @staticmethod
     def _iterate(store: ObjectStore, root: RootManifest
@@ -159,6 +174,14 @@ class ParentCursor:
         for in increasing order (the same one again is fine)."""
         if segment == self._segment:
             return self._state
+        try:
+            state = self._read_segment(segment)
+        except (IntegrityError, InvalidBackup) as e:
+            raise ParentUnusable(str(e)) from e
+        self._segment, self._state = segment, state
+        return state
+
+    def _read_segment(self, segment: int) -> ParentSegment | None:
         blocks_per_segment = self.root.blocks_per_segment
         first = segment * blocks_per_segment
         end = first + blocks_per_segment
@@ -178,7 +201,6 @@ class ParentCursor:
                     extent.block_digests(name)
                 present[i:i + extent.block_count] = b"\x01" * extent.block_count
             state = ParentSegment(digests, present, [(o, e) for o, e, _n in taken])
-        self._segment, self._state = segment, state
         return state
 
 
@@ -251,9 +273,7 @@ def backup(store: ObjectStore, config: DriverConfig, source_path: str, *, backup
 
     :raise ValueError: for a bad volume_id or size_bytes.
     :raise InvalidContainer: for a bad backup_id or container.
-    :raise InvalidBackup: if the backup already exists, or a parent index object is
-        malformed.
-    :raise IntegrityError: if a parent index object is missing or damaged.
+    :raise InvalidBackup: if the backup already exists.
     :raise BackupCancelled: if ``cancelled()`` said so.
     :raise VolumeIOError: if the source cannot be read.
     :raise StoreError: if the store fails.
@@ -292,11 +312,24 @@ def backup(store: ObjectStore, config: DriverConfig, source_path: str, *, backup
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         except OSError:
             pass
-        cursor = ParentCursor(store, parent_root) if parent_root is not None else None
-        pipeline = _BackupPipeline(store, config, ref, backup_id, fd, size_bytes, cursor,
-                                   ProgressTicker(size_bytes, progress, cancelled,
-                                                  config.check_interval_bytes))
-        pipeline.run()
+
+        def run(root: RootManifest | None) -> _BackupPipeline:
+            cursor = ParentCursor(store, root) if root is not None else None
+            pipeline = _BackupPipeline(store, config, ref, backup_id, fd, size_bytes, cursor,
+                                       ProgressTicker(size_bytes, progress, cancelled,
+                                                      config.check_interval_bytes))
+            pipeline.run()
+            return pipeline
+
+        try:
+            pipeline = run(parent_root)
+        except ParentUnusable as e:
+            # The parent cannot serve after all: none of this attempt is kept, and the
+            # full backup references none of the parent's objects.
+            delete_backup(store, ref)
+            message = f"parent backup unusable ({e}); took a full backup"
+            parent_root, parent_link, depth = None, None, 0
+            pipeline = run(None)
     except BaseException:
         delete_quietly(store, ref)
         raise

@@ -179,9 +179,10 @@ class VolumeGeometry:
 
 
 @dataclass
-class Manifest(VolumeGeometry):
-    """A version-1 manifest with typed fields; ``body`` is the JSON object it was read from or
-    written as."""
+class ManifestFields(VolumeGeometry):
+    """The typed fields of a manifest of either format version (:class:`Manifest`,
+    :class:`.index.RootManifest`); ``body`` is the JSON object it was read from or written
+    as."""
 
     backup_id: str | None
     volume_id: str | None
@@ -197,24 +198,18 @@ class Manifest(VolumeGeometry):
     parent: ParentLink | None
     chain_depth: int
     volume_meta: dict[str, Any]
-    objects: list[PackObject]
-    frames: list[Frame]
-    zeroed: list[ZeroedRun]
-    stats: BackupStats | None
+    stats: BackupStats | None = field(kw_only=True)
     # The name the service records these backups under (Cinder's backup "service"); the
     # service hands it to the driver (orchestrator.operations.backups.DRIVER_ID).
-    driver: str | None = None
-    body: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    driver: str | None = field(default=None, kw_only=True)
+    body: dict[str, Any] = field(default_factory=dict, repr=False, compare=False,
+                                 kw_only=True)
 
-    @property
-    def format_version(self) -> int:
-        """The format version of this manifest."""
-        return 1
-
-    def to_body(self) -> dict[str, Any]:
-        """The JSON object of this manifest, as the store holds it."""
+    def _to_body(self, version: int, **own: Any) -> dict[str, Any]:
+        """The JSON object of this manifest: the shared fields, ``own`` (the version's
+        fields) and ``stats``."""
         return {
-            "format": FORMAT, "version": 1, "driver": self.driver,
+            "format": FORMAT, "version": version, "driver": self.driver,
             "backup_id": self.backup_id, "volume_id": self.volume_id,
             "created_at": self.created_at,
             "container": self.container, "prefix": self.prefix,
@@ -225,10 +220,28 @@ class Manifest(VolumeGeometry):
             "incremental": self.incremental,
             "parent": self.parent.to_json() if self.parent is not None else None,
             "chain_depth": self.chain_depth, "volume_meta": self.volume_meta,
-            "objects": [o.to_json() for o in self.objects],
-            "frames": list(self.frames), "zeroed": list(self.zeroed),
+            **own,
             "stats": self.stats.to_json() if self.stats is not None else None,
         }
+
+
+@dataclass
+class Manifest(ManifestFields):
+    """A version-1 manifest with typed fields."""
+
+    objects: list[PackObject]
+    frames: list[Frame]
+    zeroed: list[ZeroedRun]
+
+    @property
+    def format_version(self) -> int:
+        """The format version of this manifest."""
+        return 1
+
+    def to_body(self) -> dict[str, Any]:
+        """The JSON object of this manifest, as the store holds it."""
+        return self._to_body(1, objects=[o.to_json() for o in self.objects],
+                             frames=list(self.frames), zeroed=list(self.zeroed))
 
 
 def encode_digests(digests: bytes) -> str:
@@ -292,6 +305,20 @@ class ManifestHeader(NamedTuple):
     def block_count(self) -> int:
         """Blocks of the volume (the last one may be partial)."""
         return -(-self.size_bytes // self.block_size)
+
+    def fields(self, body: dict[str, Any], ref: BackupRef) -> dict[str, Any]:
+        """The :class:`ManifestFields` of backup ``ref`` whose manifest is ``body``
+        (keyword arguments)."""
+        return dict(
+            backup_id=body.get("backup_id"), volume_id=body.get("volume_id"),
+            created_at=body.get("created_at"), container=ref.container, prefix=ref.prefix,
+            size_bytes=self.size_bytes, block_size=self.block_size,
+            segment_size=self.segment_size, compression=body["compression"],
+            compression_level=body.get("compression_level"),
+            incremental=bool(body.get("incremental", self.parent is not None)),
+            parent=self.parent, chain_depth=self.chain_depth,
+            volume_meta=body.get("volume_meta") or {}, stats=self.stats,
+            driver=body.get("driver"), body=body)
 
 
 def check_header(body: dict[str, Any], ref: BackupRef, version: int) -> ManifestHeader:
@@ -393,14 +420,5 @@ def check_manifest(body: dict[str, Any], ref: BackupRef) -> Manifest:
         if isinstance(e, InvalidContainer):
             raise InvalidBackup(f"{where}: {e}") from None
         raise InvalidBackup(f"{where}: malformed manifest ({e!r})") from None
-    return Manifest(
-        backup_id=body.get("backup_id"), volume_id=body.get("volume_id"),
-        created_at=body.get("created_at"), container=ref.container, prefix=ref.prefix,
-        size_bytes=header.size_bytes, block_size=header.block_size,
-        segment_size=header.segment_size,
-        compression=body["compression"], compression_level=body.get("compression_level"),
-        incremental=bool(body.get("incremental", header.parent is not None)),
-        parent=header.parent, chain_depth=header.chain_depth,
-        volume_meta=body.get("volume_meta") or {},
-        objects=objects, frames=frames, zeroed=zeroed, stats=header.stats,
-        driver=body.get("driver"), body=body)
+    return Manifest(**header.fields(body, ref), objects=objects, frames=frames,
+                    zeroed=zeroed)

@@ -24,18 +24,14 @@ Root and index objects use version 1's checksum encoding
 from __future__ import annotations
 
 from dataclasses import dataclass
-from dataclasses import field
 from typing import Any
 from typing import NamedTuple
 
 from .errors import InvalidBackup
 from .errors import InvalidContainer
-from .format import DIGEST
 from .format import DIGEST_LEN
 from .format import FORMAT
-from .format import BackupStats
-from .format import ParentLink
-from .format import VolumeGeometry
+from .format import ManifestFields
 from .format import check_header
 from .format import decode_digests
 from .names import validate_object_name
@@ -129,27 +125,10 @@ class IndexObject:
 
 
 @dataclass
-class RootManifest(VolumeGeometry):
-    """A version-2 root manifest with typed fields; ``body`` is its JSON object."""
+class RootManifest(ManifestFields):
+    """A version-2 root manifest with typed fields."""
 
-    backup_id: str | None
-    volume_id: str | None
-    created_at: str | None
-    container: str
-    prefix: str
-    size_bytes: int
-    block_size: int
-    segment_size: int
-    compression: str
-    compression_level: int | None
-    incremental: bool
-    parent: ParentLink | None
-    chain_depth: int
-    volume_meta: dict[str, Any]
     index: list[IndexEntry]
-    stats: BackupStats | None
-    driver: str | None = None
-    body: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def format_version(self) -> int:
@@ -162,21 +141,7 @@ class RootManifest(VolumeGeometry):
 
     def to_body(self) -> dict[str, Any]:
         """The JSON object of this root manifest, as the store holds it."""
-        return {
-            "format": FORMAT, "version": VERSION, "driver": self.driver,
-            "backup_id": self.backup_id, "volume_id": self.volume_id,
-            "created_at": self.created_at,
-            "container": self.container, "prefix": self.prefix,
-            "size_bytes": self.size_bytes, "block_size": self.block_size,
-            "segment_size": self.segment_size,
-            "digest": DIGEST, "compression": self.compression,
-            "compression_level": self.compression_level,
-            "incremental": self.incremental,
-            "parent": self.parent.to_json() if self.parent is not None else None,
-            "chain_depth": self.chain_depth, "volume_meta": self.volume_meta,
-            "index": [e.to_json() for e in self.index],
-            "stats": self.stats.to_json() if self.stats is not None else None,
-        }
+        return self._to_body(VERSION, index=[e.to_json() for e in self.index])
 
 
 def _check_object_entry(entry: Any, where: str, *, relative: bool) -> tuple[str, int, str]:
@@ -216,16 +181,7 @@ def check_root(body: dict[str, Any], ref: BackupRef) -> RootManifest:
         if isinstance(e, InvalidContainer):
             raise InvalidBackup(f"{where}: {e}") from None
         raise InvalidBackup(f"{where}: malformed manifest ({e!r})") from None
-    return RootManifest(
-        backup_id=body.get("backup_id"), volume_id=body.get("volume_id"),
-        created_at=body.get("created_at"), container=ref.container, prefix=ref.prefix,
-        size_bytes=header.size_bytes, block_size=header.block_size,
-        segment_size=header.segment_size, compression=body["compression"],
-        compression_level=body.get("compression_level"),
-        incremental=bool(body.get("incremental", header.parent is not None)),
-        parent=header.parent, chain_depth=header.chain_depth,
-        volume_meta=body.get("volume_meta") or {}, index=index, stats=header.stats,
-        driver=body.get("driver"), body=body)
+    return RootManifest(**header.fields(body, ref), index=index)
 
 
 def check_index(body: dict[str, Any], root: RootManifest, entry: IndexEntry) -> IndexObject:
