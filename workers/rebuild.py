@@ -67,8 +67,7 @@ def rebuild(settings: Settings, *, dry_run: bool = False) -> dict:
         if stored.format_version != 2:
             report["chain_format"] += 1
             continue
-        wanted = {o.name: objects.ObjectInfo(o.name, o.size, o.sha256 or "")
-                  for o in stored.objects}
+        wanted = {o.name: objects.ObjectInfo(o.name, o.size, o.sha256) for o in stored.objects}
         with db.scope() as session:
             held = objects.referenced_names(session, backup_id)
             add = [info for name, info in wanted.items() if name not in held]

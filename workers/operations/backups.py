@@ -95,7 +95,7 @@ def _driver_for(run: JobRun, backup: Backup) -> ChunkedDriver:
 
 def _infos(stored) -> tuple[objects.ObjectInfo, ...]:
     """The data path's objects as the reference counts take them."""
-    return tuple(objects.ObjectInfo(o.name, o.size, o.sha256 or "") for o in stored)
+    return tuple(objects.ObjectInfo(o.name, o.size, o.sha256) for o in stored)
 
 
 @runs
