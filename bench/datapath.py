@@ -17,7 +17,9 @@ Then, in the same run:
   times --size-mib (keys: the sizes in MiB), each the base image tiled that
   many times (holes kept), so the data grows with the volume;
 * ``concurrent4_ratio``: 4 full backups of the base image in 4 processes at once
-  (one store, as on one node): their aggregate throughput ÷ that of one backup
+  (one store, as on one node; each process starts its backup at the same instant,
+  once all four are set up, so no process's imports are counted in another's span):
+  their aggregate throughput ÷ that of one backup
   alone, run side by side (median over --runs); ``concurrent4_rss_mib``: the
   sum of the 4 processes' peak RSS;
 * ``limit_ratio``: full_mib_s ÷ 2 / (1/sha256_mib_s + 1/zstd1_mib_s), the
@@ -84,8 +86,12 @@ def child(spec):
     from workers.datapath import ChunkedDriver
     from workers.stores import make_store
     drv = ChunkedDriver(make_store("posix", path=spec["store"]), **spec.get("options", {}))
-    wall0 = time.time()
     drv = datapath_crypto.maybe_encrypting(drv, spec)
+    if spec.get("start_at"):
+        # Children started together wait here, set up, for one instant: the span they
+        # report is their backups', not the others' start-up (as on a running node).
+        time.sleep(max(0.0, spec["start_at"] - time.time()))
+    wall0 = time.time()
     t0 = time.perf_counter()
     if spec["op"] == "backup":
         parent = BackupRef(*spec["parent"]) if spec.get("parent") else None
@@ -111,9 +117,13 @@ def run_child(spec):
     return run_children([spec])[0]
 
 
-def run_children(specs):
-    """Run the specs in child processes at the same time; their outputs, in order."""
+def run_children(specs, together=False):
+    """Run the specs in child processes at the same time; their outputs, in order.
+    With ``together`` the children start their work at one instant, once all are set up."""
     os.sync()    # no writeback of earlier steps competes with the measured one
+    if together:
+        start_at = time.time() + 3.0      # after the children's imports
+        specs = [dict(spec, start_at=start_at) for spec in specs]
     procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "--child",
                                json.dumps(spec)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for spec in specs]
@@ -365,7 +375,8 @@ def main():
                 alone = backup(s4, base, f"alone{i}", size)
                 together = run_children([
                     {"op": "backup", "store": s4, "source": base, "backup_id": f"c{i}x{k}",
-                     "size": size, "parent": None, "options": options} for k in range(4)])
+                     "size": size, "parent": None, "options": options} for k in range(4)],
+                    together=True)
                 span = max(r["t_end"] for r in together) - min(r["t_start"] for r in together)
                 ratio = (4 * size / span) / (size / alone["elapsed_s"])
                 conc_ratios.append(ratio)

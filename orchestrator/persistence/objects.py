@@ -60,7 +60,7 @@ class ObjectInfo:
 
     name: str
     size: int
-    sha256: str
+    sha256: str | None     # None: recorded without one (a pack; stored as "")
 
 
 class UnpinnedReference(Exception):
@@ -123,7 +123,7 @@ def adopt(session: Session, backup_id: str, store: str, objects: Sequence[Object
     rows = known_names(session, store, by_name)
     for chunk in _chunks([o for name, o in sorted(by_name.items()) if name not in rows]):
         session.execute(insert(StoredObject), [
-            {"store": store, "name": o.name, "size": o.size, "sha256": o.sha256,
+            {"store": store, "name": o.name, "size": o.size, "sha256": o.sha256 or "",
              "ref_count": 0, "state": LIVE, "created_at": now} for o in chunk])
     rows = known_names(session, store, by_name)
     removing = sorted(name for name, (_, state) in rows.items() if state != LIVE)

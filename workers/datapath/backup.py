@@ -538,7 +538,7 @@ class _BackupPipeline:
         parts, length = self._pack_parts, self._pack_length
         self._pack_parts, self._pack_length = [], 0
         future = self._io_pool.submit(put_object, self.store, self.ref,
-                                      PACK_NAME_FORMAT.format(number), parts)
+                                      PACK_NAME_FORMAT.format(number), parts, digest=False)
         self._pending.append(_Pending("put", future, length, number, 0))
 
     def _close_span(self) -> None:

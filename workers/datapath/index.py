@@ -45,11 +45,12 @@ INDEX_KIND = "index"
 
 @dataclass(frozen=True)
 class StoredObject:
-    """An object a backup references: full store name, size in bytes, SHA-256 (hex)."""
+    """An object a backup references: full store name, size in bytes, SHA-256 (hex; None
+    for a pack written without one: its blocks' digests check what a reader uses)."""
 
     name: str
     size: int
-    sha256: str
+    sha256: str | None
 
     def to_json(self) -> dict[str, Any]:
         """The object table entry of an index object."""
@@ -144,12 +145,15 @@ class RootManifest(ManifestFields):
         return self._to_body(VERSION, index=[e.to_json() for e in self.index])
 
 
-def _check_object_entry(entry: Any, where: str, *, relative: bool) -> tuple[str, int, str]:
-    """(name, size, sha256) of an object entry, checked."""
+def _check_object_entry(entry: Any, where: str, *, relative: bool
+                        ) -> tuple[str, int, str | None]:
+    """(name, size, sha256) of an object entry, checked. A root's index entry (relative
+    name) must have a SHA-256; an index object's table entry may have none (a pack)."""
     name, size, sha256 = entry["name"], entry["size"], entry["sha256"]
     validate_object_name(name)
-    if (relative and "/" in name) or not isinstance(size, int) or size < 0 \
-            or not isinstance(sha256, str) or len(sha256) != 64:
+    bad_digest = (relative or sha256 is not None) and \
+        (not isinstance(sha256, str) or len(sha256) != 64)
+    if (relative and "/" in name) or not isinstance(size, int) or size < 0 or bad_digest:
         raise InvalidBackup(f"{where}: bad object entry {entry!r}")
     return name, size, sha256
 

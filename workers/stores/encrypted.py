@@ -28,7 +28,9 @@ from typing import TYPE_CHECKING
 from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.ciphers import Cipher
+from cryptography.hazmat.primitives.ciphers import algorithms
+from cryptography.hazmat.primitives.ciphers import modes
 
 from workers.datapath.errors import IntegrityError
 from workers.datapath.names import validate_object_name
@@ -43,6 +45,9 @@ MAGIC = b"VBEO"
 VERSION = 1
 NONCE_LEN = 12
 TAG_LEN = 16
+# The cipher is fed at most this much at a time: one call over a whole pack runs at a
+# seventh of the speed of the same bytes in pieces (and holds a pack-sized output).
+_PIECE = 64 * 1024
 
 
 class KeyringLike(Protocol):
@@ -98,39 +103,65 @@ class EncryptedStore(ObjectStore):
     def __init__(self, inner: ObjectStore, keyring: KeyringLike) -> None:
         self.inner = inner
         self.keyring = keyring
-        self._aeads = {kid: AESGCM(key) for kid, key in keyring.data_keys.items()}
-        if keyring.current_key_id not in self._aeads:
+        self._ciphers = {kid: algorithms.AES(key) for kid, key in keyring.data_keys.items()}
+        if keyring.current_key_id not in self._ciphers:
             raise ValueError("the keyring's current data key is not among its keys")
+
+    def seal_parts(self, name: str, parts: list[bytes | memoryview]) -> list[bytes]:
+        """The stored form of the concatenation of ``parts`` under ``name``, in pieces
+        (header, ciphertext, tag: the AES-GCM ciphertext-and-tag of the whole)."""
+        nonce = os.urandom(NONCE_LEN)
+        header = _header(self.keyring.current_key_id, nonce)
+        encryptor = Cipher(self._ciphers[self.keyring.current_key_id],
+                           modes.GCM(nonce)).encryptor()
+        encryptor.authenticate_additional_data(name.encode() + b"\0" + header)
+        out = [header]
+        for part in parts:
+            view = memoryview(part)
+            for i in range(0, len(view), _PIECE):
+                out.append(encryptor.update(view[i:i + _PIECE]))
+        out.append(encryptor.finalize())
+        out.append(encryptor.tag)
+        return out
 
     def seal(self, name: str, data: bytes | memoryview) -> bytes:
         """The stored form of ``data`` under ``name``."""
-        nonce = os.urandom(NONCE_LEN)
-        header = _header(self.keyring.current_key_id, nonce)
-        aad = name.encode() + b"\0" + header
-        return header + self._aeads[self.keyring.current_key_id].encrypt(nonce, data, aad)
+        return b"".join(self.seal_parts(name, [data]))
 
-    def open(self, name: str, raw: bytes) -> bytes:
+    def open(self, name: str, raw: bytes) -> bytearray:
         """The plain bytes of stored object ``raw`` under ``name``.
 
         :raise IntegrityError: naming the object, if it does not authenticate or was
             written under a data key this keyring does not hold.
         """
         key_id, nonce, end = parse_header(raw, name)
-        aead = self._aeads.get(key_id)
-        if aead is None:
+        cipher = self._ciphers.get(key_id)
+        if cipher is None:
             raise IntegrityError(f"object {name!r} was written under data key {key_id}, "
                                  "which this project's keyring does not hold (another "
                                  "project's object, or a key that is missing)")
-        aad = name.encode() + b"\0" + raw[:end]
+        body = memoryview(raw)[end:len(raw) - TAG_LEN]
+        decryptor = Cipher(cipher, modes.GCM(nonce, bytes(raw[-TAG_LEN:]))).decryptor()
+        decryptor.authenticate_additional_data(name.encode() + b"\0" + bytes(raw[:end]))
+        # update_into may write up to a block beyond what it is given.
+        out = bytearray(len(body) + 16)
+        position = 0
+        for i in range(0, len(body), _PIECE):
+            position += decryptor.update_into(body[i:i + _PIECE], memoryview(out)[position:])
         try:
-            return aead.decrypt(nonce, memoryview(raw)[end:], aad)
+            decryptor.finalize()
         except InvalidTag:
             raise IntegrityError(f"object {name!r} does not authenticate (damaged, or moved "
                                  "from another name)") from None
+        del out[position:]
+        return out
 
     def put(self, name: str, data: bytes | memoryview) -> None:
+        self.put_parts(name, [data])
+
+    def put_parts(self, name: str, parts: list[bytes | memoryview]) -> None:
         validate_object_name(name)
-        self.inner.put(name, self.seal(name, data))
+        self.inner.put_parts(name, self.seal_parts(name, parts))
 
     def get(self, name: str) -> bytes:
         return self.open(name, self.inner.get(name))

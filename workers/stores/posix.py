@@ -101,11 +101,7 @@ class PosixStore(ObjectStore):
                     if attempt == _PUT_ATTEMPTS - 1:
                         raise
             try:
-                for part in parts:
-                    view = memoryview(part)
-                    while view:
-                        written = os.write(fd, view)
-                        view = view[written:]
+                _write_all(fd, parts)
                 if self.fsync:
                     os.fsync(fd)
             finally:
@@ -218,3 +214,22 @@ class PosixStore(ObjectStore):
                     names.append((full, os.path.join(dirpath, filename)))
         names.sort()
         return names
+
+
+_IOV_MAX = 1024   # Linux's limit on the buffers of one writev
+
+
+def _write_all(fd: int, parts: list[bytes | memoryview]) -> None:
+    """Write the parts one after the other to ``fd``, as few system calls as can be."""
+    pending = [memoryview(p) for p in parts if len(p)]
+    while pending:
+        batch = pending[:_IOV_MAX]
+        written = os.writev(fd, batch)
+        # Drop what was written; a short write leaves the rest of one part.
+        done = 0
+        while done < len(batch) and written >= len(batch[done]):
+            written -= len(batch[done])
+            done += 1
+        if done < len(batch) and written:
+            batch[done] = batch[done][written:]
+        pending = batch[done:] + pending[len(batch):]
