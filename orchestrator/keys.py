@@ -10,10 +10,13 @@ Every project has
   incremental reuses, so equal content in two projects is neither detectable nor
   shared. It is never rotated, so incrementals work across data-key rotations.
 
-Only *wrapped* keys are stored (table ``project_keys``; an export record carries
-them too): AES-256-GCM under the key encryption key (KEK), with the project, key
-id and purpose as associated data, so a wrapped key cannot be moved to another
-project or purpose. The KEK comes from a :class:`KekProvider`: ``ORCH_KEK``
+Only *wrapped* keys are stored (table ``project_keys``; a copy in the store, the
+project's key record, workers/keyrecords.py; an export record carries them too):
+AES-256-GCM under the key encryption key (KEK), with the project, key id and
+purpose as associated data, so a wrapped key cannot be moved to another project
+or purpose. An import registers the keys it carries for the importing project
+(:func:`rebound_rows`, :func:`register_imported`): the same key id may be a row of
+several projects, each wrapped for its own. The KEK comes from a :class:`KekProvider`: ``ORCH_KEK``
 (base64 of 32 bytes) or the file ``ORCH_KEK_FILE``; a KMS or Barbican provider
 subclasses :class:`KekProvider` (see :class:`ExternalKekProvider`).
 """
@@ -312,7 +315,13 @@ def check_carried(provider: KekProvider, record: dict) -> None:
 
     :raise KeyError_: naming what is wrong.
     """
-    keyring(provider, carried_rows(record, dt.datetime.now(dt.UTC).replace(tzinfo=None)))
+    rows = carried_rows(record, dt.datetime.now(dt.UTC).replace(tzinfo=None))
+    for row in rows:
+        provider.unwrap(row.wrapped, project_id=row.project_id, key_id=row.key_id,
+                        purpose=row.purpose)
+    # The backup's data key is among them (current or not: an exported import's keys
+    # may all be extra ones of the exporting project).
+    reading_keyring(provider, rows, str(record.get("encryption_key_id")))
 
 
 def rebound_rows(provider: KekProvider, rows: list[ProjectKey], project_id: str
@@ -333,10 +342,10 @@ def rebound_rows(provider: KekProvider, rows: list[ProjectKey], project_id: str
     return out
 
 
-def register_imported(session: Session, project_id: str, rebound: list[dict], *,
-                      source_project_id: str | None, now: dt.datetime) -> list[str]:
-    """Add the keys an import carried (:func:`rebound_rows`) to ``project_id``'s keyring
-    where it does not hold them yet; the key ids added.
+def imported_rows(held: list[ProjectKey], rebound: list[dict], project_id: str, *,
+                  source_project_id: str | None, now: dt.datetime) -> list[ProjectKey]:
+    """The rows an import adds to ``project_id``'s keyring (``held``): the carried keys
+    (:func:`rebound_rows`) it does not hold yet.
 
     They are extra keys, never current — unless the record is the project's own (its
     keys brought back after a database loss or into another deployment) and the project
@@ -344,22 +353,46 @@ def register_imported(session: Session, project_id: str, rebound: list[dict], *,
     and identity keys, so an imported backup never makes another project's digests
     comparable with its own.
     """
-    held = {r.key_id: r for r in project_rows(session, project_id)}
-    current = {r.purpose for r in held.values() if r.retired_at is None}
+    ids = {r.key_id for r in held}
+    current = {r.purpose for r in held if r.retired_at is None}
     added = []
     for item in rebound:
-        if item["key_id"] in held:
+        if item["key_id"] in ids:
             continue
         keep_current = (source_project_id == project_id and not item["retired"]
                         and item["purpose"] not in current)
-        session.add(ProjectKey(key_id=item["key_id"], project_id=project_id,
-                               purpose=item["purpose"], wrapped=item["wrapped"],
-                               kek_id=item["kek_id"], created_at=now,
-                               retired_at=None if keep_current else now))
         if keep_current:
             current.add(item["purpose"])
-        added.append(item["key_id"])
-    session.flush()
+        ids.add(item["key_id"])
+        added.append(ProjectKey(key_id=item["key_id"], project_id=project_id,
+                                purpose=item["purpose"], wrapped=item["wrapped"],
+                                kek_id=item["kek_id"], created_at=now,
+                                retired_at=None if keep_current else now))
+    return added
+
+
+def register_imported(session: Session, project_id: str, rebound: list[dict], *,
+                      source_project_id: str | None, now: dt.datetime) -> list[str]:
+    """Add the keys an import carried to ``project_id``'s keyring (see
+    :func:`imported_rows`); the key ids added."""
+    added = []
+    for row in imported_rows(project_rows(session, project_id), rebound, project_id,
+                             source_project_id=source_project_id, now=now):
+        try:
+            with session.begin_nested():     # a concurrent import of the same keys
+                session.add(row)
+        except IntegrityError:
+            if row.retired_at is not None:
+                continue                     # it holds the key already
+            try:
+                with session.begin_nested():     # another current key came first
+                    session.add(ProjectKey(key_id=row.key_id, project_id=project_id,
+                                           purpose=row.purpose, wrapped=row.wrapped,
+                                           kek_id=row.kek_id, created_at=now,
+                                           retired_at=now))
+            except IntegrityError:
+                continue                         # it holds the key already
+        added.append(row.key_id)
     return added
 
 

@@ -66,7 +66,7 @@ def record_name(project_id: str) -> str:
 
 
 def _time(value: dt.datetime | None) -> str | None:
-    return value.replace(microsecond=0).isoformat() if value is not None else None
+    return value.isoformat() if value is not None else None
 
 
 def _entry(row: ProjectKey) -> dict:

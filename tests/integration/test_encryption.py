@@ -182,6 +182,15 @@ def test_key_rows_lost_are_rebuilt_from_the_store_and_an_edited_record_is_refuse
     b4 = chain.backup(incremental=True)
     assert client.get(f"/backups/{b4}").json()["backup"]["is_incremental"] is True
     chain.restores_identical(b4)
+    # The CLI writes the records: nothing to do now, the new key after a rotation.
+    for rotate, written in ((False, 0), (True, 1)):
+        if rotate:
+            assert _cli(settings, "keys", "rotate", "--project", project).returncode == 0
+        done = _cli(settings, "keys", "write-records")
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout.strip().splitlines()[-1]) == {
+            "projects": 1, "records_written": written, "problems": []}
+    assert len(decode_manifest(path.read_bytes())["keys"]) == 4
 
 
 def test_a_full_collection_after_deletes_keeps_the_key_record(settings, db, client, admin,

@@ -57,8 +57,8 @@ def test_rewrap_under_a_new_kek(database, provider, tmp_path):
 def test_carried_keys_are_checked_and_rebound_to_the_importing_project(database, provider):
     with database.scope() as s:
         ring = keys.keyring(provider, keys.ensure_keys(s, provider, "src", utcnow()))
-        record = {"project_id": "src", "encryption": {
-            "keys": keys.export_rows(keys.project_rows(s, "src"))}}
+        record = {"project_id": "src", "encryption_key_id": ring.current_key_id,
+                  "encryption": {"keys": keys.export_rows(keys.project_rows(s, "src"))}}
     keys.check_carried(provider, record)
     bad = {"project_id": "elsewhere", "encryption": record["encryption"]}
     with pytest.raises(keys.KeyError_, match="cannot be unwrapped"):
@@ -105,3 +105,9 @@ def test_a_project_holding_only_imported_keys_reads_with_them(database, provider
     assert got.identity_key == ring.identity_key
     with pytest.raises(keys.KeyError_, match="holds no data key"):
         keys.reading_keyring(provider, rows, "no-such-key")
+    # Exported from there (every key an extra one), the record still imports.
+    record = {"project_id": "dst", "encryption_key_id": ring.current_key_id,
+              "encryption": {"keys": keys.export_rows(rows)}}
+    keys.check_carried(provider, record)
+    with pytest.raises(keys.KeyError_, match="holds no data key"):
+        keys.check_carried(provider, dict(record, encryption_key_id="other"))

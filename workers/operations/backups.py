@@ -62,31 +62,37 @@ def _keyring(settings, session, project_id: str, *, create: bool = False,
     return dataclasses.replace(ring, current_key_id=current) if current else ring
 
 
+def _reading_driver(settings, rows: list[ProjectKey], data_key_id: str,
+                    ref: BackupRef) -> ChunkedDriver:
+    """The driver that reads the encrypted backup at ``ref`` with ``rows`` (one project's
+    wrapped keys): its data key, and the identity key its manifest names (an imported
+    backup names the identity key of the project that wrote it)."""
+    provider = keys.kek_provider(settings)
+    ring = keys.reading_keyring(provider, rows, data_key_id)
+    driver = backup_driver(settings, ring)
+    try:
+        named = driver.read_manifest(ref).get("digest_key_id")
+    except DataPathError:
+        return driver                # the operation itself reports the damage
+    if named and named != ring.identity_key_id and \
+            any(r.key_id == named and r.purpose == keys.IDENTITY for r in rows):
+        driver = backup_driver(settings, keys.reading_keyring(provider, rows, data_key_id,
+                                                              named))
+    return driver
+
+
 def _driver_for(run: JobRun, backup: Backup) -> ChunkedDriver:
     """The driver that reads ``backup``: decrypting with its project's keys if it is
-    encrypted (backups.encryption_key_id), else plain. Its block digests are checked
-    with the identity key its manifest names (an imported backup names the identity key
-    of the project that wrote it, which an import registered for this project too).
+    encrypted (backups.encryption_key_id), else plain.
 
     :raise keys.KeyError_: if the project does not hold the backup's keys.
     """
     if not backup.encryption_key_id:
         return backup_driver(run.settings)
-    provider = keys.kek_provider(run.settings)
     with run.db.scope(write=False) as session:
         rows = keys.project_rows(session, backup.project_id)
-    ring = keys.reading_keyring(provider, rows, backup.encryption_key_id)
-    driver = backup_driver(run.settings, ring)
-    try:
-        named = driver.read_manifest(BackupRef(backup.container, backup.service_metadata)
-                                     ).get("digest_key_id")
-    except DataPathError:
-        return driver                # the operation itself reports the damage
-    if named and named != ring.identity_key_id and \
-            any(r.key_id == named and r.purpose == keys.IDENTITY for r in rows):
-        driver = backup_driver(run.settings, keys.reading_keyring(
-            provider, rows, backup.encryption_key_id, named))
-    return driver
+    return _reading_driver(run.settings, rows, backup.encryption_key_id,
+                           BackupRef(backup.container, backup.service_metadata))
 
 
 def _infos(stored) -> tuple[objects.ObjectInfo, ...]:
@@ -234,14 +240,16 @@ class BackupImportRun(RunHalf):
             return backup_driver(run.settings), []
         provider = keys.kek_provider(run.settings)
         carried = keys.carried_rows(record, now=utcnow())
-        ring = keys.keyring(provider, carried)          # every one unwraps, or nothing
         with run.db.scope(write=False) as session:
             project_id = session.get(Backup, run.job.resource_id).project_id
-        return backup_driver(run.settings, ring), keys.rebound_rows(provider, carried,
-                                                                    project_id)
+        rebound = keys.rebound_rows(provider, carried, project_id)  # all unwrap, or none
+        driver = _reading_driver(run.settings, carried, record["encryption_key_id"],
+                                 BackupRef(record.get("container"),
+                                           record.get("service_metadata")))
+        return driver, rebound
 
     @staticmethod
-    def record_keys(run: JobRun, rebound: list[dict]) -> None:
+    def record_keys(run: JobRun, record: dict, rebound: list[dict]) -> None:
         """Write the importing project's key record with the keys about to be registered
         (before the import completes: no backup is available with a key the store's copy
         lacks)."""
@@ -249,11 +257,10 @@ class BackupImportRun(RunHalf):
             return
         with run.db.scope(write=False) as session:
             project_id = session.get(Backup, run.job.resource_id).project_id
-        now = utcnow()
-        keyrecords.ensure_record(run.settings, run.db, project_id, [
-            ProjectKey(key_id=k["key_id"], project_id=project_id, purpose=k["purpose"],
-                       wrapped=k["wrapped"], kek_id=k["kek_id"], created_at=now,
-                       retired_at=now) for k in rebound])
+            held = keys.project_rows(session, project_id)
+        keyrecords.ensure_record(run.settings, run.db, project_id, keys.imported_rows(
+            held, rebound, project_id, source_project_id=record.get("project_id"),
+            now=utcnow()))
 
     def run(self, run: JobRun, params: BackupImportParams) -> BackupImportOutcome:
         record = params.record
@@ -272,7 +279,7 @@ class BackupImportRun(RunHalf):
             raise ValueError(f"the record says {record.get('size')} GiB but the backup in the "
                              f"store is of a {volume_gib} GiB volume")
         if manifest.get("version") != SHARED_FORMAT:
-            self.record_keys(run, rebound)
+            self.record_keys(run, record, rebound)
             return BackupImportOutcome(keys=tuple(rebound))
         # Reference every object first (committed), then check that each exists: once
         # referenced, no collection can take it, so what is checked stays there.
@@ -285,7 +292,7 @@ class BackupImportRun(RunHalf):
         if missing:
             raise ValueError(f"{len(missing)} object(s) of the backup are missing from the "
                              f"store, first {missing[0]!r}")
-        self.record_keys(run, rebound)
+        self.record_keys(run, record, rebound)
         return BackupImportOutcome(data_format=SHARED_FORMAT, keys=tuple(rebound))
 
 
