@@ -71,6 +71,10 @@ def validate_container(container: str | None) -> str | None:
         raise errors.InvalidInput(
             f"Invalid input received: container '{container}' must be a relative path of "
             "letters, digits, '.', '_', '-' and '/', without empty, '.' or '..' components.")
+    if container.split("/", 1)[0] == keys.KEY_RECORD_ROOT:
+        raise errors.InvalidInput(
+            f"Invalid input received: container '{container}' is reserved: the store keeps "
+            f"the projects' key records under '{keys.KEY_RECORD_ROOT}/'.")
     return container
 
 

@@ -483,6 +483,16 @@ def keys_rotate(project: str) -> None:
     click.echo(f"project {project}: new data key {key_id}")
 
 
+@keys.command("write-records", context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def keys_write_records(args) -> None:
+    """Write every project's key record (its wrapped keys) from SQL to this backup host's
+    store (`python -m workers.keyrecords write`; --project P for one): after a rewrap or a
+    rotation. A backup writes its project's record anyway; `orchestrator storage
+    rebuild-refs` puts lost project_keys rows back from the records."""
+    os.execv(sys.executable, [sys.executable, "-m", "workers.keyrecords", "write", *args])
+
+
 @keys.command("rewrap")
 @click.option("--new-kek-file", required=True, type=click.Path(exists=True, dir_okay=False),
               help="file holding the new KEK (base64 of 32 bytes)")

@@ -10,10 +10,13 @@ Every project has
   incremental reuses, so equal content in two projects is neither detectable nor
   shared. It is never rotated, so incrementals work across data-key rotations.
 
-Only *wrapped* keys are stored (table ``project_keys``; an export record carries
-them too): AES-256-GCM under the key encryption key (KEK), with the project, key
-id and purpose as associated data, so a wrapped key cannot be moved to another
-project or purpose. The KEK comes from a :class:`KekProvider`: ``ORCH_KEK``
+Only *wrapped* keys are stored (table ``project_keys``; a copy in the store, the
+project's key record, workers/keyrecords.py; an export record carries them too):
+AES-256-GCM under the key encryption key (KEK), with the project, key id and
+purpose as associated data, so a wrapped key cannot be moved to another project
+or purpose. An import registers the keys it carries for the importing project
+(:func:`rebound_rows`, :func:`register_imported`): the same key id may be a row of
+several projects, each wrapped for its own. The KEK comes from a :class:`KekProvider`: ``ORCH_KEK``
 (base64 of 32 bytes) or the file ``ORCH_KEK_FILE``; a KMS or Barbican provider
 subclasses :class:`KekProvider` (see :class:`ExternalKekProvider`).
 """
@@ -40,6 +43,10 @@ from orchestrator.models import ProjectKey
 from orchestrator.models import new_id
 
 KEY_LEN = 32
+# The store's reserved prefix of the per-project key records (workers/keyrecords.py):
+# no backup container may be it or lie under it, and the garbage collector never frees
+# anything under it (docs/format.md, "Key records").
+KEY_RECORD_ROOT = "_project_keys"
 DATA, IDENTITY = "data", "identity"
 _WRAP_VERSION = b"\x01"
 
@@ -308,34 +315,110 @@ def check_carried(provider: KekProvider, record: dict) -> None:
 
     :raise KeyError_: naming what is wrong.
     """
-    keyring(provider, carried_rows(record, dt.datetime.now(dt.UTC).replace(tzinfo=None)))
+    rows = carried_rows(record, dt.datetime.now(dt.UTC).replace(tzinfo=None))
+    for row in rows:
+        provider.unwrap(row.wrapped, project_id=row.project_id, key_id=row.key_id,
+                        purpose=row.purpose)
+    # The backup's data key is among them (current or not: an exported import's keys
+    # may all be extra ones of the exporting project).
+    reading_keyring(provider, rows, str(record.get("encryption_key_id")))
 
 
-def adopt_rows(session: Session, provider: KekProvider, rows: list[ProjectKey],
-               project_id: str) -> None:
-    """Add carried keys this deployment does not hold (by key id) to ``project_id``
-    (re-wrapped for it: the wrapping binds the project); one that would be a second
-    current key of its purpose is kept retired.
+def rebound_rows(provider: KekProvider, rows: list[ProjectKey], project_id: str
+                 ) -> list[dict]:
+    """Carried keys re-wrapped for ``project_id`` (the wrapping binds the project), as
+    :func:`export_rows` gives them: what an import registers for the importing project.
 
     :raise KeyError_: if a carried key cannot be unwrapped.
     """
+    out = []
     for carried in rows:
-        if session.get(ProjectKey, carried.key_id) is not None:
-            continue
         key = provider.unwrap(carried.wrapped, project_id=carried.project_id,
                               key_id=carried.key_id, purpose=carried.purpose)
-        row = ProjectKey(key_id=carried.key_id, project_id=project_id,
-                         purpose=carried.purpose, kek_id=provider.kek_id,
-                         wrapped=provider.wrap(key, project_id=project_id,
-                                               key_id=carried.key_id,
-                                               purpose=carried.purpose),
-                         created_at=carried.created_at, retired_at=carried.retired_at)
+        out.append({"key_id": carried.key_id, "purpose": carried.purpose,
+                    "wrapped": provider.wrap(key, project_id=project_id,
+                                             key_id=carried.key_id, purpose=carried.purpose),
+                    "kek_id": provider.kek_id, "retired": carried.retired_at is not None})
+    return out
+
+
+def imported_rows(held: list[ProjectKey], rebound: list[dict], project_id: str, *,
+                  source_project_id: str | None, now: dt.datetime) -> list[ProjectKey]:
+    """The rows an import adds to ``project_id``'s keyring (``held``): the carried keys
+    (:func:`rebound_rows`) it does not hold yet.
+
+    They are extra keys, never current — unless the record is the project's own (its
+    keys brought back after a database loss or into another deployment) and the project
+    has no current key of that purpose: a project's new backups keep using its own data
+    and identity keys, so an imported backup never makes another project's digests
+    comparable with its own.
+    """
+    ids = {r.key_id for r in held}
+    current = {r.purpose for r in held if r.retired_at is None}
+    added = []
+    for item in rebound:
+        if item["key_id"] in ids:
+            continue
+        keep_current = (source_project_id == project_id and not item["retired"]
+                        and item["purpose"] not in current)
+        if keep_current:
+            current.add(item["purpose"])
+        ids.add(item["key_id"])
+        added.append(ProjectKey(key_id=item["key_id"], project_id=project_id,
+                                purpose=item["purpose"], wrapped=item["wrapped"],
+                                kek_id=item["kek_id"], created_at=now,
+                                retired_at=None if keep_current else now))
+    return added
+
+
+def register_imported(session: Session, project_id: str, rebound: list[dict], *,
+                      source_project_id: str | None, now: dt.datetime) -> list[str]:
+    """Add the keys an import carried to ``project_id``'s keyring (see
+    :func:`imported_rows`); the key ids added."""
+    added = []
+    for row in imported_rows(project_rows(session, project_id), rebound, project_id,
+                             source_project_id=source_project_id, now=now):
         try:
-            with session.begin_nested():
+            with session.begin_nested():     # a concurrent import of the same keys
                 session.add(row)
         except IntegrityError:
-            retired = ProjectKey(key_id=row.key_id, project_id=row.project_id,
-                                 purpose=row.purpose, wrapped=row.wrapped, kek_id=row.kek_id,
-                                 created_at=row.created_at, retired_at=row.created_at)
-            with session.begin_nested():
-                session.add(retired)
+            if row.retired_at is not None:
+                continue                     # it holds the key already
+            try:
+                with session.begin_nested():     # another current key came first
+                    session.add(ProjectKey(key_id=row.key_id, project_id=project_id,
+                                           purpose=row.purpose, wrapped=row.wrapped,
+                                           kek_id=row.kek_id, created_at=now,
+                                           retired_at=now))
+            except IntegrityError:
+                continue                         # it holds the key already
+        added.append(row.key_id)
+    return added
+
+
+def reading_keyring(provider: KekProvider, rows: list[ProjectKey], data_key_id: str,
+                    identity_key_id: str | None = None) -> Keyring:
+    """The keyring that reads a backup sealed under ``data_key_id`` (one of ``rows``, a
+    project's, current or not) with digests keyed by ``identity_key_id`` (default: the
+    project's current identity key, else its newest one). Nothing needs to be current:
+    a project that only holds imported keys reads its imported backups.
+
+    :raise KeyError_: if the project does not hold those keys or one cannot be unwrapped.
+    """
+    if not any(r.key_id == data_key_id and r.purpose == DATA for r in rows):
+        raise KeyError_(f"project {rows[0].project_id if rows else '?'} holds no data key "
+                        f"{data_key_id}")
+    identities = [r for r in rows if r.purpose == IDENTITY]
+    if identity_key_id:
+        chosen = [r for r in identities if r.key_id == identity_key_id]
+    else:
+        chosen = [r for r in identities if r.retired_at is None] or identities[-1:]
+    if not chosen:
+        raise KeyError_(f"project {rows[0].project_id} holds no identity key "
+                        f"{identity_key_id or ''}".rstrip())
+    data = {r.key_id: provider.unwrap(r.wrapped, project_id=r.project_id, key_id=r.key_id,
+                                      purpose=r.purpose) for r in rows if r.purpose == DATA}
+    identity = chosen[0]
+    return Keyring(rows[0].project_id, data_key_id, data, identity.key_id,
+                   provider.unwrap(identity.wrapped, project_id=identity.project_id,
+                                   key_id=identity.key_id, purpose=IDENTITY))

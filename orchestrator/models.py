@@ -443,8 +443,10 @@ class ProjectKey(Base):
               sqlite_where=text("retired_at IS NULL")),
     )
 
+    # A key id is a project's own unless an admin imported another project's backup:
+    # then the importing project holds the same key id too (its own wrapping).
+    project_id: Mapped[str] = mapped_column(String(255), primary_key=True)
     key_id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
-    project_id: Mapped[str] = mapped_column(String(255), nullable=False)
     purpose: Mapped[str] = mapped_column(String(16), nullable=False)    # data | identity
     wrapped: Mapped[str] = mapped_column(Text, nullable=False)
     kek_id: Mapped[str] = mapped_column(String(64), nullable=False)

@@ -2,14 +2,17 @@
 
     python -m workers.rebuild [--dry-run]      (also: orchestrator storage rebuild-refs)
 
-For every backup of this host's store that SQL lists as available (or being
-restored), its manifest and index objects are read from the store and its
-references set to exactly what they name: missing ones are added (a row is made
-for an object SQL does not know), extra ones dropped. After a database restored
-from an older dump, or rows lost by hand, this makes the counts true again
-before a collection runs. Backups still being created keep their pins; a
-backup whose manifest is missing or damaged, or that names an object a
-collection is removing, is reported and left as it is. Prints one JSON line.
+First the projects' keys: every key a trusted key record of the store holds and
+project_keys lacks is put back (workers/keyrecords.py; a record that is damaged,
+edited or of another KEK is reported and adds nothing). Then, for every backup of
+this host's store that SQL lists as available (or being restored), its manifest
+and index objects are read from the store and its references set to exactly what
+they name: missing ones are added (a row is made for an object SQL does not
+know), extra ones dropped. After a database restored from an older dump, or rows
+lost by hand, this makes the keys and counts true again before a collection runs.
+Backups still being created keep their pins; a backup whose manifest is missing
+or damaged, or that names an object a collection is removing, is reported and
+left as it is. Prints one JSON line.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from orchestrator.db import utcnow
 from orchestrator.models import Backup
 from orchestrator.persistence import objects
 from orchestrator.states import BackupStatus
+from workers import keyrecords
 from workers.datapath import BackupRef
 from workers.datapath import DataPathError
 from workers.node import backup_driver
@@ -40,9 +44,13 @@ def rebuild(settings: Settings, *, dry_run: bool = False) -> dict:
     db = get_database(settings.database_url)
     driver = backup_driver(settings)
     store = store_identity(settings)
-    report = {"store": store, "backups_checked": 0, "backups_changed": 0,
-              "references_added": 0, "references_dropped": 0, "chain_format": 0,
-              "problems": []}
+    # First the keys: an encrypted backup's manifest reads only with its project's keys,
+    # and after a database loss the store's key records are where they are.
+    restored = keyrecords.restore(settings, dry_run=dry_run)
+    report = {"store": store, "key_records": restored["key_records"],
+              "keys_restored": restored["keys_restored"], "backups_checked": 0,
+              "backups_changed": 0, "references_added": 0, "references_dropped": 0,
+              "chain_format": 0, "problems": list(restored["problems"])}
     with db.scope(write=False) as session:
         rows = session.execute(select(Backup.id, Backup.container, Backup.service_metadata,
                                       Backup.project_id, Backup.encryption_key_id)
@@ -57,9 +65,9 @@ def rebuild(settings: Settings, *, dry_run: bool = False) -> dict:
             if key_id:             # an encrypted backup: read with its project's keys
                 if project_id not in rings:
                     with db.scope(write=False) as session:
-                        rings[project_id] = keys.keyring(keys.kek_provider(settings),
-                                                         keys.project_rows(session, project_id))
-                reader = backup_driver(settings, rings[project_id])
+                        rings[project_id] = keys.project_rows(session, project_id)
+                reader = backup_driver(settings, keys.reading_keyring(
+                    keys.kek_provider(settings), rings[project_id], key_id))
             stored = reader.referenced_objects(BackupRef(container, prefix))
         except (DataPathError, keys.KeyError_) as exc:
             report["problems"].append(f"backup {backup_id}: {exc}")

@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from orchestrator import keys
 from orchestrator import quota
 from orchestrator.models import Backup
 from orchestrator.models import BackupMetadata
@@ -313,6 +314,9 @@ class BackupImportParams(Params):
 @dataclass(frozen=True)
 class BackupImportOutcome:
     data_format: int | None = None
+    # The wrapped keys the record carried, re-wrapped for the importing project
+    # (orchestrator.keys.rebound_rows): registered in its keyring by the completion.
+    keys: tuple[dict, ...] = ()
 
 
 @register
@@ -335,6 +339,11 @@ class BackupImport(Operation):
         if backup.status != BackupStatus.CREATING:
             return
         backup.data_format = outcome.data_format if outcome is not None else None
+        if outcome is not None and outcome.keys:
+            # Extra keys of the importing project (never current unless the record is its
+            # own): it restores and verifies the backup, its new backups keep its keys.
+            keys.register_imported(session, backup.project_id, list(outcome.keys),
+                                   source_project_id=record.get("project_id"), now=now)
         zone = session.scalar(select(Service.availability_zone).where(
             Service.host == job.host, Service.binary == "cinder-backup"))
         backup.volume_id = record.get("volume_id") or backup.volume_id

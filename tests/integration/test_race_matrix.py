@@ -30,7 +30,6 @@ from orchestrator.db import get_database
 from orchestrator.migrate import upgrade
 from orchestrator.models import Backup
 from orchestrator.models import Job
-from orchestrator.models import ProjectKey
 from orchestrator.models import Volume
 from workers.datapath import BackupRef
 from workers.node import backup_driver
@@ -137,14 +136,18 @@ def _check_invariants(db, settings, volume_sha: dict[str, str]) -> dict:
         available = [(b.id, b.volume_id, b.container, b.service_metadata)
                      for b in backups if b.status == "available"]
         live = {b.id for b in backups}
-        # Encrypted backups read with the keyring of the project holding their key id.
+        # Encrypted backups read with their own project's keys (an import registered the
+        # carried keys for the importing project).
         provider = keys.kek_provider(settings)
         drivers = {}
         for b in backups:
             if b.status == "available" and b.encryption_key_id:
-                owner = s.get(ProjectKey, b.encryption_key_id)
-                drivers[b.id] = backup_driver(settings, keys.keyring(
-                    provider, keys.project_rows(s, owner.project_id)))
+                rows = keys.project_rows(s, b.project_id)
+                named = backup_driver(settings, keys.reading_keyring(
+                    provider, rows, b.encryption_key_id)).read_manifest(
+                    BackupRef(b.container, b.service_metadata)).get("digest_key_id")
+                drivers[b.id] = backup_driver(settings, keys.reading_keyring(
+                    provider, rows, b.encryption_key_id, named))
     plain = backup_driver(settings)
     restored = 0
     with tempfile.TemporaryDirectory() as tmp:

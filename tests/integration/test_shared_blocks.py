@@ -38,8 +38,16 @@ def sha256_file(path: Path) -> str:
 
 
 def store_names(settings) -> set[str]:
+    """The backups' objects in the store (not the projects' key records)."""
     root = Path(settings.backup_path)
     return {str(p.relative_to(root)) for p in root.rglob("*")
+            if p.is_file() and not p.name.startswith(".")} - key_records(settings)
+
+
+def key_records(settings) -> set[str]:
+    """The projects' key records in the store (workers/keyrecords.py)."""
+    root = Path(settings.backup_path)
+    return {str(p.relative_to(root)) for p in (root / "_project_keys").rglob("*")
             if p.is_file() and not p.name.startswith(".")}
 
 

@@ -22,6 +22,7 @@ from orchestrator.operations.backups import BackupVerifyOutcome
 from orchestrator.persistence import objects
 from orchestrator.states import BackupStatus
 from orchestrator.states import VolumeStatus
+from workers import keyrecords
 from workers.datapath import BackupRef
 from workers.datapath import ChunkedDriver
 from workers.datapath import DataPathError
@@ -61,36 +62,37 @@ def _keyring(settings, session, project_id: str, *, create: bool = False,
     return dataclasses.replace(ring, current_key_id=current) if current else ring
 
 
-def _driver_for(run: JobRun, backup: Backup) -> ChunkedDriver:
-    """The driver that reads ``backup``: decrypting with its project's keys if it is
-    encrypted (backups.encryption_key_id), else plain. Its block digests are checked
-    with the identity key its manifest names (an imported backup may name an older
-    identity key of the project than the current one)."""
-    if not backup.encryption_key_id:
-        return backup_driver(run.settings)
-    provider = keys.kek_provider(run.settings)
-    with run.db.scope(write=False) as session:
-        rows = keys.project_rows(session, backup.project_id)
-        if not any(r.key_id == backup.encryption_key_id for r in rows):
-            # Imported into another project of this deployment: the key ids the record
-            # carried are held by the project that exported it (an admin's import brought
-            # them along), so the backup reads with that project's keyring.
-            owner = session.get(ProjectKey, backup.encryption_key_id)
-            if owner is not None:
-                rows = keys.project_rows(session, owner.project_id)
-    if not rows:
-        raise keys.KeyError_(f"project {backup.project_id} has no keys")
-    ring = keys.keyring(provider, rows)
-    driver = backup_driver(run.settings, ring)
+def _reading_driver(settings, rows: list[ProjectKey], data_key_id: str,
+                    ref: BackupRef) -> ChunkedDriver:
+    """The driver that reads the encrypted backup at ``ref`` with ``rows`` (one project's
+    wrapped keys): its data key, and the identity key its manifest names (an imported
+    backup names the identity key of the project that wrote it)."""
+    provider = keys.kek_provider(settings)
+    ring = keys.reading_keyring(provider, rows, data_key_id)
+    driver = backup_driver(settings, ring)
     try:
-        named = driver.read_manifest(BackupRef(backup.container, backup.service_metadata)
-                                     ).get("digest_key_id")
+        named = driver.read_manifest(ref).get("digest_key_id")
     except DataPathError:
         return driver                # the operation itself reports the damage
     if named and named != ring.identity_key_id and \
-            any(r.key_id == named for r in rows):
-        driver = backup_driver(run.settings, keys.keyring(provider, rows, named))
+            any(r.key_id == named and r.purpose == keys.IDENTITY for r in rows):
+        driver = backup_driver(settings, keys.reading_keyring(provider, rows, data_key_id,
+                                                              named))
     return driver
+
+
+def _driver_for(run: JobRun, backup: Backup) -> ChunkedDriver:
+    """The driver that reads ``backup``: decrypting with its project's keys if it is
+    encrypted (backups.encryption_key_id), else plain.
+
+    :raise keys.KeyError_: if the project does not hold the backup's keys.
+    """
+    if not backup.encryption_key_id:
+        return backup_driver(run.settings)
+    with run.db.scope(write=False) as session:
+        rows = keys.project_rows(session, backup.project_id)
+    return _reading_driver(run.settings, rows, backup.encryption_key_id,
+                           BackupRef(backup.container, backup.service_metadata))
 
 
 def _infos(stored) -> tuple[objects.ObjectInfo, ...]:
@@ -130,6 +132,9 @@ class BackupCreateRun(RunHalf):
             with run.db.scope() as session:
                 ring = _keyring(run.settings, session, backup.project_id, create=True)
             driver, key_id = backup_driver(run.settings, ring), ring.current_key_id
+            # The store's copy of the project's wrapped keys holds this backup's keys
+            # before anything is written with them (workers/keyrecords.py).
+            keyrecords.ensure_record(run.settings, run.db, backup.project_id)
         if parent is not None and bool(parent.encryption_key_id) != run.settings.encryption:
             parent_ref = None        # encrypted on plain (or back): a full backup
         volume_meta = {"display_name": volume.display_name if volume else None,
@@ -222,29 +227,47 @@ class BackupImportRun(RunHalf):
     operation = "backup_import"
 
     @staticmethod
-    def import_driver(run: JobRun, record: dict) -> ChunkedDriver:
-        """The driver that reads the imported backup: for an encrypted one, its project's
-        wrapped keys as the record carries them, unwrapped with this node's KEK, and
-        kept in project_keys where this deployment does not have them yet.
+    def import_driver(run: JobRun, record: dict) -> tuple[ChunkedDriver, list[dict]]:
+        """The driver that reads the imported backup and the keys the import registers
+        for the importing project: for an encrypted one, the wrapped keys the record
+        carries, unwrapped with this node's KEK (the driver's keyring) and re-wrapped for
+        the importing project (registered by the import's completion, so a failed import
+        leaves none).
 
         :raise keys.KeyError_: if a carried key cannot be unwrapped.
         """
         if not record.get("encryption_key_id"):
-            return backup_driver(run.settings)
+            return backup_driver(run.settings), []
         provider = keys.kek_provider(run.settings)
         carried = keys.carried_rows(record, now=utcnow())
-        ring = keys.keyring(provider, carried)          # every one unwraps, or nothing
-        with run.db.scope() as session:
-            backup = session.get(Backup, run.job.resource_id)
-            keys.adopt_rows(session, provider, carried, backup.project_id)
-        return backup_driver(run.settings, ring)
+        with run.db.scope(write=False) as session:
+            project_id = session.get(Backup, run.job.resource_id).project_id
+        rebound = keys.rebound_rows(provider, carried, project_id)  # all unwrap, or none
+        driver = _reading_driver(run.settings, carried, record["encryption_key_id"],
+                                 BackupRef(record.get("container"),
+                                           record.get("service_metadata")))
+        return driver, rebound
+
+    @staticmethod
+    def record_keys(run: JobRun, record: dict, rebound: list[dict]) -> None:
+        """Write the importing project's key record with the keys about to be registered
+        (before the import completes: no backup is available with a key the store's copy
+        lacks)."""
+        if not rebound:
+            return
+        with run.db.scope(write=False) as session:
+            project_id = session.get(Backup, run.job.resource_id).project_id
+            held = keys.project_rows(session, project_id)
+        keyrecords.ensure_record(run.settings, run.db, project_id, keys.imported_rows(
+            held, rebound, project_id, source_project_id=record.get("project_id"),
+            now=utcnow()))
 
     def run(self, run: JobRun, params: BackupImportParams) -> BackupImportOutcome:
         record = params.record
         prefix = record.get("service_metadata")
         if not prefix:
             raise ValueError("the record has no service_metadata (object prefix)")
-        driver = self.import_driver(run, record)
+        driver, rebound = self.import_driver(run, record)
         manifest = driver.read_manifest(BackupRef(record.get("container"), prefix))
         if manifest.get("backup_id") not in (None, record["id"]):
             raise ValueError(f"the manifest in the store belongs to backup "
@@ -256,7 +279,8 @@ class BackupImportRun(RunHalf):
             raise ValueError(f"the record says {record.get('size')} GiB but the backup in the "
                              f"store is of a {volume_gib} GiB volume")
         if manifest.get("version") != SHARED_FORMAT:
-            return BackupImportOutcome()
+            self.record_keys(run, record, rebound)
+            return BackupImportOutcome(keys=tuple(rebound))
         # Reference every object first (committed), then check that each exists: once
         # referenced, no collection can take it, so what is checked stays there.
         ref = BackupRef(record.get("container"), prefix)
@@ -268,7 +292,8 @@ class BackupImportRun(RunHalf):
         if missing:
             raise ValueError(f"{len(missing)} object(s) of the backup are missing from the "
                              f"store, first {missing[0]!r}")
-        return BackupImportOutcome(data_format=SHARED_FORMAT)
+        self.record_keys(run, record, rebound)
+        return BackupImportOutcome(data_format=SHARED_FORMAT, keys=tuple(rebound))
 
 
 @runs

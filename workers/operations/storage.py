@@ -3,7 +3,8 @@
 Phase 1 frees objects SQL knows with no reference left: claim a batch
 (``live`` → ``removing``, committed), delete it from the store, forget the rows.
 Phase 2 (scope ``full``) lists the store and frees objects no row knows, when
-``orchestrator.storage`` says their backup's prefix may be swept: each is
+``orchestrator.storage`` says their backup's prefix may be swept (the key records
+under ``_project_keys/`` are no backup's and never swept): each is
 claimed by inserting a ``removing`` row first, so an import adopting the same
 object at that moment either wins (the claim skips it) or fails.
 
@@ -16,6 +17,7 @@ import datetime as dt
 import time
 from collections import defaultdict
 
+from orchestrator import keys
 from orchestrator import storage
 from orchestrator.db import utcnow
 from orchestrator.operations.storage import StoreGCOutcome
@@ -30,6 +32,9 @@ from workers.operations.base import RunHalf
 from workers.operations.base import runs
 
 MANIFEST = "manifest.json"
+# The reserved prefix of the projects' key records (workers/keyrecords.py): no backup's
+# prefix, never swept, never freed by a delete.
+KEY_RECORDS = keys.KEY_RECORD_ROOT + "/"
 
 
 def backup_id_of(name: str) -> str | None:
@@ -135,6 +140,8 @@ class StoreGCRun(RunHalf):
             for name, size, mtime in chunk:
                 if name in known:
                     continue
+                if name.startswith(KEY_RECORDS):
+                    continue         # the projects' key records: never garbage
                 backup_id = backup_id_of(name)
                 if backup_id is None or mtime >= cutoff_epoch:
                     skipped += 1
