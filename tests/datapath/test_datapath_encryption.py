@@ -214,3 +214,21 @@ def test_kek_wrapping_is_bound_to_project_key_and_purpose(tmp_path):
         keys.EnvKekProvider(base64.b64encode(b"short").decode())
     with pytest.raises(keys.KeyError_, match="cannot read"):
         keys.FileKekProvider(str(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize("key_len", [0, 1, 32, 63, 64, 65, 200])
+def test_keyed_block_digest_is_hmac_sha256(key_len):
+    """The keyed block digest is RFC 2104 HMAC-SHA256, for any key and block length
+    (the manifest says "hmac-sha256": another implementation must be able to check it)."""
+    import hmac
+    import random
+
+    from workers.datapath.config import DriverConfig
+    rng = random.Random(key_len)
+    key = rng.randbytes(key_len)
+    digest = DriverConfig(digest_key=key, digest_key_id="k").block_digest
+    for size in (0, 1, 55, 64, 4096, 16384, 16385):
+        data = rng.randbytes(size)
+        assert digest(data) == hmac.digest(key, data, "sha256")
+        assert digest(memoryview(data)) == hmac.digest(key, data, "sha256")
+    assert DriverConfig().block_digest(b"x") != digest(b"x")

@@ -5,12 +5,11 @@ compression); reading a backup follows its manifest, whatever the reader's
 configuration.
 """
 import hashlib
-import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import field
 from dataclasses import replace
-from functools import partial
+from functools import lru_cache
 
 from .codec import Codec
 from .errors import IntegrityError
@@ -89,7 +88,7 @@ class DriverConfig:
         """The 32-byte digest of one block (keyed when a digest key is set)."""
         if self.digest_key is None:
             return _sha256_digest
-        return partial(hmac.digest, self.digest_key, digest="sha256")
+        return _hmac_sha256(self.digest_key)
 
     def reading(self, body: dict) -> "DriverConfig":
         """This configuration as it must read a backup whose manifest is ``body``: its
@@ -112,3 +111,29 @@ class DriverConfig:
 
 def _sha256_digest(data: bytes | memoryview) -> bytes:
     return hashlib.sha256(data).digest()
+
+
+_HMAC_BLOCK = 64      # SHA-256's block size
+
+
+@lru_cache(maxsize=64)
+def _hmac_sha256(key: bytes) -> Callable[[bytes | memoryview], bytes]:
+    """HMAC-SHA256 under ``key`` (RFC 2104), its padded-key states computed once.
+
+    The same digests as ``hmac.digest(key, data, "sha256")``, at the speed of plain
+    SHA-256: the one-shot call sets up an OpenSSL MAC for every block, which made
+    keyed digests cost half as much again as the hash itself.
+    """
+    if len(key) > _HMAC_BLOCK:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(_HMAC_BLOCK, b"\0")
+    inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+    outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+
+    def digest(data: bytes | memoryview) -> bytes:
+        h = inner.copy()
+        h.update(data)
+        o = outer.copy()
+        o.update(h.digest())
+        return o.digest()
+    return digest
