@@ -80,6 +80,21 @@ def test_put_get_roundtrip_binary_and_empty(store):
     assert store.exists("c1/obj") and store.exists("c1/empty")
 
 
+def test_get_buffer_is_a_private_copy(store):
+    """get_buffer gives the object's bytes in a bytearray the caller may change (the
+    encrypted store decrypts in it) without changing what is stored."""
+    blob = bytes(range(256)) * 4099
+    store.put("c1/buf", blob)
+    store.put("c1/none", b"")
+    buf = store.get_buffer("c1/buf")
+    assert isinstance(buf, bytearray) and buf == blob
+    buf[:5] = b"XXXXX"
+    assert store.get("c1/buf") == blob
+    assert store.get_buffer("c1/none") == bytearray()
+    with pytest.raises(NotFound):
+        store.get_buffer("c1/missing")
+
+
 def test_overwrite_replaces_whole_object(store):
     store.put("c/x", b"long old content" * 100)
     store.put("c/x", b"new")

@@ -49,6 +49,15 @@ class ObjectStore(abc.ABC):
         :raise StoreError: if the store fails.
         """
 
+    def get_buffer(self, name: str) -> bytearray:
+        """The bytes of ``name`` in a buffer the caller may change (a decryption in
+        place). Stores that can read into one directly override this.
+
+        :raise NotFound: if it does not exist.
+        :raise StoreError: if the store fails.
+        """
+        return bytearray(self.get(name))
+
     @abc.abstractmethod
     def delete(self, name: str) -> None:
         """Remove ``name``; a missing object is not an error."""

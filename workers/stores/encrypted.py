@@ -128,8 +128,9 @@ class EncryptedStore(ObjectStore):
         """The stored form of ``data`` under ``name``."""
         return b"".join(self.seal_parts(name, [data]))
 
-    def open(self, name: str, raw: bytes) -> bytearray:
-        """The plain bytes of stored object ``raw`` under ``name``.
+    def open(self, name: str, raw: bytes | bytearray) -> bytearray:
+        """The plain bytes of stored object ``raw`` under ``name`` (a bytearray ``raw``
+        is decrypted in place and returned, without its header and tag).
 
         :raise IntegrityError: naming the object, if it does not authenticate or was
             written under a data key this keyring does not hold.
@@ -140,20 +141,26 @@ class EncryptedStore(ObjectStore):
             raise IntegrityError(f"object {name!r} was written under data key {key_id}, "
                                  "which this project's keyring does not hold (another "
                                  "project's object, or a key that is missing)")
-        body = memoryview(raw)[end:len(raw) - TAG_LEN]
         decryptor = Cipher(cipher, modes.GCM(nonce, bytes(raw[-TAG_LEN:]))).decryptor()
         decryptor.authenticate_additional_data(name.encode() + b"\0" + bytes(raw[:end]))
-        # update_into may write up to a block beyond what it is given.
-        out = bytearray(len(body) + 16)
-        position = 0
-        for i in range(0, len(body), _PIECE):
-            position += decryptor.update_into(body[i:i + _PIECE], memoryview(out)[position:])
+        in_place = isinstance(raw, bytearray)
+        # GCM is a stream cipher: every piece decrypts to as many bytes, in place where
+        # the buffer is ours (no second pack-sized buffer to allocate and fault in).
+        out = raw if in_place else bytearray(len(raw))
+        view, target = memoryview(raw), memoryview(out)
+        stop = len(raw) - TAG_LEN
+        for i in range(end, stop, _PIECE):
+            j = min(i + _PIECE, stop)
+            if decryptor.update_into(view[i:j], target[i:]) != j - i:
+                raise IntegrityError(f"object {name!r}: short decryption")
+        del view, target
         try:
             decryptor.finalize()
         except InvalidTag:
             raise IntegrityError(f"object {name!r} does not authenticate (damaged, or moved "
                                  "from another name)") from None
-        del out[position:]
+        del out[stop:]
+        del out[:end]
         return out
 
     def put(self, name: str, data: bytes | memoryview) -> None:
@@ -163,8 +170,8 @@ class EncryptedStore(ObjectStore):
         validate_object_name(name)
         self.inner.put_parts(name, self.seal_parts(name, parts))
 
-    def get(self, name: str) -> bytes:
-        return self.open(name, self.inner.get(name))
+    def get(self, name: str) -> bytearray:
+        return self.open(name, self.inner.get_buffer(name))
 
     def delete(self, name: str) -> None:
         self.inner.delete(name)

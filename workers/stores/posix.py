@@ -118,10 +118,29 @@ class PosixStore(ObjectStore):
 
     def get(self, name: str) -> bytes:
         """The bytes of the file of ``name``; NotFound if there is none."""
+        return self._read(name, lambda f: f.read())
+
+    def get_buffer(self, name: str) -> bytearray:
+        """The bytes of the file of ``name``, read straight into a bytearray."""
+        def read(f) -> bytearray:
+            buf = bytearray(os.fstat(f.fileno()).st_size)
+            view, got = memoryview(buf), 0
+            while got < len(buf):
+                n = f.readinto(view[got:])
+                if not n:
+                    break               # shrank while being read: what there was
+                got += n
+            del view
+            del buf[got:]
+            rest = f.read()             # grew while being read
+            return buf + rest if rest else buf
+        return self._read(name, read)
+
+    def _read(self, name: str, read):
         path = self._path(name)
         try:
-            with open(path, "rb") as f:
-                return f.read()
+            with open(path, "rb", buffering=0) as f:
+                return read(f)
         except FileNotFoundError:
             raise NotFound(f"object {name!r} not found in {self.describe()}", name=name) from None
         except IsADirectoryError:
