@@ -235,11 +235,14 @@ def store_of(settings: Settings):
 
 
 def ensure_record(settings: Settings, db, project_id: str,
-                  extra: list[ProjectKey] = ()) -> bool:
-    """Write ``project_id``'s record from its keys in SQL (and ``extra`` rows) to this
-    node's store; whether it was written."""
-    with db.scope(write=False) as session:
-        rows = keys.project_rows(session, project_id)
+                  extra: list[ProjectKey] = (), *,
+                  rows: list[ProjectKey] | None = None) -> bool:
+    """Write ``project_id``'s record from its keys in SQL (``rows`` when the caller has
+    just read them, plus ``extra`` rows) to this node's store; whether it was written."""
+    if rows is None:
+        with db.scope(write=False) as session:
+            rows = keys.project_rows(session, project_id)
+    rows = list(rows)
     held = {r.key_id for r in rows}
     rows += [r for r in extra if r.key_id not in held]
     if not rows:

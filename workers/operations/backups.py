@@ -46,10 +46,11 @@ WRITTEN_FORMAT = SHARED_FORMAT if FORMAT_VERSION == SHARED_FORMAT else None
 
 
 def _keyring(settings, session, project_id: str, *, create: bool = False,
-             current: str | None = None) -> keys.Keyring:
+             current: str | None = None) -> tuple[keys.Keyring, list[ProjectKey]]:
     """The unwrapped keyring of ``project_id`` (wrapped keys from SQL, the KEK from this
-    node's settings); ``create`` makes the project's first keys; ``current`` is the data
-    key the backup was assigned (a rotation since then does not change it).
+    node's settings) and the rows it came from; ``create`` makes the project's first
+    keys; ``current`` is the data key the backup was assigned (a rotation since then
+    does not change it).
 
     :raise keys.KeyError_: if there is no KEK or a key cannot be unwrapped.
     """
@@ -59,7 +60,7 @@ def _keyring(settings, session, project_id: str, *, create: bool = False,
     if not rows:
         raise keys.KeyError_(f"project {project_id} has no keys")
     ring = keys.keyring(provider, rows)
-    return dataclasses.replace(ring, current_key_id=current) if current else ring
+    return (dataclasses.replace(ring, current_key_id=current) if current else ring), rows
 
 
 def _reading_driver(settings, rows: list[ProjectKey], data_key_id: str,
@@ -130,11 +131,11 @@ class BackupCreateRun(RunHalf):
             # The project's keys (made on its first backup); the completion records the
             # data key on the backup.
             with run.db.scope() as session:
-                ring = _keyring(run.settings, session, backup.project_id, create=True)
+                ring, rows = _keyring(run.settings, session, backup.project_id, create=True)
             driver, key_id = backup_driver(run.settings, ring), ring.current_key_id
             # The store's copy of the project's wrapped keys holds this backup's keys
             # before anything is written with them (workers/keyrecords.py).
-            keyrecords.ensure_record(run.settings, run.db, backup.project_id)
+            keyrecords.ensure_record(run.settings, run.db, backup.project_id, rows=rows)
         if parent is not None and bool(parent.encryption_key_id) != run.settings.encryption:
             parent_ref = None        # encrypted on plain (or back): a full backup
         volume_meta = {"display_name": volume.display_name if volume else None,
