@@ -124,13 +124,9 @@ class EncryptedStore(ObjectStore):
         out.append(encryptor.tag)
         return out
 
-    def seal(self, name: str, data: bytes | memoryview) -> bytes:
-        """The stored form of ``data`` under ``name``."""
-        return b"".join(self.seal_parts(name, [data]))
-
-    def open(self, name: str, raw: bytes | bytearray) -> bytearray:
-        """The plain bytes of stored object ``raw`` under ``name`` (a bytearray ``raw``
-        is decrypted in place and returned, without its header and tag).
+    def open(self, name: str, raw: bytearray) -> bytearray:
+        """The plain bytes of stored object ``raw`` under ``name``: ``raw`` itself,
+        decrypted in place and without its header and tag.
 
         :raise IntegrityError: naming the object, if it does not authenticate or was
             written under a data key this keyring does not hold.
@@ -143,25 +139,23 @@ class EncryptedStore(ObjectStore):
                                  "project's object, or a key that is missing)")
         decryptor = Cipher(cipher, modes.GCM(nonce, bytes(raw[-TAG_LEN:]))).decryptor()
         decryptor.authenticate_additional_data(name.encode() + b"\0" + bytes(raw[:end]))
-        in_place = isinstance(raw, bytearray)
-        # GCM is a stream cipher: every piece decrypts to as many bytes, in place where
-        # the buffer is ours (no second pack-sized buffer to allocate and fault in).
-        out = raw if in_place else bytearray(len(raw))
-        view, target = memoryview(raw), memoryview(out)
+        # GCM is a stream cipher: every piece decrypts to as many bytes, in place (no
+        # second pack-sized buffer to allocate and fault in).
+        view = memoryview(raw)
         stop = len(raw) - TAG_LEN
         for i in range(end, stop, _PIECE):
             j = min(i + _PIECE, stop)
-            if decryptor.update_into(view[i:j], target[i:]) != j - i:
+            if decryptor.update_into(view[i:j], view[i:]) != j - i:
                 raise IntegrityError(f"object {name!r}: short decryption")
-        del view, target
+        del view
         try:
             decryptor.finalize()
         except InvalidTag:
             raise IntegrityError(f"object {name!r} does not authenticate (damaged, or moved "
                                  "from another name)") from None
-        del out[stop:]
-        del out[:end]
-        return out
+        del raw[stop:]
+        del raw[:end]
+        return raw
 
     def put(self, name: str, data: bytes | memoryview) -> None:
         self.put_parts(name, [data])

@@ -17,6 +17,7 @@ from workers.datapath.errors import StoreError
 from workers.datapath.errors import TransientStoreError
 from workers.datapath.names import validate_object_name
 from workers.datapath.names import validate_prefix_arg
+from workers.datapath.volume_io import pread_into
 
 from .base import ObjectInfo
 from .base import ObjectStore
@@ -121,19 +122,12 @@ class PosixStore(ObjectStore):
         return self._read(name, lambda f: f.read())
 
     def get_buffer(self, name: str) -> bytearray:
-        """The bytes of the file of ``name``, read straight into a bytearray."""
+        """The bytes of the file of ``name``, read straight into a bytearray (a put
+        replaces a file by a rename, never in place: an open file keeps its size)."""
         def read(f) -> bytearray:
             buf = bytearray(os.fstat(f.fileno()).st_size)
-            view, got = memoryview(buf), 0
-            while got < len(buf):
-                n = f.readinto(view[got:])
-                if not n:
-                    break               # shrank while being read: what there was
-                got += n
-            del view
-            del buf[got:]
-            rest = f.read()             # grew while being read
-            return buf + rest if rest else buf
+            pread_into(f.fileno(), buf, len(buf), 0)
+            return buf
         return self._read(name, read)
 
     def _read(self, name: str, read):
