@@ -198,6 +198,15 @@ def project_rows(session: Session, project_id: str) -> list[ProjectKey]:
                                 .order_by(ProjectKey.created_at, ProjectKey.key_id)))
 
 
+def copied_row(row: ProjectKey, **changes) -> ProjectKey:
+    """A new (unsaved) row with ``row``'s fields, ``changes`` applied."""
+    fields = {"key_id": row.key_id, "project_id": row.project_id, "purpose": row.purpose,
+              "wrapped": row.wrapped, "kek_id": row.kek_id, "created_at": row.created_at,
+              "retired_at": row.retired_at}
+    fields.update(changes)
+    return ProjectKey(**fields)
+
+
 def _new_row(provider: KekProvider, project_id: str, purpose: str,
              now: dt.datetime) -> ProjectKey:
     key_id = new_id()
@@ -386,10 +395,7 @@ def register_imported(session: Session, project_id: str, rebound: list[dict], *,
                 continue                     # it holds the key already
             try:
                 with session.begin_nested():     # another current key came first
-                    session.add(ProjectKey(key_id=row.key_id, project_id=project_id,
-                                           purpose=row.purpose, wrapped=row.wrapped,
-                                           kek_id=row.kek_id, created_at=now,
-                                           retired_at=now))
+                    session.add(copied_row(row, retired_at=now))
             except IntegrityError:
                 continue                         # it holds the key already
         added.append(row.key_id)

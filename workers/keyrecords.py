@@ -163,9 +163,7 @@ def merged(held: list[ProjectKey], stored: list[ProjectKey]) -> list[ProjectKey]
     for row in held:
         old = by_id.get(row.key_id)
         retired = row.retired_at or (old.retired_at if old is not None else None)
-        out.append(ProjectKey(key_id=row.key_id, project_id=row.project_id,
-                              purpose=row.purpose, wrapped=row.wrapped, kek_id=row.kek_id,
-                              created_at=row.created_at, retired_at=retired))
+        out.append(keys.copied_row(row, retired_at=retired))
     held_ids = {r.key_id for r in held}
     for row in stored:
         if row.key_id in held_ids:
@@ -173,9 +171,7 @@ def merged(held: list[ProjectKey], stored: list[ProjectKey]) -> list[ProjectKey]
         retired = row.retired_at or (row.created_at if row.purpose in current else None)
         if retired is None:
             current.add(row.purpose)
-        out.append(ProjectKey(key_id=row.key_id, project_id=row.project_id,
-                              purpose=row.purpose, wrapped=row.wrapped, kek_id=row.kek_id,
-                              created_at=row.created_at, retired_at=retired))
+        out.append(keys.copied_row(row, retired_at=retired))
     return out
 
 
@@ -286,10 +282,8 @@ def restore(settings: Settings, *, dry_run: bool = False) -> dict:
                 retired = row.retired_at or (now if row.purpose in current else None)
                 if retired is None:
                     current.add(row.purpose)
-                session.add(ProjectKey(key_id=row.key_id, project_id=project_id,
-                                       purpose=row.purpose, wrapped=row.wrapped,
-                                       kek_id=row.kek_id, created_at=row.created_at,
-                                       retired_at=retired))
+                session.add(keys.copied_row(row, project_id=project_id,
+                                            retired_at=retired))
                 report["keys_restored"] += 1
             if dry_run:
                 session.rollback()
